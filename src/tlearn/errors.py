@@ -1,0 +1,29 @@
+"""Errors a user can cause. The CLI prints their message as one line and exits 2."""
+
+
+class UserError(Exception):
+    """A problem with the user's input: bad path, flag value, data or weights file."""
+
+
+class DataError(UserError):
+    """The dataset cannot be used as given (missing folder, no images, class mismatch)."""
+
+
+class ModelError(UserError):
+    """Unknown model name, or weights that do not fit the model."""
+
+
+class WeightsDownloadError(UserError):
+    """Pretrained weights could not be downloaded (usually: no network)."""
+
+
+class ConfigError(UserError):
+    """A flag or setting has an invalid value."""
+
+
+class RunFolderError(UserError):
+    """A run folder is missing, incomplete or damaged."""
+
+
+class TrainingError(UserError):
+    """Training cannot go on (for example a non-finite loss)."""

