@@ -66,8 +66,11 @@ class TrainConfig:
     momentum: float = 0.9  # SGD only
     weight_decay: float | None = None  # None: 0.01 for AdamW, 1e-4 for SGD
     label_smoothing: float = 0.0
+    bn_train: bool = False  # fine-tuning: update BatchNorm running statistics (default: keep them)
     warmup_epochs: float = 0.0  # linear warm-up before the cosine decay, per stage
-    head_solver: str = "sgd"  # cached-feature head: mini-batch (sgd) or full-batch L-BFGS
+    # Cached-feature head: full-batch L-BFGS logistic regression with an L2 sweep on val
+    # (no LR to tune, matches scikit-learn) or mini-batch training with the optimiser above.
+    head_solver: str = "lbfgs"
     device: str = "auto"
     amp: bool = False  # CUDA only: bf16 where supported, else fp16 with a grad scaler
     amp_dtype: str | None = None  # None: bf16 if the GPU supports it, else fp16

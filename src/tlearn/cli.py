@@ -1,0 +1,197 @@
+"""Command line: argparse subcommands that build a config and call one library function.
+
+User errors print one line on stderr and exit 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .config import AMP_DTYPES, AUGMENTS, DEVICES, HEAD_SOLVERS, OPTIMIZERS, STRATEGIES
+from .errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_train_flags(parser: argparse.ArgumentParser, demo: bool = False) -> None:
+    if not demo:
+        parser.add_argument("--data", required=True,
+                            help="folder with train/ and val/ (or test/) class folders, one folder of class "
+                                 "folders, or digits | cifar10 | cifar100")
+        parser.add_argument("--model", default="efficientnet_lite0",
+                            help="torchvision name, timm:NAME, or efficientnet_lite0 (bundled, offline)")
+        parser.add_argument("--weights", default="default", help="default | none | PATH to a state dict")
+        parser.add_argument("--strategy", choices=STRATEGIES, default="two-stage")
+        parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs (probe epochs for linear-probe)")
+        parser.add_argument("--head-epochs", type=int, default=3, help="linear-probe epochs before fine-tuning")
+        parser.add_argument("--image-size", type=int, default=None, help="crop size; default: the weights'")
+        parser.add_argument("--augment", choices=AUGMENTS, default="default")
+        parser.add_argument("--lr", type=float, default=None, help="head LR (default 1e-3 AdamW, 0.01 SGD)")
+        parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
+    parser.add_argument("--data-dir", default="data", help="download folder for cifar10/cifar100")
+    parser.add_argument("--val-split", type=float, default=0.1)
+    parser.add_argument("--probe-augment", choices=AUGMENTS, default="none",
+                        help="augmentation in frozen-backbone stages (none: features are cached)")
+    parser.add_argument("--backbone-lr-mult", type=float, default=0.1)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--weight-decay", type=float, default=None)
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--bn-train", action="store_true",
+                        help="fine-tuning: update BatchNorm running statistics (default: keep the pretrained ones)")
+    parser.add_argument("--warmup-epochs", type=float, default=0.0)
+    parser.add_argument("--head-solver", choices=HEAD_SOLVERS, default="lbfgs",
+                        help="cached-feature head: lbfgs (full-batch, L2 chosen on val) or sgd (mini-batch)")
+    parser.add_argument("--aux-weight", type=float, default=0.4, help="Inception/GoogLeNet aux loss weight; 0: off")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
+    parser.add_argument("--amp-dtype", choices=AMP_DTYPES, default=None)
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--deterministic", action="store_true")
+    parser.add_argument("--no-cache", dest="use_cache", action="store_false", help="never use the feature cache")
+    parser.add_argument("--cache-dir", default=None, help="feature cache (default ~/.cache/tlearn)")
+    parser.add_argument("--strict-images", action="store_true", help="unreadable images are an error")
+    parser.add_argument("--detect-anomaly", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tlearn", description="Transfer learning for PyTorch image classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = sub.add_parser("demo", help="offline demo: bundled EfficientNet-Lite0 on scikit-learn digits")
+    _add_train_flags(demo, demo=True)
+    demo.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs")
+    demo.add_argument("--head-epochs", type=int, default=1, help="linear-probe epochs (one L-BFGS solve)")
+    demo.add_argument("--image-size", type=int, default=64)
+    demo.add_argument("--batch-size", type=int, default=32)
+    demo.add_argument("--lr", type=float, default=None)
+    demo.add_argument("--augment", choices=AUGMENTS, default="none")
+
+    train = sub.add_parser("train", help="train a classifier on a folder of images or a dataset")
+    _add_train_flags(train)
+    train.add_argument("--resume", default=None, metavar="RUN", help="continue an interrupted run")
+
+    evaluate = sub.add_parser("eval", help="evaluate a run folder's model on a dataset")
+    evaluate.add_argument("run")
+    evaluate.add_argument("--data", required=True, help="folder of class folders, dataset root, or digits/cifar10")
+    evaluate.add_argument("--split", default="val", choices=("val", "test", "train"))
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--device", choices=DEVICES, default="auto")
+    evaluate.add_argument("--workers", type=int, default=None)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    models = sub.add_parser("models", help="list model names; marks weights usable offline")
+    models.add_argument("pattern", nargs="?", default=None, help="glob or substring, e.g. 'resnet*' or timm:vit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as error:
+        print(f"tlearn: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tlearn: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run_config(args: argparse.Namespace, source: str, model: str, weights: str):
+    from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    return RunConfig(
+        data=DataConfig(source=source, data_dir=args.data_dir, val_split=args.val_split,
+                        image_size=args.image_size, augment=args.augment, probe_augment=args.probe_augment,
+                        batch_size=args.batch_size, workers=args.workers, strict_images=args.strict_images),
+        model=ModelConfig(name=model, weights=weights, aux_weight=args.aux_weight),
+        train=TrainConfig(strategy=getattr(args, "strategy", "two-stage"), epochs=args.epochs,
+                          head_epochs=args.head_epochs, lr=args.lr, backbone_lr_mult=args.backbone_lr_mult,
+                          optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
+                          label_smoothing=args.label_smoothing, bn_train=args.bn_train, warmup_epochs=args.warmup_epochs,
+                          head_solver=args.head_solver, device=args.device, amp=args.amp,
+                          amp_dtype=args.amp_dtype, channels_last=args.channels_last, seed=args.seed,
+                          deterministic=args.deterministic, use_cache=args.use_cache,
+                          cache_dir=args.cache_dir, detect_anomaly=args.detect_anomaly),
+    ).validate()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import api
+
+    if args.resume:
+        summary, run_dir = api.resume(args.resume)
+    else:
+        summary, run_dir = api.train(_run_config(args, args.data, args.model, args.weights), args.out)
+    _print_summary(summary, run_dir)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import api
+
+    config = _run_config(args, "digits", "efficientnet_lite0", "default")
+    summary, run_dir = api.train(config, args.out)
+    _print_summary(summary, run_dir)
+    return 0
+
+
+def _print_summary(summary: dict, run_dir) -> None:
+    print()
+    print(f"{'stage':<14}{'epochs':>7}{'val top-1':>11}{'val top-5':>11}")
+    for stage in summary["stages"]:
+        print(f"{stage['name']:<14}{stage['epochs']:>7}{stage['val_top1']:>11.4f}{stage['val_top5']:>11.4f}")
+    print(f"best val top-1 {summary['val_top1']:.4f} (epoch {summary['best_epoch']}), "
+          f"{summary['train_seconds']:.1f} s; run folder: {run_dir}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from . import api
+
+    if not os.path.isdir(args.run):
+        raise UserError(f"run folder not found: {args.run}")
+    result = api.evaluate(args.run, args.data, split=args.split, batch_size=args.batch_size,
+                          device=args.device, workers=args.workers)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    names = list(result["per_class"])
+    print(f"images {result['count']}  top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  "
+          f"loss {result['loss']:.4f}")
+    print("\nper-class accuracy")
+    width = max(len(n) for n in names)
+    for name, accuracy in result["per_class"].items():
+        print(f"  {name:<{width}}  {accuracy:.4f}")
+    print("\nconfusion matrix (rows: true, columns: predicted)")
+    print(" " * (width + 2) + " ".join(f"{i:>5}" for i in range(len(names))))
+    for i, (name, row) in enumerate(zip(names, result["confusion"])):
+        print(f"  {name:<{width}}" + " ".join(f"{v:>5}" for v in row) + f"   [{i}]")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models.registry import list_models
+
+    rows = list_models(args.pattern)
+    if not rows:
+        raise UserError(f"no model matches {args.pattern!r}")
+    width = max(len(name) for name, _, _ in rows)
+    print(f"{'name':<{width}}  {'source':<11}  offline weights")
+    for name, source, offline in rows:
+        print(f"{name:<{width}}  {source:<11}  {'yes' if offline else 'no'}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "models": cmd_models}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

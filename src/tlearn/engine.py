@@ -1,0 +1,85 @@
+"""The loops: `train_one_epoch` and `evaluate`, plain functions read top to bottom."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .errors import TrainingError
+from .metrics import ClassificationMeter, EvalResult
+from .models.classifier import AuxOutput
+from .runtime import Runtime
+
+
+def compute_loss(output, targets: torch.Tensor, loss_fn: Callable, aux_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, main logits). Inception/GoogLeNet add their auxiliary losses x aux_weight."""
+    if isinstance(output, AuxOutput):
+        loss = loss_fn(output.logits, targets)
+        if aux_weight > 0:
+            loss = loss + aux_weight * sum(loss_fn(aux, targets) for aux in output.aux)
+        return loss, output.logits
+    return loss_fn(output, targets), output
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
+                    scheduler, runtime: Runtime, loss_fn: Callable, *, num_classes: int,
+                    scaler: torch.amp.GradScaler | None = None, aux_weight: float = 0.0,
+                    description: str = "train", prepare: Callable | None = None) -> dict:
+    """One pass over `loader`; the LR schedule steps per batch. Returns loss, top1, images/s.
+
+    `prepare(batch_inputs)` moves inputs to the device; images by default, features too.
+    """
+    prepare = prepare or runtime.to_device
+    meter = ClassificationMeter(num_classes)
+    start, seen = time.perf_counter(), 0
+    progress = tqdm(loader, desc=description, leave=False, disable=None if runtime.is_main else True,
+                    dynamic_ncols=True)
+    for step, (inputs, targets) in enumerate(progress):
+        inputs, targets = prepare(inputs), targets.to(runtime.device, non_blocking=True)
+        with runtime.autocast():
+            loss, logits = compute_loss(model(inputs), targets, loss_fn, aux_weight)
+        if not math.isfinite(loss.item()):
+            raise TrainingError(f"non-finite loss ({loss.item()}) in {description}, step {step + 1}; "
+                                "the last good checkpoint is kept; try a lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        meter.update(logits, targets, loss.item())
+        seen += len(targets)
+        if progress.disable is False and step % 5 == 0:
+            rate = seen / max(time.perf_counter() - start, 1e-9)
+            progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{meter.result().top1:.3f}", img_s=f"{rate:.0f}")
+    meter.reduce(runtime)
+    result = meter.result()
+    seconds = time.perf_counter() - start
+    return {"loss": result.loss, "top1": result.top1, "seconds": seconds,
+            "images_per_s": seen * runtime.world_size / max(seconds, 1e-9)}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: Iterable, runtime: Runtime, num_classes: int,
+             loss_fn: Callable | None = None, prepare: Callable | None = None,
+             description: str = "eval") -> EvalResult:
+    """Top-1/top-5, per-class accuracy and confusion over `loader` (model in eval mode)."""
+    prepare = prepare or runtime.to_device
+    model.eval()  # the caller sets the training mode again (see strategy.set_train_mode)
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    meter = ClassificationMeter(num_classes)
+    for inputs, targets in tqdm(loader, desc=description, leave=False,
+                                disable=None if runtime.is_main else True, dynamic_ncols=True):
+        inputs, targets = prepare(inputs), targets.to(runtime.device, non_blocking=True)
+        with runtime.autocast():
+            logits = model(inputs)
+        meter.update(logits, targets, loss_fn(logits.float(), targets).item())
+    meter.reduce(runtime)
+    return meter.result()

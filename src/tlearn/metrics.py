@@ -1,0 +1,61 @@
+"""Top-k accuracy, per-class accuracy and the confusion matrix, accumulated batch by batch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    top1: float
+    top5: float
+    count: int
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+    per_class: list[float]  # recall of each class (accuracy on its images)
+
+    def to_dict(self, class_names: list[str] | None = None) -> dict:
+        per_class = (dict(zip(class_names, self.per_class)) if class_names else self.per_class)
+        return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "count": self.count,
+                "per_class": per_class, "confusion": self.confusion}
+
+
+class ClassificationMeter:
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.topk_correct = torch.zeros(1, dtype=torch.int64)
+        self.loss_sum = torch.zeros(1, dtype=torch.float64)
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor, loss: float | None = None) -> None:
+        logits, targets = logits.detach().float().cpu(), targets.detach().cpu()
+        predictions = logits.argmax(dim=1)
+        index = targets * self.num_classes + predictions
+        self.confusion += torch.bincount(index, minlength=self.num_classes ** 2).view(
+            self.num_classes, self.num_classes)
+        k = min(5, self.num_classes)
+        topk = logits.topk(k, dim=1).indices
+        self.topk_correct += (topk == targets[:, None]).any(dim=1).sum()
+        if loss is not None:
+            self.loss_sum += loss * len(targets)
+
+    def reduce(self, runtime) -> None:
+        """Sum across torchrun processes (each evaluated a disjoint shard)."""
+        for tensor in (self.confusion, self.topk_correct, self.loss_sum):
+            reduced = runtime.sum_across_processes(tensor.to(runtime.device))
+            tensor.copy_(reduced.cpu())
+
+    def result(self) -> EvalResult:
+        count = int(self.confusion.sum())
+        correct = int(self.confusion.diag().sum())
+        support = self.confusion.sum(dim=1)
+        per_class = [float(self.confusion[i, i]) / float(n) if n else 0.0 for i, n in enumerate(support.tolist())]
+        return EvalResult(
+            loss=float(self.loss_sum) / max(count, 1),
+            top1=correct / max(count, 1),
+            top5=int(self.topk_correct) / max(count, 1),
+            count=count,
+            confusion=self.confusion.tolist(),
+            per_class=per_class,
+        )
