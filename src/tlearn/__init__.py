@@ -4,14 +4,26 @@
     tlearn.freeze(model)                                       # everything but the head
     summary = tlearn.fit(model, "path/to/images", out="runs/a", strategy="two-stage")
     trained = tlearn.load("runs/a")                            # model + preprocessing + classes
+
+Names are imported on first use, so `tlearn --help` and flag errors answer without
+loading PyTorch.
 """
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
 
-from .api import TrainedModel, evaluate, fit, load, train  # noqa: E402
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from .errors import UserError  # noqa: E402
-from .models import Classifier, create_model, list_models  # noqa: E402
-from .strategy import freeze, unfreeze  # noqa: E402
+_EXPORTS = {
+    "TrainedModel": "api", "evaluate": "api", "fit": "api", "load": "api", "train": "api",
+    "DataConfig": "config", "ModelConfig": "config", "RunConfig": "config", "TrainConfig": "config",
+    "UserError": "errors", "Classifier": "models", "create_model": "models", "list_models": "models",
+    "freeze": "strategy", "unfreeze": "strategy",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["Classifier", "DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "TrainedModel", "UserError",
-           "create_model", "evaluate", "fit", "freeze", "list_models", "load", "train", "unfreeze"]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'tlearn' has no attribute {name!r}")

@@ -13,20 +13,14 @@ from . import checkpoint, run_folder, training
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data.images import open_rgb
 from .data.loaders import make_loader
-from .data.sources import DatasetSplits, load_builtin, load_splits, scan_class_folders
+from .data.sources import DatasetSplits, load_builtin, load_data, load_splits, scan_class_folders
 from .data.transforms import eval_transform
 from .engine import evaluate as evaluate_loader
 from .errors import ConfigError, DataError, RunFolderError
 from .models.classifier import Classifier
 from .models.factory import create_model
 from .preprocessing import Preprocessing
-from .runtime import setup_runtime
-
-
-def load_data(config: RunConfig) -> DatasetSplits:
-    dc = config.data
-    return load_splits(dc.source, val_split=dc.val_split, seed=config.train.seed, data_dir=dc.data_dir,
-                       strict_images=dc.strict_images)
+from .runtime import seed_everything, setup_runtime
 
 
 def build_model(config: RunConfig, num_classes: int) -> Classifier:
@@ -35,16 +29,18 @@ def build_model(config: RunConfig, num_classes: int) -> Classifier:
                         image_size=config.data.image_size)
 
 
-def train(config: RunConfig, out: str | Path | None = None, log: Callable[[str], None] = print) -> tuple[dict, Path]:
-    """Load data, build the model, fit; returns (summary, run folder)."""
+def train(config: RunConfig, out: str | Path | None = None, log: Callable[[str], None] = print,
+          data: DatasetSplits | None = None) -> tuple[dict, Path]:
+    """Load data (unless given), build the model, fit; returns (summary, run folder)."""
     config = config.validate()
-    data = load_data(config)
+    data = data if data is not None else load_data(config)
     if len(data.class_names) < 2:
         raise DataError(f"need at least 2 classes, found {len(data.class_names)}")
     if data.skipped:
         shown = ", ".join(f"{p} ({r})" for p, r in data.skipped[:3])
         log(f"warning: skipped {len(data.skipped)} unusable file(s): {shown}"
             + (" ..." if len(data.skipped) > 3 else "") + " (full list in skipped_files.txt)")
+    seed_everything(config.train.seed)  # the new head's initialisation follows the seed too
     model = build_model(config, len(data.class_names))
     run_dir = Path(out) if out is not None else run_folder.default_run_dir()
     log(f"{config.model.name} ({model.info.weights_id}), {len(data.class_names)} classes, "

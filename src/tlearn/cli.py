@@ -20,7 +20,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_train_flags(parser: argparse.ArgumentParser, demo: bool = False) -> None:
     if not demo:
-        parser.add_argument("--data", required=True,
+        parser.add_argument("--data", default=None,
                             help="folder with train/ and val/ (or test/) class folders, one folder of class "
                                  "folders, or digits | cifar10 | cifar100")
         parser.add_argument("--model", default="efficientnet_lite0",
@@ -125,21 +125,35 @@ def _run_config(args: argparse.Namespace, source: str, model: str, weights: str)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import api
-
     if args.resume:
+        if not os.path.isdir(args.resume):
+            raise UserError(f"run folder not found: {args.resume}")
+        from . import api
+
         summary, run_dir = api.resume(args.resume)
+    elif not args.data:
+        raise UserError("train needs --data (a folder, digits, cifar10 or cifar100) or --resume RUN")
     else:
-        summary, run_dir = api.train(_run_config(args, args.data, args.model, args.weights), args.out)
+        summary, run_dir = _train(_run_config(args, args.data, args.model, args.weights), args.out)
     _print_summary(summary, run_dir)
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def _train(config, out):
+    """Data first (cheap, fails fast on bad folders), then PyTorch, the model and the run."""
+    from .data.sources import load_data
+
+    if config.data.source not in ("digits", "cifar10", "cifar100") and not os.path.exists(config.data.source):
+        raise UserError(f"data folder not found: {config.data.source} (or use digits, cifar10, cifar100)")
+    data = load_data(config) if config.data.source not in ("cifar10", "cifar100") else None
     from . import api
 
+    return api.train(config, out, data=data)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
     config = _run_config(args, "digits", "efficientnet_lite0", "default")
-    summary, run_dir = api.train(config, args.out)
+    summary, run_dir = _train(config, args.out)
     _print_summary(summary, run_dir)
     return 0
 
@@ -154,10 +168,10 @@ def _print_summary(summary: dict, run_dir) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from . import api
-
     if not os.path.isdir(args.run):
         raise UserError(f"run folder not found: {args.run}")
+    from . import api
+
     result = api.evaluate(args.run, args.data, split=args.split, batch_size=args.batch_size,
                           device=args.device, workers=args.workers)
     if args.json:

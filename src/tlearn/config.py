@@ -86,6 +86,8 @@ class TrainConfig:
         _check_choice("--optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("--device", self.device, DEVICES)
         _check_choice("--head-solver", self.head_solver, HEAD_SOLVERS)
+        if self.amp and self.device in ("cpu", "mps"):
+            raise ConfigError(f"--amp needs a CUDA device, not --device {self.device}")
         if self.amp_dtype is not None:
             _check_choice("--amp-dtype", self.amp_dtype, AMP_DTYPES)
         if self.epochs < 0 or self.head_epochs < 0:

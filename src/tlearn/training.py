@@ -195,7 +195,8 @@ def _stage_data(model: Classifier, stage: Stage, data: DatasetSplits, config: Ru
                 runtime.barrier()
         generator = torch.Generator().manual_seed(tc.seed)
         train = DataLoader(TensorDataset(features["train"], torch.tensor(data.train.labels)),
-                           batch_size=dc.batch_size, shuffle=True, generator=generator)
+                           batch_size=dc.batch_size, shuffle=True, generator=generator,
+                           drop_last=_lone_last_batch(len(data.train), dc.batch_size))
         val = DataLoader(TensorDataset(features["val"], torch.tensor(data.val.labels)), batch_size=256)
         return StageData(train, val, model.head, lambda x: x.to(runtime.device, non_blocking=True), True)
     train_sampler = val_sampler = None
@@ -207,10 +208,15 @@ def _stage_data(model: Classifier, stage: Stage, data: DatasetSplits, config: Ru
         val_sampler = list(range(runtime.rank, len(data.val), runtime.world_size))  # no padding
     train = make_loader(data.train, train_transform(prep, augment), batch_size=dc.batch_size, shuffle=True,
                         workers=dc.workers, device=runtime.device, seed=tc.seed, sampler=train_sampler,
-                        drop_last=len(data.train) > dc.batch_size)
+                        drop_last=_lone_last_batch(len(data.train), dc.batch_size))
     val = make_loader(data.val, eval_transform(prep), batch_size=dc.batch_size, shuffle=False,
                       workers=dc.workers, device=runtime.device, sampler=val_sampler)
     return StageData(train, val, model, runtime.to_device, False)
+
+
+def _lone_last_batch(count: int, batch_size: int) -> bool:
+    """Drop a last batch of one image: BatchNorm in train mode cannot normalise it."""
+    return count > batch_size and count % batch_size == 1
 
 
 def _quiet(_: str) -> None:

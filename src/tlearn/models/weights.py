@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -37,8 +35,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raw = load_file(str(path), device="cpu")
         else:
             raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
-            zipfile.BadZipFile, AttributeError, TypeError) as error:
+    except Exception as error:  # any parse failure (truncated zip, foreign pickle, KeyError...)
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelError(f"cannot read weights file {path}: not a plain state dict ({first_line[:160]})") from None
     return strip_prefixes(_unwrap(raw, path))

@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny image folders made on the fly, and the shared data folder."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TINY_MODEL = "timm:test_resnet"  # 0.5M parameters, BatchNorm inside: fast mechanics
+
+
+def needs_shared(path: str) -> Path:
+    full = SHARED_DATA / path
+    if not full.exists():
+        pytest.skip(f"{full} is absent (the project's shared data folder is not beside the repo)")
+    return full
+
+
+def write_image(path: Path, label: int, size=(40, 30), mode="RGB", seed=0) -> None:
+    """An image whose mean colour depends on its class, so a tiny model can learn it."""
+    rng = np.random.default_rng(seed)
+    base = np.zeros((size[1], size[0], 3), dtype=np.float64)
+    base[..., label % 3] = 200
+    pixels = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    if mode != "RGB":
+        image = image.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def make_folder(root: Path, classes=("cat", "dog", "fox"), per_class=8, split_dirs=False) -> Path:
+    """root/<class>/*.png, or root/train|val/<class>/*.png with split_dirs."""
+    for label, name in enumerate(classes):
+        for i in range(per_class):
+            if split_dirs:
+                subset = "val" if i % 4 == 0 else "train"
+                target = root / subset / name / f"{i}.png"
+            else:
+                target = root / name / f"{i}.png"
+            size = (40 + 7 * (i % 3), 30 + 5 * (i % 2))  # non-square, varied sizes
+            write_image(target, label, size=size, seed=label * 100 + i)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def split_folder(tmp_path: Path) -> Path:
+    return make_folder(tmp_path / "split", split_dirs=True)
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path: Path, monkeypatch):
+    """Each test gets its own feature cache, so no test sees another's features."""
+    monkeypatch.setenv("TLEARN_CACHE", str(tmp_path / "cache"))
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
+    """Run `python -m tlearn ARGS` in a subprocess; returns CompletedProcess (text)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "tlearn", *args], capture_output=True, text=True,
+                          cwd=cwd, env=full_env, timeout=timeout)
