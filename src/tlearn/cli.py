@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="offline demo: bundled EfficientNet-Lite0 on scikit-learn digits")
     _add_train_flags(demo, demo=True)
-    demo.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs")
+    demo.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs")
     demo.add_argument("--head-epochs", type=int, default=1, help="linear-probe epochs (one L-BFGS solve)")
     demo.add_argument("--image-size", type=int, default=64)
     demo.add_argument("--batch-size", type=int, default=32)
@@ -87,6 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--workers", type=int, default=None)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    features = sub.add_parser("features", help="write backbone embeddings of a dataset to an .npz")
+    features.add_argument("run", nargs="?", default=None, help="a run folder (instead of --model)")
+    features.add_argument("--model", default=None, help="model name, when no run folder is given")
+    features.add_argument("--weights", default="default")
+    features.add_argument("--data", required=True, help="folder of class folders, dataset root, or digits/cifar10")
+    features.add_argument("--out", required=True, help="output .npz")
+    features.add_argument("--image-size", type=int, default=None)
+    features.add_argument("--batch-size", type=int, default=64)
+    features.add_argument("--device", choices=DEVICES, default="auto")
+    features.add_argument("--workers", type=int, default=None)
+    features.add_argument("--engine", choices=("auto", "torch"), default="auto",
+                          help="auto: onnxruntime on CPU when it matches PyTorch")
+    features.add_argument("--no-cache", dest="use_cache", action="store_false")
+    features.add_argument("--cache-dir", default=None)
 
     models = sub.add_parser("models", help="list model names; marks weights usable offline")
     models.add_argument("pattern", nargs="?", default=None, help="glob or substring, e.g. 'resnet*' or timm:vit")
@@ -204,7 +219,41 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "models": cmd_models}
+def cmd_features(args: argparse.Namespace) -> int:
+    if (args.run is None) == (args.model is None):
+        raise UserError("features needs a run folder or --model NAME (one of them)")
+    if args.run is not None and not os.path.isdir(args.run):
+        raise UserError(f"run folder not found: {args.run}")
+    if args.image_size is not None and args.image_size < 16:
+        raise UserError(f"--image-size must be at least 16, got {args.image_size}")
+    from .data.sources import dataset_for_features
+
+    samples, names, split = dataset_for_features(args.data)
+    from pathlib import Path
+
+    from .features import default_cache_dir, export_features
+    from .runtime import setup_runtime
+
+    if args.run is not None:
+        from .checkpoint import load_model
+
+        model = load_model(args.run)
+    else:
+        from .models.factory import create_model
+
+        model = create_model(args.model, 2, args.weights, image_size=args.image_size, aux_logits=False)
+    if args.image_size is not None:
+        model.info.preprocessing = model.info.preprocessing.with_image_size(args.image_size)
+    runtime = setup_runtime(args.device)
+    model.to(runtime.device)
+    cache_dir = (Path(args.cache_dir) if args.cache_dir else default_cache_dir()) if args.use_cache else None
+    export_features(model, samples, names, args.out, runtime, batch_size=args.batch_size, workers=args.workers,
+                    split=split, engine=args.engine, cache_dir=cache_dir)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "models": cmd_models,
+            "features": cmd_features}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+"""Feature cache keys, the onnxruntime engine's parity, the L-BFGS head vs scikit-learn."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import tlearn
+import tlearn.features as features_mod
+from tlearn.data import load_splits
+from tlearn.features import cache_key, cached_features, extract_features
+from tlearn.head_solver import fit_linear_head_lbfgs
+from tlearn.runtime import setup_runtime
+
+from conftest import TINY_MODEL, run_cli
+
+
+@pytest.fixture
+def tiny(image_folder):
+    torch.manual_seed(0)
+    model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
+    return model, load_splits(str(image_folder), val_split=0.25, seed=0)
+
+
+def test_cache_key_follows_model_weights_preprocessing_and_files(tiny, image_folder):
+    model, data = tiny
+    prep = model.info.preprocessing
+    key = cache_key(model, prep, data.train)
+    assert cache_key(model, prep, load_splits(str(image_folder), val_split=0.25, seed=0).train) == key
+    torch.manual_seed(1)
+    other_weights = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
+    assert cache_key(other_weights, prep, data.train) != key
+    other_model = tlearn.create_model("timm:test_efficientnet", 3, weights="none", image_size=32)
+    assert cache_key(other_model, other_model.info.preprocessing, data.train) != key
+    assert cache_key(model, prep.with_image_size(48), data.train) != key
+    with torch.no_grad():
+        model.head.weight.add_(1)  # the head is not part of the features
+    assert cache_key(model, prep, data.train) == key
+    path = data.train.paths[0]
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+    assert cache_key(model, prep, data.train) != key
+
+
+def test_second_run_reads_the_cache_without_the_backbone(tiny, tmp_path, monkeypatch):
+    model, data = tiny
+    runtime = setup_runtime("cpu")
+    first = cached_features(model, data.train, model.info.preprocessing, runtime, cache_dir=tmp_path, log=print)
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the backbone ran although the cache was valid")
+
+    monkeypatch.setattr(features_mod, "make_engine", no_backbone)
+    second = cached_features(model, data.train, model.info.preprocessing, runtime, cache_dir=tmp_path, log=print)
+    assert torch.equal(first, second)
+    (next(tmp_path.glob("features/*.safetensors"))).write_bytes(b"damaged")
+    monkeypatch.undo()
+    third = cached_features(model, data.train, model.info.preprocessing, runtime, cache_dir=tmp_path, log=print)
+    assert torch.allclose(first, third, atol=1e-4)
+
+
+def test_onnxruntime_features_match_pytorch_and_leave_the_model_alone(tmp_path):
+    data = load_splits("digits", val_split=0.1, seed=0)
+    model = tlearn.create_model("efficientnet_lite0", 10, image_size=64).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    runtime = setup_runtime("cpu")
+    messages = []
+    fast = extract_features(model, data.val, model.info.preprocessing, runtime, engine="auto",
+                            cache_dir=tmp_path, log=messages.append)
+    assert "onnxruntime" in messages[-1]
+    reference = extract_features(model, data.val, model.info.preprocessing, runtime, engine="torch", log=print)
+    assert (fast - reference).abs().max().item() <= 1e-3
+    assert not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_lbfgs_head_matches_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+
+    data = load_splits("digits", val_split=0.2, seed=0)
+    model = tlearn.create_model("efficientnet_lite0", 10, image_size=32)
+    runtime = setup_runtime("cpu")
+    train = extract_features(model, data.train, model.info.preprocessing, runtime, engine="torch")
+    val = extract_features(model, data.val, model.info.preprocessing, runtime, engine="torch")
+    train_y, val_y = torch.tensor(data.train.labels), torch.tensor(data.val.labels)
+    ours = fit_linear_head_lbfgs(model.head, train, train_y, val, val_y, log=lambda _: None).val_top1
+    head_top1 = (model.head(val).argmax(1) == val_y).float().mean().item()
+    reference = LogisticRegression(max_iter=3000).fit(train.numpy(), train_y.numpy()).score(val.numpy(), val_y.numpy())
+    assert abs(ours - head_top1) < 1e-6
+    assert ours >= reference - 0.01, (ours, reference)
+
+
+def test_features_command_writes_npz(split_folder, tmp_path):
+    out = tmp_path / "feats.npz"
+    result = run_cli("features", "--model", TINY_MODEL, "--weights", "none", "--image-size", "32",
+                     "--data", str(split_folder), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    arrays = np.load(out, allow_pickle=False)
+    assert arrays["embeddings"].shape[0] == len(arrays["labels"]) == len(arrays["paths"]) == 24
+    assert list(arrays["class_names"]) == ["cat", "dog", "fox"] and set(arrays["split"]) == {"train", "val"}
