@@ -46,7 +46,11 @@ def train(config: RunConfig, out: str | Path | None = None, log: Callable[[str],
     log(f"{config.model.name} ({model.info.weights_id}), {len(data.class_names)} classes, "
         f"{len(data.train)} train / {len(data.val)} val images, input {model.info.preprocessing.crop_size}px; "
         f"run folder {run_dir}")
-    summary = training.fit(model, data, config, run_dir, log=log)
+    try:
+        summary = training.fit(model, data, config, run_dir, log=log)
+    except KeyboardInterrupt:
+        log(f"interrupted: the last completed epoch is saved; continue with: tlearn train --resume {run_dir}")
+        raise
     return summary, run_dir
 
 
@@ -65,7 +69,11 @@ def resume(run_dir: str | Path, log: Callable[[str], None] = print) -> tuple[dic
     model = checkpoint.load_model(run_dir, checkpoint.LAST_FILE).train()
     done = state["progress"]["rows"]
     log(f"resuming {run_dir} after epoch {len(done)}")
-    summary = training.fit(model, data, config, run_dir, resume=state, log=log)
+    try:
+        summary = training.fit(model, data, config, run_dir, resume=state, log=log)
+    except KeyboardInterrupt:
+        log(f"interrupted: the last completed epoch is saved; continue with: tlearn train --resume {run_dir}")
+        raise
     return summary, run_dir
 
 
@@ -141,19 +149,36 @@ def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: s
              batch_size: int = 64, device: str = "auto", workers: int | None = None) -> dict:
     """top1, top5, per_class and confusion of a run on a dataset, classes matched by name."""
     trained = run_or_model if isinstance(run_or_model, TrainedModel) else load(run_or_model)
-    samples, names = _eval_samples(run_or_model, str(data), split)
-    known = {name: i for i, name in enumerate(trained.class_names)}
-    foreign = [n for n in names if n not in known]
-    if foreign:
-        raise DataError(f"class(es) the model does not know: {', '.join(foreign[:5])}; "
-                        f"the model knows {', '.join(trained.class_names[:10])}")
-    samples.labels = [known[names[label]] for label in samples.labels]
+    samples = _matched_samples(run_or_model, trained.class_names, str(data), split)
     runtime = setup_runtime(device)
     trained.model.to(runtime.device)
     loader = make_loader(samples, trained.transform, batch_size=batch_size, shuffle=False, workers=workers,
                          device=runtime.device)
     result = evaluate_loader(trained.model, loader, runtime, len(trained.class_names))
     return result.to_dict(trained.class_names)
+
+
+def eval_samples_for(run_dir: str | Path, data: str, split: str = "val"):
+    """The samples `tlearn eval` would use, labels mapped onto the run's classes."""
+    return _matched_samples(run_dir, list(load_model_info(run_dir).class_names), str(data), split)
+
+
+def load_model_info(run_dir: str | Path):
+    from .models.classifier import ModelInfo
+
+    return ModelInfo.from_dict(checkpoint.read_json(Path(run_dir) / checkpoint.MODEL_JSON))
+
+
+def _matched_samples(run_or_model, class_names: list[str], data: str, split: str):
+    """Classes are matched by name; a class the model does not know is an error."""
+    samples, names = _eval_samples(run_or_model, data, split)
+    known = {name: i for i, name in enumerate(class_names)}
+    foreign = [n for n in names if n not in known]
+    if foreign:
+        raise DataError(f"class(es) the model does not know: {', '.join(foreign[:5])}; "
+                        f"the model knows {', '.join(class_names[:10])}")
+    samples.labels = [known[names[label]] for label in samples.labels]
+    return samples
 
 
 def _eval_samples(run_or_model, data: str, split: str):

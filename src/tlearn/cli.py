@@ -59,7 +59,9 @@ def _add_train_flags(parser: argparse.ArgumentParser, demo: bool = False) -> Non
     parser.add_argument("--no-cache", dest="use_cache", action="store_false", help="never use the feature cache")
     parser.add_argument("--cache-dir", default=None, help="feature cache (default ~/.cache/tlearn)")
     parser.add_argument("--strict-images", action="store_true", help="unreadable images are an error")
-    parser.add_argument("--detect-anomaly", action="store_true")
+    parser.add_argument("--detect-anomaly", action="store_true", help="debug NaNs: autograd anomaly detection")
+    parser.add_argument("--no-report", dest="report", action="store_false", help="skip report.html")
+    parser.add_argument("--tensorboard", action="store_true", help="write TensorBoard scalars to the run folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--workers", type=int, default=None)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--report", action="store_true", help="write report.html for this data into RUN")
+
+    predict = sub.add_parser("predict", help="predict labels of image files, folders or globs")
+    predict.add_argument("run")
+    predict.add_argument("paths", nargs="+", metavar="PATH")
+    predict.add_argument("--top-k", type=int, default=1)
+    predict.add_argument("--output", default=None, help="write predictions to a .csv or .json file")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--device", choices=DEVICES, default="cpu")
+
+    export = sub.add_parser("export", help="export a run's model to ONNX or TorchScript, parity-checked")
+    export.add_argument("run")
+    export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    export.add_argument("--output", default=None, help="default: RUN/export/model.onnx or model.torchscript.pt")
 
     features = sub.add_parser("features", help="write backbone embeddings of a dataset to an .npz")
     features.add_argument("run", nargs="?", default=None, help="a run folder (instead of --model)")
@@ -135,7 +151,8 @@ def _run_config(args: argparse.Namespace, source: str, model: str, weights: str)
                           head_solver=args.head_solver, device=args.device, amp=args.amp,
                           amp_dtype=args.amp_dtype, channels_last=args.channels_last, seed=args.seed,
                           deterministic=args.deterministic, use_cache=args.use_cache,
-                          cache_dir=args.cache_dir, detect_anomaly=args.detect_anomaly),
+                          cache_dir=args.cache_dir, detect_anomaly=args.detect_anomaly, report=args.report,
+                          tensorboard=args.tensorboard),
     ).validate()
 
 
@@ -189,6 +206,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     result = api.evaluate(args.run, args.data, split=args.split, batch_size=args.batch_size,
                           device=args.device, workers=args.workers)
+    if args.report:
+        from pathlib import Path
+
+        from .run_report import report_run
+        from .runtime import setup_runtime
+
+        samples = api.eval_samples_for(args.run, args.data, args.split)
+        path = report_run(Path(args.run), samples, setup_runtime(args.device), batch_size=args.batch_size,
+                          workers=args.workers, title=f"tlearn evaluation: {args.run} on {args.data} ({args.split})")
+        print(f"report: {path}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -204,6 +231,57 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for i, (name, row) in enumerate(zip(names, result["confusion"])):
         print(f"  {name:<{width}}" + " ".join(f"{v:>5}" for v in row) + f"   [{i}]")
     return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.run):
+        raise UserError(f"run folder not found: {args.run}")
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.output and not args.output.lower().endswith((".csv", ".json")):
+        raise UserError(f"--output must end in .csv or .json, got {args.output}")
+    from .predict import collect_paths, predict_files, write_predictions
+
+    paths, missing = collect_paths(args.paths)
+    for item in missing:
+        print(f"tlearn: warning: no image matches {item}", file=sys.stderr)
+    if not paths:
+        raise UserError("no image files found in " + " ".join(args.paths))
+    from . import api
+
+    trained = api.load(args.run, device=args.device)
+    top_k = min(args.top_k, len(trained.class_names))
+    predictions = predict_files(trained, paths, top_k=top_k, batch_size=args.batch_size)
+    width = min(max((len(r["path"]) for r in predictions.rows), default=4), 80)
+    print(f"{'path':<{width}}  {'label':<20} prob")
+    for row in predictions.rows:
+        extra = "".join(f"  {l} {p:.4f}" for l, p in zip(row["labels"][1:], row["probs"][1:]))
+        print(f"{row['path']:<{width}}  {row['labels'][0]:<20} {row['probs'][0]:.4f}{extra}")
+    if predictions.unreadable:
+        print(f"\nunreadable ({len(predictions.unreadable)}):")
+        for path, reason in predictions.unreadable:
+            print(f"  {path}: {reason}")
+    if args.output:
+        write_predictions(predictions, args.output, top_k)
+        print(f"wrote {args.output}")
+    if not predictions.rows:
+        raise UserError("no image could be read")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.run):
+        raise UserError(f"run folder not found: {args.run}")
+    from .export import TOLERANCE, export_run
+
+    report = export_run(args.run, args.format, args.output)
+    verdict = "ok" if report.ok else "FAILED"
+    print(f"wrote {report.path} and {report.path}.json")
+    print(f"parity on {report.inputs}: max abs logit difference {report.max_abs_diff:.2e} "
+          f"(limit {TOLERANCE:.0e}), same top-1 {report.top1_agree}/{report.samples}: {verdict}")
+    return 0 if report.ok else 1
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -253,7 +331,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "models": cmd_models,
-            "features": cmd_features}
+            "features": cmd_features, "predict": cmd_predict, "export": cmd_export}
 
 
 if __name__ == "__main__":

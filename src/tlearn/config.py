@@ -80,6 +80,8 @@ class TrainConfig:
     use_cache: bool = True  # feature cache for frozen, non-augmented stages
     cache_dir: str | None = None  # None: $TLEARN_CACHE or ~/.cache/tlearn
     detect_anomaly: bool = False
+    report: bool = True  # write report.html (curves, confusion, mistakes) at the end
+    tensorboard: bool = False  # per-epoch scalars for `tensorboard --logdir RUN`
 
     def validate(self) -> None:
         _check_choice("--strategy", self.strategy, STRATEGIES)

@@ -83,3 +83,16 @@ def evaluate(model: nn.Module, loader: Iterable, runtime: Runtime, num_classes: 
         meter.update(logits, targets, loss_fn(logits.float(), targets).item())
     meter.reduce(runtime)
     return meter.result()
+
+
+@torch.inference_mode()
+def predict_probabilities(model: nn.Module, loader: Iterable, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax probabilities, labels) over `loader`, in order, on the CPU."""
+    model.eval()
+    probs, labels = [], []
+    for images, targets in loader:
+        with runtime.autocast():
+            logits = model(runtime.to_device(images))
+        probs.append(logits.float().softmax(dim=1).cpu())
+        labels.append(targets)
+    return torch.cat(probs), torch.cat(labels)

@@ -1,0 +1,92 @@
+"""Predict labels for image files with a run folder's model and preprocessing."""
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .api import TrainedModel
+from .checkpoint import atomic_write
+from .data.images import is_image_name, open_rgb
+from .errors import UserError
+
+
+@dataclass
+class Predictions:
+    rows: list[dict]  # path, labels, probs
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+
+def collect_paths(inputs: list[str]) -> tuple[list[str], list[str]]:
+    """Image files from files, folders (recursively) and globs; (found, inputs that matched nothing)."""
+    found, missing = [], []
+    for item in inputs:
+        if os.path.isdir(item):
+            for directory, subdirs, files in os.walk(item):
+                subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+                found += [os.path.join(directory, f) for f in sorted(files)
+                          if is_image_name(f) and not f.startswith(".")]
+        elif os.path.isfile(item):
+            found.append(item)
+        else:
+            matches = sorted(glob.glob(item, recursive=True))
+            files = [m for m in matches if os.path.isfile(m) and is_image_name(m)]
+            if files:
+                found += files
+            else:
+                missing.append(item)
+    return list(dict.fromkeys(found)), missing
+
+
+def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch_size: int = 32) -> Predictions:
+    """Batched prediction; files that fail to decode are listed, not fatal."""
+    transform = trained.transform
+    result = Predictions([])
+    batch: list[tuple[str, torch.Tensor]] = []
+
+    def flush():
+        if batch:
+            outputs = trained.predict([tensor for _, tensor in batch], top_k=top_k, batch_size=batch_size)
+            for (path, _), output in zip(batch, outputs):
+                result.rows.append({"path": path, "labels": output["labels"], "probs": output["probs"]})
+            batch.clear()
+
+    for path in paths:
+        try:
+            batch.append((path, transform(open_rgb(path))))
+        except Exception as error:  # unreadable, truncated, not an image
+            result.unreadable.append((path, str(error).splitlines()[0][:120] if str(error) else type(error).__name__))
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    return result
+
+
+def write_predictions(predictions: Predictions, output: str | Path, top_k: int) -> None:
+    output = Path(output)
+    if output.suffix.lower() == ".json":
+        data = [{"path": r["path"], "predictions": [{"label": l, "prob": p} for l, p in zip(r["labels"], r["probs"])]}
+                for r in predictions.rows]
+        atomic_write(output, json.dumps({"predictions": data, "unreadable": [
+            {"path": p, "reason": why} for p, why in predictions.unreadable]}, indent=2, ensure_ascii=False))
+        return
+    if output.suffix.lower() != ".csv":
+        raise UserError(f"--output must end in .csv or .json, got {output.name}")
+    header = ["path", "label", "prob"]
+    for k in range(2, top_k + 1):
+        header += [f"label_{k}", f"prob_{k}"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    for row in predictions.rows:
+        cells = [row["path"]]
+        for label, prob in zip(row["labels"], row["probs"]):
+            cells += [label, f"{prob:.6f}"]
+        writer.writerow(cells)
+    atomic_write(output, buffer.getvalue())

@@ -1,0 +1,192 @@
+"""report.html: one self-contained page a person opens after a run (images inline).
+
+Settings, loss/accuracy curves across stages, the confusion matrix as a heat map,
+per-class precision/recall/F1, and the validation images the model got most confidently
+wrong. The plots are saved as PNG files too (matplotlib, Agg backend).
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import atomic_write
+
+REPORT_FILE = "report.html"
+MAX_WRONG = 24
+
+
+def write_report(run_dir: Path, *, probs: np.ndarray, labels: np.ndarray, class_names: list[str],
+                 describe, load_image, settings: dict, summary: dict | None = None,
+                 title: str = "tlearn run report") -> Path:
+    """Write report.html, curves.png and confusion.png into `run_dir`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    predictions = probs.argmax(1)
+    sections = [_settings_section(settings, summary)]
+    curves = _curves_png(run_dir)
+    if curves is not None:
+        sections.append(_figure_section("Training curves", curves, "curves.png"))
+    confusion_png = _confusion_png(labels, predictions, class_names)
+    atomic_write(run_dir / "confusion.png", confusion_png)
+    sections.append(_figure_section("Confusion matrix (rows: true, columns: predicted)", confusion_png,
+                                    "confusion.png", scroll=True))
+    sections.append(_per_class_section(labels, predictions, class_names))
+    sections.append(_wrong_section(probs, labels, class_names, describe, load_image))
+    page = _PAGE.format(title=html.escape(title), body="\n".join(sections))
+    path = run_dir / REPORT_FILE
+    atomic_write(path, page)
+    return path
+
+
+def _settings_section(settings: dict, summary: dict | None) -> str:
+    rows = []
+    if summary:
+        for key in ("val_top1", "val_top5", "best_epoch", "train_seconds", "num_train", "num_val", "skipped_files"):
+            if key in summary:
+                rows.append((key, summary[key]))
+    for section, values in settings.items():
+        if isinstance(values, dict):
+            rows += [(f"{section}.{k}", v) for k, v in values.items() if not isinstance(v, (dict, list))]
+        else:
+            rows.append((section, values))
+    cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows)
+    return f"<section><h2>Run</h2><table class='kv'>{cells}</table></section>"
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _png(figure) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _curves_png(run_dir: Path) -> bytes | None:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    metrics = run_dir / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    rows = list(csv.DictReader(metrics.open(encoding="utf-8")))
+    if not rows:
+        return None
+    epochs = [int(r["epoch"]) for r in rows]
+    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("train_loss", "train"), ("val_loss", "val")):
+        loss_ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=label)
+    for key, label in (("train_top1", "train top-1"), ("val_top1", "val top-1"), ("val_top5", "val top-5")):
+        acc_ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=label)
+    for axis, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        for i in range(1, len(rows)):
+            if rows[i]["stage"] != rows[i - 1]["stage"]:  # stage boundary
+                axis.axvline(epochs[i] - 0.5, color="grey", linestyle="--")
+                axis.text(epochs[i] - 0.45, axis.get_ylim()[1], rows[i]["stage"], va="top", fontsize=8)
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_ylabel(name)
+        axis.legend()
+        axis.grid(alpha=0.3)
+    png = _png(figure)
+    atomic_write(run_dir / "curves.png", png)
+    return png
+
+
+def _confusion_png(labels: np.ndarray, predictions: np.ndarray, class_names: list[str]) -> bytes:
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    count = len(class_names)
+    matrix = confusion_matrix(labels, predictions, labels=list(range(count)))
+    side = max(5.0, 0.28 * count + 2)  # grows with the classes: 100 classes stay readable (scroll)
+    figure, axis = plt.subplots(figsize=(side + 1.5, side))
+    image = axis.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+    font = 9 if count <= 20 else 6
+    axis.set_xticks(range(count), class_names, rotation=90, fontsize=font)
+    axis.set_yticks(range(count), class_names, fontsize=font)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    if count <= 20:
+        peak = matrix.max() or 1
+        for i in range(count):
+            for j in range(count):
+                axis.text(j, i, matrix[i, j], ha="center", va="center", fontsize=8,
+                          color="white" if matrix[i, j] > peak / 2 else "black")
+    return _png(figure)
+
+
+def _figure_section(title: str, png: bytes, filename: str, scroll: bool = False) -> str:
+    data = base64.b64encode(png).decode()
+    style = " class='scroll'" if scroll else ""
+    return (f"<section><h2>{html.escape(title)}</h2><div{style}><img alt='{filename}' "
+            f"src='data:image/png;base64,{data}'></div></section>")
+
+
+def _per_class_section(labels: np.ndarray, predictions: np.ndarray, class_names: list[str]) -> str:
+    from sklearn.metrics import precision_recall_fscore_support
+
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predictions, labels=list(range(len(class_names))), zero_division=0)
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{p:.3f}</td><td>{r:.3f}</td><td>{f:.3f}</td><td>{s}</td></tr>"
+        for name, p, r, f, s in zip(class_names, precision, recall, f1, support))
+    accuracy = float((labels == predictions).mean()) if len(labels) else 0.0
+    return (f"<section><h2>Per-class metrics</h2><p>{len(labels)} images, top-1 accuracy {accuracy:.4f}</p>"
+            f"<div class='scroll short'><table><tr><th>class</th><th>precision</th><th>recall</th>"
+            f"<th>F1</th><th>support</th></tr>{rows}</table></div></section>")
+
+
+def _wrong_section(probs, labels, class_names, describe, load_image) -> str:
+    predictions = probs.argmax(1)
+    wrong = np.flatnonzero(predictions != labels)
+    wrong = wrong[np.argsort(-probs[wrong, predictions[wrong]])][:MAX_WRONG]
+    if len(wrong) == 0:
+        return "<section><h2>Most confident mistakes</h2><p>No validation image was misclassified.</p></section>"
+    cards = []
+    for index in wrong:
+        image = load_image(int(index)).convert("RGB")
+        image.thumbnail((128, 128))
+        if min(image.size) < 64:  # tiny images (CIFAR, digits): enlarge so a person can see them
+            scale = 64 / min(image.size)
+            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                 resample=0)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        data = base64.b64encode(buffer.getvalue()).decode()
+        true, pred = class_names[labels[index]], class_names[predictions[index]]
+        name = html.escape(str(describe(int(index))))
+        cards.append(f"<figure><img alt='{name}' title='{name}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>true <b>{html.escape(true)}</b><br>predicted <b>{html.escape(pred)}</b> "
+                     f"({probs[index, predictions[index]]:.2f})</figcaption></figure>")
+    return ("<section><h2>Most confident mistakes</h2><div class='grid'>" + "".join(cards) + "</div></section>")
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }}
+table {{ border-collapse: collapse; }} th, td {{ padding: 3px 10px; border-bottom: 1px solid #ddd; text-align: left; }}
+table.kv th {{ font-weight: 600; white-space: nowrap; }}
+.scroll {{ overflow: auto; max-height: 900px; border: 1px solid #eee; }}
+.scroll.short {{ max-height: 480px; display: inline-block; }}
+.scroll img {{ max-width: none; }}
+img {{ max-width: 100%; }}
+.grid {{ display: flex; flex-wrap: wrap; gap: 12px; }}
+figure {{ margin: 0; width: 150px; font-size: 12px; }} figure img {{ image-rendering: pixelated; }}
+</style></head>
+<body><h1>{title}</h1>
+{body}
+</body></html>
+"""

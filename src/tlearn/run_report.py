@@ -1,0 +1,38 @@
+"""Write a run folder's report.html from its best model and a set of labelled images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import checkpoint, run_folder
+from .data.loaders import make_loader
+from .data.samples import Samples
+from .engine import predict_probabilities
+from .report import write_report
+from .runtime import Runtime
+
+
+def report_run(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size: int = 64,
+               workers: int | None = None, title: str | None = None) -> Path:
+    """Predict `samples` with the run's best model and write report.html and the PNG plots."""
+    model = checkpoint.load_model(run_dir).to(runtime.device)
+    loader = make_loader(samples, _transform(model), batch_size=batch_size, shuffle=False, workers=workers,
+                         device=runtime.device)
+    probs, labels = predict_probabilities(model, loader, runtime)
+    config_path = run_dir / run_folder.CONFIG_FILE
+    settings = {}
+    if config_path.is_file():
+        import yaml
+
+        settings = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        settings.pop("resolved", None)
+    summary_path = run_dir / run_folder.SUMMARY_FILE
+    summary = checkpoint.read_json(summary_path) if summary_path.is_file() else None
+    return write_report(run_dir, probs=probs.numpy(), labels=labels.numpy(), class_names=model.info.class_names,
+                        describe=samples.describe, load_image=samples.load, settings=settings, summary=summary,
+                        title=title or f"tlearn report: {model.info.name} in {run_dir.name}")
+
+
+def _transform(model):
+    from .data.transforms import eval_transform
+
+    return eval_transform(model.info.preprocessing)

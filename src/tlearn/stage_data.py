@@ -1,0 +1,96 @@
+"""What a stage trains on: images through the whole model, or cached features through the head."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from .config import RunConfig
+from .data.loaders import make_loader
+from .data.sources import DatasetSplits
+from .data.transforms import eval_transform, train_transform
+from .features import cached_features
+from .models.classifier import Classifier
+from .runtime import Runtime
+from .strategy import Stage
+
+
+@dataclass
+class StageData:
+    train: DataLoader
+    val: DataLoader
+    module: nn.Module  # what the loaders feed: the classifier, or only its head
+    prepare: Callable
+    cached: bool
+    shuffle: torch.Generator | None = None  # reseeded per epoch (seed + epoch): exact resume
+
+    def start_epoch(self, seed: int, epoch: int) -> None:
+        """Each epoch's order depends only on (seed, epoch), so a resumed run repeats it."""
+        if self.shuffle is not None:
+            self.shuffle.manual_seed(seed + epoch)
+        if hasattr(self.train.sampler, "set_epoch"):
+            self.train.sampler.set_epoch(epoch)
+
+
+def stage_augment(stage: Stage, config: RunConfig) -> str:
+    """Fine-tuning uses --augment; frozen stages --probe-augment (none unless --augment none)."""
+    dc = config.data
+    if stage.train_backbone:
+        return dc.augment
+    return "none" if dc.augment == "none" else dc.probe_augment
+
+
+def build_stage_data(model: Classifier, stage: Stage, data: DatasetSplits, config: RunConfig, runtime: Runtime,
+                     cache_dir: Path | None, log: Callable[[str], None]) -> StageData:
+    augment = stage_augment(stage, config)
+    if not stage.train_backbone and augment == "none":
+        return _feature_data(model, data, config, runtime, cache_dir, log)
+    return _image_data(model, data, config, runtime, augment)
+
+
+def _feature_data(model, data, config, runtime, cache_dir, log) -> StageData:
+    # Frozen backbone in eval mode + fixed inputs = fixed features: compute them once.
+    dc = config.data
+    features = {}
+    for split, samples in (("train", data.train), ("val", data.val)):
+        if runtime.distributed and not runtime.is_main:
+            runtime.barrier()  # rank 0 extracts and writes the cache first
+        features[split] = cached_features(model, samples, model.info.preprocessing, runtime, cache_dir=cache_dir,
+                                          batch_size=max(dc.batch_size, 64), workers=dc.workers,
+                                          description=f"{split} features",
+                                          log=log if runtime.is_main else (lambda _: None))
+        if runtime.distributed and runtime.is_main:
+            runtime.barrier()
+    generator = torch.Generator()
+    train = DataLoader(TensorDataset(features["train"], torch.tensor(data.train.labels)),
+                       batch_size=dc.batch_size, shuffle=True, generator=generator,
+                       drop_last=lone_last_batch(len(data.train), dc.batch_size))
+    val = DataLoader(TensorDataset(features["val"], torch.tensor(data.val.labels)), batch_size=256)
+    return StageData(train, val, model.head, lambda x: x.to(runtime.device, non_blocking=True), True, generator)
+
+
+def _image_data(model, data, config, runtime, augment) -> StageData:
+    dc, seed = config.data, config.train.seed
+    prep = model.info.preprocessing
+    train_sampler = val_sampler = None
+    if runtime.distributed:
+        from torch.utils.data.distributed import DistributedSampler
+
+        train_sampler = DistributedSampler(range(len(data.train)), runtime.world_size, runtime.rank,
+                                           shuffle=True, seed=seed)
+        val_sampler = list(range(runtime.rank, len(data.val), runtime.world_size))  # no padding
+    train = make_loader(data.train, train_transform(prep, augment), batch_size=dc.batch_size, shuffle=True,
+                        workers=dc.workers, device=runtime.device, seed=seed, sampler=train_sampler,
+                        drop_last=lone_last_batch(len(data.train), dc.batch_size))
+    val = make_loader(data.val, eval_transform(prep), batch_size=dc.batch_size, shuffle=False,
+                      workers=dc.workers, device=runtime.device, sampler=val_sampler)
+    return StageData(train, val, model, runtime.to_device, False, train.generator)
+
+
+def lone_last_batch(count: int, batch_size: int) -> bool:
+    """Drop a last batch of one image: BatchNorm in train mode cannot normalise it."""
+    return count > batch_size and count % batch_size == 1

@@ -1,0 +1,188 @@
+"""What users ship and look at: predict, export with parity, report.html, TensorBoard."""
+import csv
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import tlearn
+
+from conftest import TINY_MODEL, make_folder, run_cli
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deploy")
+    data = make_folder(root / "data", per_class=8, split_dirs=True)
+    out = root / "run"
+    summary, _ = tlearn.train(tlearn.RunConfig(
+        data=tlearn.DataConfig(source=str(data), image_size=32, batch_size=8),
+        model=tlearn.ModelConfig(name=TINY_MODEL, weights="none"),
+        train=tlearn.TrainConfig(strategy="two-stage", head_epochs=1, epochs=2, tensorboard=True,
+                                 cache_dir=str(root / "cache"))), out, log=lambda _: None)
+    return out, data
+
+
+def test_predict_files_folders_globs_and_unreadable(trained_run, tmp_path):
+    run, data = trained_run
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    out_csv = tmp_path / "preds.csv"
+    result = run_cli("predict", str(run), str(data / "val" / "cat"), str(data / "train" / "dog" / "*.png"),
+                     str(broken), "--top-k", "2", "--output", str(out_csv))
+    assert result.returncode == 0, result.stderr
+    assert "unreadable (1)" in result.stdout and "broken.jpg" in result.stdout
+    rows = list(csv.reader(out_csv.open()))
+    assert rows[0] == ["path", "label", "prob", "label_2", "prob_2"]
+    assert len(rows) - 1 == 2 + 6  # 2 val cats + 6 train dogs
+    assert all(r[1] in {"cat", "dog", "fox"} and 0 <= float(r[2]) <= 1 for r in rows[1:])
+    out_json = tmp_path / "preds.json"
+    assert run_cli("predict", str(run), str(data / "val"), "--output", str(out_json)).returncode == 0
+    assert len(json.loads(out_json.read_text())["predictions"]) == 6
+    nothing = run_cli("predict", str(run), str(broken))
+    assert nothing.returncode == 2 and "no image could be read" in nothing.stderr
+
+
+def test_python_predict_accepts_paths_images_and_tensors(trained_run):
+    from PIL import Image
+
+    run, data = trained_run
+    trained = tlearn.load(run)
+    path = next((data / "val" / "fox").iterdir())
+    image = Image.open(path)
+    tensor = trained.transform(image.convert("RGB"))
+    by_path, by_image, by_tensor = trained.predict([path, image, tensor])
+    assert by_path["label"] == by_image["label"] == by_tensor["label"]
+    assert abs(by_path["prob"] - by_tensor["prob"]) < 1e-6
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_with_parity_and_sidecar(trained_run, tmp_path, fmt):
+    run, _ = trained_run
+    output = tmp_path / f"model.{fmt}"
+    result = run_cli("export", str(run), "--format", fmt, "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    assert "validation images" in result.stdout and ": ok" in result.stdout
+    side = json.loads((tmp_path / f"model.{fmt}.json").read_text())
+    assert set(side) >= {"classes", "resize_size", "crop_size", "interpolation", "mean", "std"}
+    assert side["classes"] == ["cat", "dog", "fox"] and side["crop_size"] == 32
+
+
+def test_onnx_runs_with_onnxruntime_alone(trained_run, tmp_path):
+    """The README's recipe: numpy + PIL + onnxruntime and the sidecar, no torch."""
+    run, data = trained_run
+    output = tmp_path / "m.onnx"
+    assert run_cli("export", str(run), "--output", str(output)).returncode == 0
+    script = tmp_path / "standalone.py"
+    script.write_text(STANDALONE)
+    image = next((data / "val" / "dog").iterdir())
+    result = subprocess.run(["python", str(script), str(output), str(image)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    label, prob = result.stdout.split()
+    expected = tlearn.load(run).predict(image)[0]
+    assert label == expected["label"] and abs(float(prob) - expected["prob"]) < 1e-3
+
+
+STANDALONE = '''
+import json, sys
+import numpy as np, onnxruntime as ort
+from PIL import Image
+sys.modules["torch"] = None  # prove torch is not needed
+model_path, image_path = sys.argv[1], sys.argv[2]
+meta = json.load(open(model_path + ".json"))
+image = Image.open(image_path).convert("RGB")
+scale = meta["resize_size"] / min(image.size)
+resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[meta["interpolation"]]
+image = image.resize((round(image.width * scale), round(image.height * scale)), resample)
+left, top = (image.width - meta["crop_size"]) // 2, (image.height - meta["crop_size"]) // 2
+image = image.crop((left, top, left + meta["crop_size"], top + meta["crop_size"]))
+x = (np.asarray(image, dtype=np.float32) / 255 - meta["mean"]) / meta["std"]
+x = x.transpose(2, 0, 1)[None].astype(np.float32)
+logits = ort.InferenceSession(model_path).run(None, {"images": x})[0][0]
+probs = np.exp(logits - logits.max()); probs /= probs.sum()
+print(meta["classes"][int(probs.argmax())], float(probs.max()))
+'''
+
+
+def test_tensorboard_scalars_are_readable(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _ = trained_run
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/train", "loss/val", "accuracy/val_top1", "lr/head"} <= tags
+    assert len(events.Scalars("accuracy/val_top1")) == 3  # probe solve + 2 fine-tuning epochs
+
+
+def test_report_files_exist(trained_run):
+    run, _ = trained_run
+    html = (run / "report.html").read_text()
+    for needle in ("Training curves", "Confusion matrix", "Per-class metrics", "precision", "data:image/png;base64"):
+        assert needle in html
+    assert (run / "curves.png").stat().st_size > 0 and (run / "confusion.png").stat().st_size > 0
+
+
+def _chromium():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install -e '.[dev]')")
+    return chromium, driver
+
+
+def _browser(chromium, driver):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1300,2000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def _check_in_browser(page, screenshot):
+    browser = _browser(*_chromium())
+    try:
+        browser.get(page.as_uri())
+        browser.save_screenshot(str(screenshot))
+        widths = browser.execute_script(
+            "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        overflow = browser.execute_script(
+            "return Array.from(document.querySelectorAll('.scroll')).map(d => getComputedStyle(d).overflow)")
+    finally:
+        browser.quit()
+    return widths, errors, overflow
+
+
+def test_report_renders_in_chromium(trained_run, tmp_path):
+    run, _ = trained_run
+    widths, errors, _ = _check_in_browser(run / "report.html", tmp_path / "report.png")
+    assert widths and all(w > 0 for w in widths), widths
+    assert errors == []
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_report_with_100_classes_stays_readable(tmp_path):
+    from tlearn.report import write_report
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    names = [f"class_{i:03d}_name" for i in range(100)]
+    labels = np.repeat(np.arange(100), 3)
+    probs = rng.dirichlet(np.ones(100), size=len(labels))
+    path = write_report(tmp_path, probs=probs, labels=labels, class_names=names, describe=str,
+                        load_image=lambda i: Image.new("RGB", (20, 20), (i % 255, 0, 0)), settings={"model": "x"})
+    widths, errors, overflow = _check_in_browser(path, tmp_path / "report100.png")
+    assert all(w > 0 for w in widths) and errors == []
+    assert overflow and all(o == "auto" for o in overflow)
