@@ -83,6 +83,18 @@ BAD_INPUTS = [
     (["train", "--resume", "no/such/run"], "run folder not found"),
     (["models", "zzz-no-such-model-zzz"], "no model matches"),
     (["train", "--data", "{images}", *TINY, "--strict-images"], "broken.jpg"),
+    (["train", "--data", "{images}", *TINY, "--head-epochs", "-2"], "--head-epochs"),
+    (["train", "--data", "{images}", *TINY, "--backbone-lr-mult", "0"], "--backbone-lr-mult"),
+    (["train", "--data", "{images}", *TINY, "--label-smoothing", "1.5"], "--label-smoothing"),
+    (["train", "--data", "{images}", *TINY, "--weight-decay", "-1"], "--weight-decay"),
+    (["train", "--data", "{images}", *TINY, "--warmup-epochs", "-1"], "--warmup-epochs"),
+    (["train", "--data", "{images}", *TINY, "--workers", "-1"], "--workers"),
+    (["train", "--data", "{images}", *TINY, "--device", "tpu"], "invalid choice"),
+    (["train", *TINY], "needs --data"),
+    (["predict", "no/such/run", "{images}"], "run folder not found"),
+    (["export", "no/such/run"], "run folder not found"),
+    (["export", "no/such/run", "--format", "tflite"], "invalid choice"),
+    (["features", "--data", "{images}", "--out", "x.npz"], "run folder or --model"),
 ]
 
 
