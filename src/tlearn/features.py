@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .checkpoint import atomic_save_tensors
 from .data.loaders import make_loader
 from .data.samples import Samples
-from .data.transforms import eval_transform
+from .data.transforms import eval_transform_uint8, normalize_batch
 from .extraction import backbone_fingerprint, make_engine
 from .models.classifier import Classifier
 from .preprocessing import Preprocessing
@@ -53,13 +53,13 @@ def extract_features(model: Classifier, samples: Samples, prep: Preprocessing, r
     DataLoader workers decode the next batches while the engine computes this one.
     """
     forward = make_engine(model, prep.crop_size, runtime, cache_dir, engine, log)
-    loader = make_loader(samples, eval_transform(prep), batch_size=batch_size, shuffle=False,
+    loader = make_loader(samples, eval_transform_uint8(prep), batch_size=batch_size, shuffle=False,
                          workers=workers, device=runtime.device)
     chunks = []
     start = time.perf_counter()
     with torch.inference_mode():
         for images, _ in tqdm(loader, desc=description, leave=False, disable=None if runtime.is_main else True):
-            chunks.append(forward(images))
+            chunks.append(forward(normalize_batch(images, prep)))
     seconds = time.perf_counter() - start
     engine_name = forward.name if getattr(forward, "active", True) else "torch"
     log(f"{description}: {len(samples)} images through the backbone ({engine_name}) in {seconds:.1f} s "

@@ -1,0 +1,73 @@
+"""Feature-extraction throughput, images/s, same model, batch size and image size.
+
+    python benchmarks/throughput.py [--model efficientnet_lite0] [--image-size 224] [--batch-size 32]
+
+(a) PyTorch eager, channels_last, forward on random tensors already in memory;
+(b) the engine tlearn extracts with (onnxruntime on CPU), on the same tensors;
+(c) tlearn's feature extraction from JPEG files (decode + resize + forward).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import sample_cifar  # noqa: E402
+
+import tlearn  # noqa: E402
+from tlearn.data.sources import scan_class_folders  # noqa: E402
+from tlearn.extraction import make_engine  # noqa: E402
+from tlearn.features import extract_features  # noqa: E402
+from tlearn.runtime import setup_runtime  # noqa: E402
+
+
+def rate(forward, batches: list[torch.Tensor]) -> float:
+    forward(batches[0])  # warm-up (allocations, ONNX session)
+    start = time.perf_counter()
+    for batch in batches:
+        forward(batch)
+    return sum(len(b) for b in batches) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--weights", default="default")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=8)
+    args = parser.parse_args()
+    runtime = setup_runtime("cpu")
+    model = tlearn.create_model(args.model, 10, args.weights, image_size=args.image_size).eval()
+    size, batch = args.image_size, args.batch_size
+    batches = [torch.randn(batch, 3, size, size) for _ in range(args.batches)]
+    eager = model.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        eager_rate = rate(lambda x: eager.forward_features(x.contiguous(memory_format=torch.channels_last)), batches)
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = make_engine(model, size, runtime, Path(tmp) / "cache")
+        engine_rate = rate(engine, batches)
+        files = sample_cifar(Path(tmp) / "data", batch * args.batches, 0)
+        samples, _, _ = scan_class_folders(files / "train")
+        extract_features(model, samples.subset(list(range(batch))), model.info.preprocessing, runtime,
+                         batch_size=batch, cache_dir=Path(tmp) / "cache", log=lambda _: None)  # warm-up
+        start = time.perf_counter()
+        extract_features(model, samples, model.info.preprocessing, runtime, batch_size=batch,
+                         cache_dir=Path(tmp) / "cache", log=lambda _: None)
+        files_rate = len(samples) / (time.perf_counter() - start)
+    print(json.dumps({"model": args.model, "image_size": size, "batch_size": batch,
+                      "threads": torch.get_num_threads(), "engine": engine.name,
+                      "eager_channels_last": round(eager_rate, 1), "engine_in_memory": round(engine_rate, 1),
+                      "tlearn_from_jpeg": round(files_rate, 1),
+                      "engine_vs_eager": round(engine_rate / eager_rate, 2),
+                      "jpeg_vs_engine": round(files_rate / engine_rate, 2)}))
+
+
+if __name__ == "__main__":
+    main()
