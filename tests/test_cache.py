@@ -33,6 +33,7 @@ def test_cache_key_follows_model_weights_preprocessing_and_files(tiny, image_fol
     other_model = tlearn.create_model("timm:test_efficientnet", 3, weights="none", image_size=32)
     assert cache_key(other_model, other_model.info.preprocessing, data.train) != key
     assert cache_key(model, prep.with_image_size(48), data.train) != key
+    assert cache_key(model, prep, data.train, precision="bfloat16") != key
     with torch.no_grad():
         model.head.weight.add_(1)  # the head is not part of the features
     assert cache_key(model, prep, data.train) == key

@@ -162,7 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError(f"run folder not found: {args.resume}")
         from . import api
 
-        summary, run_dir = api.resume(args.resume)
+        summary, run_dir = api.resume(args.resume, log=_log)
     elif not args.data:
         raise UserError("train needs --data (a folder, digits, cifar10 or cifar100) or --resume RUN")
     else:
@@ -180,7 +180,7 @@ def _train(config, out):
     data = load_data(config) if config.data.source not in ("cifar10", "cifar100") else None
     from . import api
 
-    return api.train(config, out, data=data)
+    return api.train(config, out, data=data, log=_log)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -190,7 +190,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_main_process() -> bool:
+    """Under torchrun only rank 0 talks; the others train quietly."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _log(message: str) -> None:
+    if _is_main_process():
+        print(message, flush=True)
+
+
 def _print_summary(summary: dict, run_dir) -> None:
+    if not _is_main_process():
+        return
     print()
     print(f"{'stage':<14}{'epochs':>7}{'val top-1':>11}{'val top-5':>11}")
     for stage in summary["stages"]:

@@ -28,10 +28,11 @@ def compute_loss(output, targets: torch.Tensor, loss_fn: Callable, aux_weight: f
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     scheduler, runtime: Runtime, loss_fn: Callable, *, num_classes: int,
                     scaler: torch.amp.GradScaler | None = None, aux_weight: float = 0.0,
-                    description: str = "train", prepare: Callable | None = None) -> dict:
+                    description: str = "train", prepare: Callable | None = None, sharded: bool = True) -> dict:
     """One pass over `loader`; the LR schedule steps per batch. Returns loss, top1, images/s.
 
     `prepare(batch_inputs)` moves inputs to the device; images by default, features too.
+    `sharded`: each torchrun process saw a different part of the data (sum the metrics).
     """
     prepare = prepare or runtime.to_device
     meter = ClassificationMeter(num_classes)
@@ -59,17 +60,19 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         if progress.disable is False and step % 5 == 0:
             rate = seen / max(time.perf_counter() - start, 1e-9)
             progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{meter.result().top1:.3f}", img_s=f"{rate:.0f}")
-    meter.reduce(runtime)
+    processes = runtime.world_size if sharded else 1
+    if sharded:
+        meter.reduce(runtime)
     result = meter.result()
     seconds = time.perf_counter() - start
     return {"loss": result.loss, "top1": result.top1, "seconds": seconds,
-            "images_per_s": seen * runtime.world_size / max(seconds, 1e-9)}
+            "images_per_s": seen * processes / max(seconds, 1e-9)}
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: Iterable, runtime: Runtime, num_classes: int,
              loss_fn: Callable | None = None, prepare: Callable | None = None,
-             description: str = "eval") -> EvalResult:
+             description: str = "eval", sharded: bool = True) -> EvalResult:
     """Top-1/top-5, per-class accuracy and confusion over `loader` (model in eval mode)."""
     prepare = prepare or runtime.to_device
     model.eval()  # the caller sets the training mode again (see strategy.set_train_mode)
@@ -81,7 +84,8 @@ def evaluate(model: nn.Module, loader: Iterable, runtime: Runtime, num_classes: 
         with runtime.autocast():
             logits = model(inputs)
         meter.update(logits, targets, loss_fn(logits.float(), targets).item())
-    meter.reduce(runtime)
+    if sharded:  # each process evaluated its own shard, unpadded: the sums are exact
+        meter.reduce(runtime)
     return meter.result()
 
 

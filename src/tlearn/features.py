@@ -31,9 +31,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("TLEARN_CACHE") or Path.home() / ".cache" / "tlearn")
 
 
-def cache_key(model: Classifier, prep: Preprocessing, samples: Samples) -> str:
+def cache_key(model: Classifier, prep: Preprocessing, samples: Samples, precision: str = "fp32") -> str:
     """Hash of everything the features depend on; anything else may change freely."""
     parts = {
+        "precision": precision,  # bf16/fp16 autocast features differ from fp32 ones
         "format": CACHE_FORMAT,
         "model": model.info.name,
         "arch": model.info.arch,
@@ -74,7 +75,8 @@ def cached_features(model: Classifier, samples: Samples, prep: Preprocessing, ru
     if cache_dir is None:
         return extract_features(model, samples, prep, runtime, batch_size=batch_size, workers=workers,
                                 description=description, engine=engine, log=log)
-    key = cache_key(model, prep, samples)
+    precision = str(runtime.amp_dtype).replace("torch.", "") if runtime.amp_dtype else "fp32"
+    key = cache_key(model, prep, samples, precision)
     path = Path(cache_dir) / "features" / f"{key}.safetensors"
     if path.is_file():
         try:

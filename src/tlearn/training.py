@@ -159,9 +159,9 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, resume: di
             stats = train_one_epoch(train_module, stage_data.train, optimizer, scheduler, runtime, loss_fn,
                                     num_classes=num_classes, scaler=scaler, aux_weight=run.config.model.aux_weight,
                                     description=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
-                                    prepare=stage_data.prepare)
+                                    prepare=stage_data.prepare, sharded=not stage_data.cached)
         result = evaluate(stage_data.module, stage_data.val, runtime, num_classes, loss_fn,
-                          prepare=stage_data.prepare, description="val")
+                          prepare=stage_data.prepare, description="val", sharded=not stage_data.cached)
         run.log(f"  epoch {epoch + 1}/{stage.epochs}: train loss {stats['loss']:.4f} acc {stats['top1']:.4f} | "
                 f"val loss {result.loss:.4f} top1 {result.top1:.4f} top5 {result.top5:.4f} | "
                 f"{stats['images_per_s']:.0f} img/s")
@@ -175,7 +175,7 @@ def _solve_head(model: Classifier, stage: Stage, index: int, run: Run, stage_dat
     val_x, val_y = stage_data.val.dataset.tensors
     solved = fit_linear_head_lbfgs(model.head, train_x, train_y, val_x, val_y, log=run.log)
     result = evaluate(model.head, stage_data.val, run.runtime, model.info.num_classes, loss_fn,
-                      prepare=stage_data.prepare, description="val")
+                      prepare=stage_data.prepare, description="val", sharded=False)
     stats = {"loss": solved.train_loss, "top1": solved.train_top1, "images_per_s": 0.0}
     run.log(f"  L-BFGS head: l2 {solved.l2:g}, val top1 {result.top1:.4f} top5 {result.top5:.4f}")
     one_pass = Stage(stage.name, 1, stage.train_backbone)  # one solve counts as one epoch
