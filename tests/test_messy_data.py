@@ -99,13 +99,16 @@ def test_tampered_run_files_are_one_line_errors_and_never_run_code(tmp_path):
             return (os.system, (f"touch {marker}",))
 
     (out / "model.safetensors").write_bytes(pickle.dumps({"weight": Exploit()}))
-    for args in (["eval", str(out), "--data", str(data)], ["predict", str(out), str(data)],
-                 ["export", str(out)]):
+    for args in (["eval", str(out), "--data", str(data)], ["predict", str(out), str(data)]):
         result = run_cli(*args)
         assert result.returncode == 2, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "model.safetensors" in result.stderr
     with pytest.raises(tlearn.UserError, match="model.safetensors"):
         tlearn.load(out)
+    from tlearn.export import export_run
+
+    with pytest.raises(tlearn.UserError, match="model.safetensors"):
+        export_run(out, "onnx")
     (out / "model.json").write_text("{ truncated")
     with pytest.raises(tlearn.UserError, match="model.json"):
         tlearn.load(out)

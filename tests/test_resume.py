@@ -67,6 +67,8 @@ def test_sigkill_in_both_stages_then_resume_is_bit_identical(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     assert json.loads((run / "summary.json").read_text())["epochs_completed"] == 10
     assert len((run / "metrics.csv").read_text().strip().splitlines()) == 11
+    again = run_cli("train", "--resume", str(run))
+    assert again.returncode == 2 and "already finished" in again.stderr
 
 
 SLOW_WRITER = textwrap.dedent("""
@@ -112,3 +114,29 @@ def test_kill_during_checkpoint_write_leaves_a_loadable_run(tmp_path):
     assert trained.class_names == ["cat", "dog", "fox"]
     result = run_cli("train", "--resume", str(run))
     assert result.returncode == 0, result.stderr
+
+
+def test_ctrl_c_stops_cleanly_with_a_resumable_run(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=8)
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "tlearn", "train", "--data", str(data), "--model", TINY_MODEL, "--weights",
+               "none", "--image-size", "32", "--batch-size", "4", "--strategy", "finetune", "--epochs", "60",
+               "--workers", "0", "--no-report", "--out", str(run)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and _stage_and_epochs(run) is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert f"tlearn train --resume {run}" in stdout
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "tlearn: interrupted"
+    assert not (run / "summary.json").exists()
+    assert tlearn.load(run).class_names == ["cat", "dog", "fox"]
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("epochs: 60", "epochs: 3"))  # finish quickly
+    done = _stage_and_epochs(run)[1]
+    if done < 3:
+        result = run_cli("train", "--resume", str(run))
+        assert result.returncode == 0, result.stderr
+        assert json.loads((run / "summary.json").read_text())["epochs_completed"] == 3

@@ -65,7 +65,7 @@ def test_learns_a_separable_problem(image_folder, tmp_path):
 def _probe(data, tmp_path, use_cache, name):
     torch.manual_seed(0)
     model = tlearn.create_model("efficientnet_lite0", len(data.class_names), image_size=96)
-    return tlearn.fit(model, data, out=tmp_path / name, strategy="linear-probe", epochs=4, head_solver="sgd",
+    return tlearn.fit(model, data, out=tmp_path / name, strategy="linear-probe", epochs=3, head_solver="sgd",
                       use_cache=use_cache, augment="none", seed=0, log=lambda _: None)
 
 

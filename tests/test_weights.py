@@ -91,6 +91,23 @@ def test_failed_download_names_the_offline_alternatives(monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("[Errno -3] Temporary failure in name resolution")
 
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     monkeypatch.setattr(tv.ResNet18_Weights.IMAGENET1K_V1, "get_state_dict", offline)
     with pytest.raises(tlearn.UserError, match=r"--weights PATH.*--model efficientnet_lite0"):
         create_model("resnet18", 3, "default")
+
+
+def test_offline_cifar_is_one_clear_line(monkeypatch, tmp_path):
+    import urllib.error
+
+    import torchvision.datasets as datasets
+
+    from tlearn.data.sources import load_splits
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(datasets, "CIFAR10", offline)
+    with pytest.raises(tlearn.UserError, match=r"could not download cifar10 .*--data FOLDER") as info:
+        load_splits("cifar10", val_split=0.1, seed=0, data_dir=str(tmp_path))
+    assert "\n" not in str(info.value)

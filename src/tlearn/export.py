@@ -58,10 +58,11 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None, 
     inputs, description = parity_inputs(run_dir, model, num_samples, log)
     with torch.inference_mode():
         reference = model(inputs).float()
-    if fmt == "onnx":
-        logits = _export_onnx(model, inputs, output)
-    else:
-        logits = _export_torchscript(model, inputs, output)
+    try:
+        logits = (_export_onnx if fmt == "onnx" else _export_torchscript)(model, inputs, output)
+    except Exception as error:  # an operator the exporter does not support, a tracing failure...
+        first = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+        raise UserError(f"{fmt} export of {model.info.name} failed ({type(error).__name__}: {first})") from None
     atomic_write(Path(f"{output}.json"), json.dumps(sidecar(model), indent=2, ensure_ascii=False) + "\n")
     report = ParityReport(output, len(inputs), float((logits - reference).abs().max()),
                           int((logits.argmax(1) == reference.argmax(1)).sum()), description)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-L2_GRID = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
+L2_GRID = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
 
 
 @dataclass
@@ -26,16 +26,21 @@ class SolverResult:
 
 def fit_linear_head_lbfgs(head: nn.Linear, train_x: torch.Tensor, train_y: torch.Tensor,
                           val_x: torch.Tensor, val_y: torch.Tensor, *, grid=L2_GRID,
-                          max_iter: int = 300, log=print) -> SolverResult:
-    """Fit `head` in place; keeps the L2 strength with the best val top-1 (then lowest val loss)."""
-    train_x, val_x = train_x.double().flatten(1), val_x.double().flatten(1)
+                          max_iter: int = 300, fast: bool = True, log=print) -> SolverResult:
+    """Fit `head` in place; keeps the L2 strength with the best val top-1 (then lowest val loss).
+
+    `fast`: float32 (about twice as fast; the same accuracy on the cases measured) or float64.
+    """
+    dtype = torch.float32 if fast else torch.float64
+    train_x, val_x = train_x.to(dtype).flatten(1), val_x.to(dtype).flatten(1)
     num_classes = head.out_features
-    weight = torch.zeros(num_classes, train_x.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    weight = torch.zeros(num_classes, train_x.shape[1], dtype=dtype, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=dtype, requires_grad=True)
     best: tuple | None = None
     for l2 in grid:
         optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=20,
-                                      tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+                                      tolerance_grad=1e-5 if fast else 1e-6, tolerance_change=1e-9,
+                                      line_search_fn="strong_wolfe")
 
         def closure():
             optimizer.zero_grad()

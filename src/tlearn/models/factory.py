@@ -78,6 +78,7 @@ def _build_torchvision(spec: ModelSpec, mode: str, aux_logits: bool,
         warnings.simplefilter("ignore")  # "aux heads are not pretrained": we replace them anyway
         if mode == "default":
             try:
+                weights_mod.fetch_torchvision_weights(weights_enum)
                 model = tv_models.get_model(spec.arch, weights=weights_enum, **kwargs)
             except Exception as error:  # urllib/socket/hub errors differ by platform
                 raise weights_mod.download_error(spec.name, error) from None

