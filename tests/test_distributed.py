@@ -1,7 +1,6 @@
 """The same command under torchrun: two CPU processes (gloo), one writer, exact metrics."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 

@@ -10,7 +10,6 @@ from PIL import Image
 
 import tlearn
 from tlearn.data.images import open_rgb
-from tlearn.errors import DataError
 
 from conftest import TINY_MODEL, run_cli, write_image
 

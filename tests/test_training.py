@@ -1,7 +1,6 @@
 """fit end to end on tiny data: run folder contents, reload, predict, cache equivalence."""
 import json
 
-import pytest
 import torch
 import yaml
 
