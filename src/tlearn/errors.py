@@ -1,6 +1,12 @@
 """Errors a user can cause. The CLI prints their message as one line and exits 2."""
 
 
+def first_line(error: BaseException, limit: int = 120) -> str:
+    """An exception's message cut to one short line, for one-line user errors."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 class UserError(Exception):
     """A problem with the user's input: bad path, flag value, data or weights file."""
 

@@ -18,7 +18,7 @@ import torch
 
 from .checkpoint import atomic_write, load_model
 from .data.transforms import eval_transform
-from .errors import UserError
+from .errors import UserError, first_line
 from .models.classifier import Classifier
 
 FORMATS = ("onnx", "torchscript")
@@ -61,8 +61,8 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None, 
     try:
         logits = (_export_onnx if fmt == "onnx" else _export_torchscript)(model, inputs, output)
     except Exception as error:  # an operator the exporter does not support, a tracing failure...
-        first = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
-        raise UserError(f"{fmt} export of {model.info.name} failed ({type(error).__name__}: {first})") from None
+        raise UserError(f"{fmt} export of {model.info.name} failed ({type(error).__name__}: "
+                        f"{first_line(error, 160)})") from None
     atomic_write(Path(f"{output}.json"), json.dumps(sidecar(model), indent=2, ensure_ascii=False) + "\n")
     report = ParityReport(output, len(inputs), float((logits - reference).abs().max()),
                           int((logits.argmax(1) == reference.argmax(1)).sum()), description)

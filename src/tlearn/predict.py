@@ -14,7 +14,7 @@ import torch
 from .api import TrainedModel
 from .checkpoint import atomic_write
 from .data.images import is_image_name, open_rgb
-from .errors import UserError
+from .errors import UserError, first_line
 
 
 @dataclass
@@ -61,7 +61,7 @@ def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch
         try:
             batch.append((path, transform(open_rgb(path))))
         except Exception as error:  # unreadable, truncated, not an image
-            result.unreadable.append((path, str(error).splitlines()[0][:120] if str(error) else type(error).__name__))
+            result.unreadable.append((path, first_line(error)))
         if len(batch) >= batch_size:
             flush()
     flush()

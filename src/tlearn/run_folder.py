@@ -13,7 +13,7 @@ import yaml
 from . import __version__
 from .checkpoint import atomic_write, read_json, write_json
 from .config import RunConfig
-from .errors import RunFolderError
+from .errors import RunFolderError, first_line
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.csv"
@@ -50,7 +50,7 @@ def read_config(run_dir: Path) -> RunConfig:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        raise RunFolderError(f"{path} is damaged ({str(error).splitlines()[0]})") from None
+        raise RunFolderError(f"{path} is damaged ({first_line(error)})") from None
     raw.pop("resolved", None)
     raw.pop("versions", None)
     return RunConfig.from_dict(raw)

@@ -4,7 +4,7 @@ Sources and samples need no PyTorch; transforms and loaders import it on first u
 """
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "ImageDataset": "loaders", "make_loader": "loaders", "ArraySamples": "samples", "FileSamples": "samples",
@@ -14,7 +14,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'tlearn.data' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

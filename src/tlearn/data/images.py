@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from ..errors import first_line
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 MAX_PIXELS = 100_000_000  # ~ 10k x 10k; larger files are refused as possible decompression bombs
 
@@ -71,5 +73,4 @@ def unusable_reason(path: str | Path) -> str | None:
         return "not an image (cannot identify format)"
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as error:
-        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return f"unreadable image ({text[:120]})"
+        return f"unreadable image ({first_line(error)})"

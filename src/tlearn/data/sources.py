@@ -106,13 +106,7 @@ def scan_class_folders(folder: Path, strict_images: bool = False) -> tuple[FileS
 def dataset_for_features(source: str, data_dir: str = "data") -> tuple[Samples, list[str], list[str] | None]:
     """Every image of a source, unsplit: (samples, class names, split name per sample or None)."""
     if source in BUILTIN:
-        if source == "digits":
-            splits = _digits(0.1, 0)
-            whole = ArraySamples("digits", np.concatenate([splits.train.array, splits.val.array]),
-                                 splits.train.labels + splits.val.labels,
-                                 splits.train.indices + splits.val.indices)
-            return whole, splits.class_names, None
-        samples, names = load_builtin(source, "train", data_dir)
+        samples, names = _digits_samples() if source == "digits" else load_builtin(source, "train", data_dir)
         return samples, names, None
     root = Path(source)
     if not root.is_dir():
@@ -140,14 +134,17 @@ def _walk_files(folder: Path):
             yield os.path.join(directory, name)
 
 
-def _digits(val_split: float, seed: int) -> DatasetSplits:
+def _digits_samples() -> tuple[ArraySamples, list[str]]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     pixels = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)  # 0..16 -> 0..255
-    full = ArraySamples("digits", pixels, [int(t) for t in digits.target])
+    return ArraySamples("digits", pixels, [int(t) for t in digits.target]), [str(n) for n in digits.target_names]
+
+
+def _digits(val_split: float, seed: int) -> DatasetSplits:
+    full, names = _digits_samples()
     train_idx, val_idx = stratified_split(full.labels, val_split, seed)
-    names = [str(n) for n in digits.target_names]
     return DatasetSplits(names, full.subset(train_idx), full.subset(val_idx),
                          f"scikit-learn digits (8x8), {val_split:g} held out for val")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ModelError, WeightsDownloadError
+from ..errors import ModelError, WeightsDownloadError, first_line
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
@@ -36,8 +36,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             raw = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # any parse failure (truncated zip, foreign pickle, KeyError...)
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelError(f"cannot read weights file {path}: not a plain state dict ({first_line[:160]})") from None
+        raise ModelError(f"cannot read weights file {path}: not a plain state dict ({first_line(error, 160)})") from None
     return strip_prefixes(_unwrap(raw, path))
 
 
@@ -153,8 +152,7 @@ def fetch_torchvision_weights(weights_enum) -> None:
 
 
 def download_error(model_name: str, error: BaseException) -> WeightsDownloadError:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return WeightsDownloadError(
-        f"could not download pretrained weights for {model_name} ({type(error).__name__}: {text[:120]}); "
+        f"could not download pretrained weights for {model_name} ({type(error).__name__}: {first_line(error)}); "
         + OFFLINE_HINT
     )
