@@ -4,7 +4,8 @@
 
 (a) PyTorch eager, channels_last, forward on random tensors already in memory;
 (b) the engine tlearn extracts with (onnxruntime on CPU), on the same tensors;
-(c) tlearn's feature extraction from JPEG files (decode + resize + forward).
+(c) tlearn's feature extraction from JPEG files (decode + resize + forward), with the
+    preprocessing tlearn trains with on them (CIFAR's 32 px files: whole-image bilinear resize).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from tlearn.data.sources import scan_class_folders  # noqa: E402
 from tlearn.extraction import make_engine  # noqa: E402
 from tlearn.features import extract_features  # noqa: E402
 from tlearn.runtime import setup_runtime  # noqa: E402
+from tlearn.small_images import adapt_preprocessing  # noqa: E402
 
 
 def rate(forward, batches: list[torch.Tensor]) -> float:
@@ -55,16 +57,18 @@ def main() -> None:
         engine_rate = rate(engine, batches)
         files = sample_cifar(Path(tmp) / "data", batch * args.batches, 0)
         samples, _, _ = scan_class_folders(files / "train")
-        extract_features(model, samples.subset(list(range(batch))), model.info.preprocessing, runtime,
+        prep = adapt_preprocessing(model.info.preprocessing, samples, log=lambda _: None)
+        extract_features(model, samples.subset(list(range(batch))), prep, runtime,
                          batch_size=batch, cache_dir=Path(tmp) / "cache", log=lambda _: None)  # warm-up
         start = time.perf_counter()
-        extract_features(model, samples, model.info.preprocessing, runtime, batch_size=batch,
+        extract_features(model, samples, prep, runtime, batch_size=batch,
                          cache_dir=Path(tmp) / "cache", log=lambda _: None)
         files_rate = len(samples) / (time.perf_counter() - start)
     print(json.dumps({"model": args.model, "image_size": size, "batch_size": batch,
                       "threads": torch.get_num_threads(), "engine": engine.name,
                       "eager_channels_last": round(eager_rate, 1), "engine_in_memory": round(engine_rate, 1),
                       "tlearn_from_jpeg": round(files_rate, 1),
+                      "jpeg_preprocessing": f"resize {prep.resize_size}, crop {prep.crop_size}, {prep.interpolation}",
                       "engine_vs_eager": round(engine_rate / eager_rate, 2),
                       "jpeg_vs_engine": round(files_rate / engine_rate, 2)}))
 

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from .config import AMP_DTYPES, AUGMENTS, DEVICES, HEAD_SOLVERS, OPTIMIZERS, STRATEGIES
+from .config import AMP_DTYPES, AUGMENTS, DEVICES, HEAD_SOLVERS, OPTIMIZERS, SMALL_IMAGES, STRATEGIES
 from .errors import UserError
 
 
@@ -36,6 +36,9 @@ def _add_train_flags(parser: argparse.ArgumentParser, demo: bool = False) -> Non
     parser.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
     parser.add_argument("--data-dir", default="data", help="download folder for cifar10/cifar100")
     parser.add_argument("--val-split", type=float, default=0.1)
+    parser.add_argument("--small-images", choices=SMALL_IMAGES, default="auto",
+                        help="images smaller than the input: auto resizes them whole (bilinear); "
+                             "weights keeps the weights' resize + center-crop")
     parser.add_argument("--probe-augment", choices=AUGMENTS, default="none",
                         help="augmentation in frozen-backbone stages (none: features are cached)")
     parser.add_argument("--backbone-lr-mult", type=float, default=0.1)
@@ -111,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--data", required=True, help="folder of class folders, dataset root, or digits/cifar10")
     features.add_argument("--out", required=True, help="output .npz")
     features.add_argument("--image-size", type=int, default=None)
+    features.add_argument("--small-images", choices=SMALL_IMAGES, default="auto",
+                          help="with --model: as in train (a run folder keeps its own preprocessing)")
     features.add_argument("--batch-size", type=int, default=64)
     features.add_argument("--device", choices=DEVICES, default="auto")
     features.add_argument("--workers", type=int, default=None)
@@ -142,7 +147,8 @@ def _run_config(args: argparse.Namespace, source: str, model: str, weights: str)
     return RunConfig(
         data=DataConfig(source=source, data_dir=args.data_dir, val_split=args.val_split,
                         image_size=args.image_size, augment=args.augment, probe_augment=args.probe_augment,
-                        batch_size=args.batch_size, workers=args.workers, strict_images=args.strict_images),
+                        batch_size=args.batch_size, workers=args.workers, strict_images=args.strict_images,
+                        small_images=args.small_images),
         model=ModelConfig(name=model, weights=weights, aux_weight=args.aux_weight),
         train=TrainConfig(strategy=getattr(args, "strategy", "two-stage"), epochs=args.epochs,
                           head_epochs=args.head_epochs, lr=args.lr, backbone_lr_mult=args.backbone_lr_mult,
@@ -331,7 +337,10 @@ def cmd_features(args: argparse.Namespace) -> int:
     else:
         from .models.factory import create_model
 
+        from .small_images import adapt_preprocessing
+
         model = create_model(args.model, 2, args.weights, image_size=args.image_size, aux_logits=False)
+        model.info.preprocessing = adapt_preprocessing(model.info.preprocessing, samples, args.small_images)
     if args.image_size is not None:
         model.info.preprocessing = model.info.preprocessing.with_image_size(args.image_size)
     runtime = setup_runtime(args.device)

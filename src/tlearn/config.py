@@ -17,6 +17,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 AUGMENTS = ("default", "none")
 HEAD_SOLVERS = ("sgd", "lbfgs")
 AMP_DTYPES = ("bf16", "fp16")
+SMALL_IMAGES = ("auto", "weights")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class DataConfig:
     batch_size: int = 32
     workers: int | None = None  # None: min(4, cores) for image files, 0 in memory
     strict_images: bool = False  # unreadable images: error instead of skip + warning
+    # Images smaller than the input: auto resizes them whole (bilinear) instead of the weights'
+    # resize + center-crop; weights keeps the weights' recipe. See small_images.py.
+    small_images: str = "auto"
 
     def validate(self) -> None:
         if not 0.0 < self.val_split < 1.0:
@@ -42,6 +46,7 @@ class DataConfig:
             raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
         _check_choice("--augment", self.augment, AUGMENTS)
         _check_choice("--probe-augment", self.probe_augment, AUGMENTS)
+        _check_choice("--small-images", self.small_images, SMALL_IMAGES)
 
 
 @dataclass(frozen=True)

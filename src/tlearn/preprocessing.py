@@ -27,6 +27,16 @@ class Preprocessing:
         ratio = self.crop_size / self.resize_size
         return replace(self, crop_size=size, resize_size=int(round(size / ratio)))
 
+    def for_small_images(self) -> "Preprocessing":
+        """Resize the whole image to the input size, bilinear: for images smaller than the input.
+
+        The weights' recipe (resize to crop / crop_pct, center-crop, often bicubic) is made for
+        photos larger than the input. When a thumbnail is enlarged, the crop only throws away
+        content, and bicubic overshoot sharpens JPEG ringing into the features: on CIFAR-10 with
+        Lite0 at 224 px, the linear probe gained 5-9 points (README, Performance).
+        """
+        return replace(self, resize_size=self.crop_size, interpolation="bilinear")
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["mean"], data["std"] = list(self.mean), list(self.std)

@@ -25,6 +25,7 @@ from .head_solver import fit_linear_head_lbfgs
 from .models.classifier import Classifier
 from .optim import make_optimizer, make_scheduler
 from .runtime import Runtime, seed_everything, setup_runtime
+from .small_images import adapt_preprocessing
 from .stage_data import StageData, build_stage_data
 from .strategy import Stage, parameter_counts, parameter_groups, plan_stages, set_train_mode
 
@@ -70,6 +71,8 @@ def fit(model: Classifier, data: DatasetSplits, config: RunConfig, run_dir: str 
     runtime = runtime or setup_runtime(tc.device, tc.amp, tc.amp_dtype, tc.channels_last)
     seed_everything(tc.seed, tc.deterministic)
     model.info.class_names = list(data.class_names)
+    model.info.preprocessing = adapt_preprocessing(model.info.preprocessing, data.train,
+                                                   config.data.small_images, log)
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)

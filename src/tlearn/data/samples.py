@@ -23,6 +23,10 @@ class Samples:
     def load(self, index: int) -> Image.Image:
         raise NotImplementedError
 
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(width, height) of one sample, without decoding it where the format allows."""
+        return self.load(index).size
+
     def describe(self, index: int) -> str:
         """A name for one sample: its path, or source and index."""
         raise NotImplementedError
@@ -44,6 +48,13 @@ class FileSamples(Samples):
         try:
             return open_rgb(self.paths[index])
         except Exception as error:  # the pre-scan passed, so the file changed since
+            raise DataError(f"cannot read image {self.paths[index]}: {error}") from None
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        try:
+            with Image.open(self.paths[index]) as image:  # reads the header only
+                return image.size
+        except Exception as error:
             raise DataError(f"cannot read image {self.paths[index]}: {error}") from None
 
     def describe(self, index: int) -> str:
@@ -77,6 +88,10 @@ class ArraySamples(Samples):
         pixels = self.array[index]
         image = Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB")
         return image.convert("RGB")
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        height, width = self.array.shape[1:3]
+        return width, height
 
     def describe(self, index: int) -> str:
         return f"{self.name}[{self.indices[index]}]"
