@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +31,6 @@ from tlearn.small_images import adapt_preprocessing  # noqa: E402
 
 
 def rate(forward, batches: list[torch.Tensor]) -> float:
-    forward(batches[0])  # warm-up (allocations, ONNX session)
     start = time.perf_counter()
     for batch in batches:
         forward(batch)
@@ -44,33 +44,47 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="(a), (b), (c) measured in turn this many times; medians reported, so that "
+                             "drift in the machine's speed hits all three alike")
     args = parser.parse_args()
     runtime = setup_runtime("cpu")
     model = tlearn.create_model(args.model, 10, args.weights, image_size=args.image_size).eval()
     size, batch = args.image_size, args.batch_size
     batches = [torch.randn(batch, 3, size, size) for _ in range(args.batches)]
     eager = model.to(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        eager_rate = rate(lambda x: eager.forward_features(x.contiguous(memory_format=torch.channels_last)), batches)
+    rates: dict[str, list[float]] = {"a": [], "b": [], "c": []}
     with tempfile.TemporaryDirectory() as tmp:
-        engine = make_engine(model, size, runtime, Path(tmp) / "cache")
-        engine_rate = rate(engine, batches)
+        cache = Path(tmp) / "cache"
+        engine = make_engine(model, size, runtime, cache)
         files = sample_cifar(Path(tmp) / "data", batch * args.batches, 0)
         samples, _, _ = scan_class_folders(files / "train")
         prep = adapt_preprocessing(model.info.preprocessing, samples, log=lambda _: None)
-        extract_features(model, samples.subset(list(range(batch))), prep, runtime,
-                         batch_size=batch, cache_dir=Path(tmp) / "cache", log=lambda _: None)  # warm-up
-        start = time.perf_counter()
-        extract_features(model, samples, prep, runtime, batch_size=batch,
-                         cache_dir=Path(tmp) / "cache", log=lambda _: None)
-        files_rate = len(samples) / (time.perf_counter() - start)
-    print(json.dumps({"model": args.model, "image_size": size, "batch_size": batch,
-                      "threads": torch.get_num_threads(), "engine": engine.name,
-                      "eager_channels_last": round(eager_rate, 1), "engine_in_memory": round(engine_rate, 1),
-                      "tlearn_from_jpeg": round(files_rate, 1),
+
+        def eager_forward(x):
+            with torch.inference_mode():
+                return eager.forward_features(x.contiguous(memory_format=torch.channels_last))
+
+        def from_files(_):
+            extract_features(model, samples, prep, runtime, batch_size=batch, cache_dir=cache, log=lambda _: None)
+
+        eager_forward(batches[0]), engine(batches[0])  # warm-up: allocations, ONNX session
+        from_files(None)
+        for _ in range(args.rounds):
+            rates["a"].append(rate(eager_forward, batches))
+            rates["b"].append(rate(engine, batches))
+            rates["c"].append(rate(from_files, [torch.empty(len(samples))]))
+    a, b, c = (statistics.median(rates[k]) for k in "abc")
+    # Ratios per round (measurements seconds apart), then their median: steadier than a ratio of medians.
+    b_vs_a = statistics.median(rb / ra for ra, rb in zip(rates["a"], rates["b"]))
+    c_vs_b = statistics.median(rc / rb for rb, rc in zip(rates["b"], rates["c"]))
+    print(json.dumps({"model": args.model, "image_size": size, "batch_size": batch, "images": len(samples),
+                      "rounds": args.rounds, "threads": torch.get_num_threads(), "engine": engine.name,
                       "jpeg_preprocessing": f"resize {prep.resize_size}, crop {prep.crop_size}, {prep.interpolation}",
-                      "engine_vs_eager": round(engine_rate / eager_rate, 2),
-                      "jpeg_vs_engine": round(files_rate / engine_rate, 2)}))
+                      "eager_channels_last": round(a, 1), "engine_in_memory": round(b, 1),
+                      "tlearn_from_jpeg": round(c, 1), "engine_vs_eager": round(b_vs_a, 2),
+                      "jpeg_vs_engine": round(c_vs_b, 2),
+                      "per_round": {k: [round(v, 1) for v in rates[k]] for k in "abc"}}))
 
 
 if __name__ == "__main__":
