@@ -336,7 +336,6 @@ def cmd_features(args: argparse.Namespace) -> int:
         model = load_model(args.run)
     else:
         from .models.factory import create_model
-
         from .small_images import adapt_preprocessing
 
         model = create_model(args.model, 2, args.weights, image_size=args.image_size, aux_logits=False)

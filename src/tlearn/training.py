@@ -71,8 +71,9 @@ def fit(model: Classifier, data: DatasetSplits, config: RunConfig, run_dir: str 
     runtime = runtime or setup_runtime(tc.device, tc.amp, tc.amp_dtype, tc.channels_last)
     seed_everything(tc.seed, tc.deterministic)
     model.info.class_names = list(data.class_names)
-    model.info.preprocessing = adapt_preprocessing(model.info.preprocessing, data.train,
-                                                   config.data.small_images, log)
+    if resume is None:  # a resumed run keeps the preprocessing it started with
+        model.info.preprocessing = adapt_preprocessing(model.info.preprocessing, data.train,
+                                                       config.data.small_images, log)
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
