@@ -30,17 +30,15 @@ from tlearn.runtime import setup_runtime  # noqa: E402
 from tlearn.small_images import adapt_preprocessing  # noqa: E402
 
 
-def rate(forward, batches: list[torch.Tensor]) -> float:
-    start = time.perf_counter()
-    for batch in batches:
-        forward(batch)
-    return sum(len(b) for b in batches) / (time.perf_counter() - start)
-
-
 def rate_of(run, images: int) -> float:
+    """Images per second of one call of `run`."""
     start = time.perf_counter()
     run()
     return images / (time.perf_counter() - start)
+
+
+def rate(forward, batches: list[torch.Tensor]) -> float:
+    return rate_of(lambda: [forward(batch) for batch in batches], sum(len(b) for b in batches))
 
 
 def main() -> None:
