@@ -60,7 +60,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {"a": [], "b": [], "c": []}
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
-        engine = make_engine(model, size, runtime, cache)
+        engine = make_engine(model, size, runtime, cache, batch_size=batch)
         files = sample_cifar(Path(tmp) / "data", batch * args.batches, 0)
         samples, _, _ = scan_class_folders(files / "train")
         prep = adapt_preprocessing(model.info.preprocessing, samples, log=lambda _: None)

@@ -53,7 +53,8 @@ def extract_features(model: Classifier, samples: Samples, prep: Preprocessing, r
 
     DataLoader workers decode the next batches while the engine computes this one.
     """
-    forward = make_engine(model, prep.crop_size, runtime, cache_dir, engine, log)
+    forward = make_engine(model, prep.crop_size, runtime, cache_dir, engine, log,
+                          batch_size=max(1, min(batch_size, len(samples))))
     loader = make_loader(samples, eval_transform_uint8(prep), batch_size=batch_size, shuffle=False,
                          workers=workers, device=runtime.device)
     chunks = []
