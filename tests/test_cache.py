@@ -76,6 +76,27 @@ def test_onnxruntime_features_match_pytorch_and_leave_the_model_alone(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_a_graph_that_disagrees_with_pytorch_falls_back_to_pytorch(tiny, tmp_path, monkeypatch):
+    import tlearn.extraction as extraction
+
+    model, data = tiny
+    runtime = setup_runtime("cpu")
+
+    class WrongSession:  # stands in for a graph onnxruntime computes differently
+        def run(self, outputs, feeds):
+            return [np.zeros((len(feeds["images"]), model.info.num_features), dtype=np.float32)]
+
+    monkeypatch.setattr(extraction, "_session", lambda path, threads: WrongSession())
+    monkeypatch.setattr(extraction, "_VERIFIED", set())
+    messages = []
+    features = extract_features(model, data.train, model.info.preprocessing, runtime, engine="auto",
+                                cache_dir=tmp_path, log=messages.append)
+    reference = extract_features(model, data.train, model.info.preprocessing, runtime, engine="torch")
+    assert any("differ from PyTorch" in m for m in messages) and "(torch)" in messages[-1]
+    assert torch.allclose(features, reference, atol=1e-5)
+    assert not extraction._VERIFIED  # a failed check is not remembered as a pass
+
+
 def test_lbfgs_head_matches_scikit_learn():
     from sklearn.linear_model import LogisticRegression
 

@@ -14,6 +14,7 @@ about twice as fast. A short last batch is padded to the fixed size and the padd
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import warnings
@@ -51,22 +52,35 @@ class TorchEngine:
             return self.model.forward_features(self.runtime.to_device(images)).float().cpu()
 
 
+# Graphs whose features matched PyTorch in this process: the same file holds the same weights
+# (its name is a hash of them), so the check need not run again.
+_VERIFIED: set[str] = set()
+
+
+@functools.lru_cache(maxsize=2)
+def _session(path: str, threads: int):
+    """One session per graph file and thread count, kept for the process: creating one (graph
+    optimisation included) takes about 0.3 s, which train and val extraction then pay once."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle ORT threads must not spin: the DataLoader workers need those cores to decode.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
 class OnnxEngine:
     """onnxruntime session over the exported backbone; verifies itself on the first batch."""
 
     name = "onnxruntime"
 
     def __init__(self, path: Path, batch_size: int, fallback: TorchEngine, log: Callable[[str], None]):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle ORT threads must not spin: the DataLoader workers need those cores to decode.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.path = str(path)
+        self.session = _session(self.path, torch.get_num_threads())
         self.batch_size, self.fallback, self.log = batch_size, fallback, log
-        self.checked = False
+        self.checked = self.path in _VERIFIED
         self.active = True
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -81,6 +95,7 @@ class OnnxEngine:
                 self.log(f"onnxruntime features differ from PyTorch by {difference:.2e}; using PyTorch")
                 self.active = False
                 return self.fallback(images)
+            _VERIFIED.add(self.path)
         return features
 
     def _run(self, images: torch.Tensor) -> torch.Tensor:
