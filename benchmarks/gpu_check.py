@@ -3,7 +3,8 @@
     python benchmarks/gpu_check.py [--models efficientnet_lite0 resnet50] [--batch-size 128]
 
 Prints one JSON line per (model, precision, memory format): images/s of the backbone
-forward on random tensors already on the GPU, through tlearn's TorchEngine.
+forward on random uint8 images already on the GPU, through tlearn's TorchEngine (which
+normalises them on the GPU).
 """
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ def main() -> None:
         weights = "default" if name == "efficientnet_lite0" else "none"
         model = tlearn.create_model(name, 10, weights).to(device).eval()
         size = model.info.preprocessing.crop_size
-        images = torch.randn(args.batch_size, 3, size, size, device=device)
+        images = torch.randint(0, 256, (args.batch_size, 3, size, size), dtype=torch.uint8, device=device)
         for dtype in (None, torch.bfloat16, torch.float16):
             for channels_last in (False, True):
                 model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-                engine = TorchEngine(model, Runtime(device, dtype, channels_last))
+                engine = TorchEngine(model, model.info.preprocessing, Runtime(device, dtype, channels_last))
                 for _ in range(3):
                     engine(images)
                 torch.cuda.synchronize()

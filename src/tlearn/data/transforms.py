@@ -45,8 +45,8 @@ def eval_transform_uint8(prep: Preprocessing) -> T.Compose:
 
 def normalize_batch(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     """uint8 NCHW -> float32 normalised, equal to ToTensor() + Normalize() per image."""
-    mean = torch.tensor(prep.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(prep.std, dtype=torch.float32).view(1, 3, 1, 1)
+    mean = torch.tensor(prep.mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(prep.std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     scale = 1.0 / (255.0 * std)
     return torch.addcmul(-mean / std, images.float(), scale)
 
