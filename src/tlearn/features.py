@@ -52,7 +52,8 @@ def extract_features(model: Classifier, samples: Samples, prep: Preprocessing, r
                      engine: str = "auto", cache_dir: Path | None = None, log=print) -> torch.Tensor:
     """Backbone outputs for every sample, in order, as float32 on the CPU (eval mode)."""
     start = time.perf_counter()
-    forward = make_engine(model, prep, runtime, cache_dir, engine, log, batch_size=max(1, min(batch_size, len(samples))))
+    graph_batch = max(1, min(batch_size, len(samples)))  # the ONNX graph's fixed batch
+    forward = make_engine(model, prep, runtime, cache_dir, engine, log, batch_size=graph_batch)
     decoding: dict[str, str] = {}
     batches = _forward_batches(forward, samples, eval_transform_uint8(prep), batch_size=batch_size,
                                workers=workers, device=runtime.device, decoding=decoding)
@@ -103,7 +104,8 @@ def _forward_batches(forward, samples: Samples, transform, *, batch_size: int, w
         workers = workers or 0
     rest = samples if start == 0 else samples.subset(list(range(start, total)))
     loader = make_loader(rest, transform, batch_size=batch_size, shuffle=False, workers=workers, device=device)
-    decoding["where"] = f"in {loader.num_workers} worker processes" if loader.num_workers else "inline"
+    count = loader.num_workers
+    decoding["where"] = f"in {count} worker process{'es' if count > 1 else ''}" if count else "inline"
     for images, _ in loader:
         yield forward(images)
 

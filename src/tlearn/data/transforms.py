@@ -34,8 +34,8 @@ def eval_transform(prep: Preprocessing) -> T.Compose:
 
 
 def eval_transform_uint8(prep: Preprocessing) -> T.Compose:
-    """`eval_transform` without the float conversion: workers ship 4x fewer bytes, and
-    `normalize_batch` scales and normalises the whole batch in one vectorised step."""
+    """`eval_transform` without the float conversion, for feature extraction: batches stay 4x
+    smaller, and the engine normalises each whole batch itself (`normalize_batch`)."""
     return T.Compose([
         T.PILToTensor(),
         T.Resize(prep.resize_size, interpolation=interpolation_mode(prep.interpolation), antialias=True),
