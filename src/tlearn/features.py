@@ -25,7 +25,7 @@ from .models.classifier import Classifier
 from .preprocessing import Preprocessing
 from .runtime import Runtime
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: resizing moved from Pillow to torchvision tensors; older features differ slightly
 
 
 def default_cache_dir() -> Path:
