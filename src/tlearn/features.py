@@ -87,8 +87,8 @@ def _forward_batches(forward, samples: Samples, transform, *, batch_size: int, w
     if workers is None and device.type == "cpu":
         start = min(2 * batch_size, total)
         began = time.perf_counter()
-        head = [torch.stack([transform(samples.load(i)) for i in range(first, min(first + batch_size, start))])
-                for first in range(0, start, batch_size)]
+        head = [images for images, _ in make_loader(samples.subset(list(range(start))), transform,
+                                                    batch_size=batch_size, shuffle=False, workers=0, device=device)]
         decode_per_image = (time.perf_counter() - began) / max(start, 1)
         if head:
             yield forward(head[0])
