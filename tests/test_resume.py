@@ -1,118 +1,115 @@
-"""Exact resume after SIGKILL in both stages, and atomic checkpoint writes under a kill."""
+"""Exact resume after SIGKILL anywhere, and Ctrl-C with a resumable run."""
+import csv
 import json
 import signal
 import subprocess
 import sys
-import textwrap
 import time
+from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 import tlearn
+from tlearn import checkpoint
 
 from conftest import TINY_MODEL, make_folder, run_cli
 
-TRAIN = ["--model", TINY_MODEL, "--weights", "none", "--image-size", "32", "--batch-size", "4",
-         "--strategy", "two-stage", "--head-epochs", "4", "--epochs", "6", "--probe-augment", "default",
-         "--workers", "0", "--deterministic", "--no-report", "--seed", "3"]
+TINY = ["--model", TINY_MODEL, "--weights", "none", "--image-size", "32", "--batch-size", "4", "--workers", "0",
+        "--deterministic", "--no-report", "--seed", "3"]
+KILLER = Path(__file__).with_name("kill_points.py")
+TIMING_COLUMNS = ("seconds", "images_per_s")
+
+# Kill points, in order, each in a new process that resumes the last; together they cover
+# the probe (on images, or cached features with the L-BFGS solve), a stage boundary, every
+# step of a commit, and fine-tuning epochs. See kill_points.py for what each event means.
+CHAINS = {
+    "sgd probe on images": (
+        ["--strategy", "two-stage", "--head-epochs", "3", "--epochs", "3", "--probe-augment", "default"],
+        ["step:3",      # mid-epoch 1 of the probe, nothing committed yet: the resume starts again
+         "state:2",     # inside the commit of epoch 2: epoch 1 stays committed
+         "commit:2",    # epochs 2 and 3 committed (the probe's end), derived files not yet written
+         "step:4",      # mid fine-tune epoch 4, after a resume at the stage boundary
+         "last:2",      # epoch 4 committed and its last.safetensors written; inside epoch 5's
+         "commit:1"],   # epoch 6 committed, derived files not written; the final resume finishes
+        3),
+    "L-BFGS probe on cached features": (
+        ["--strategy", "two-stage", "--epochs", "3"],
+        ["cache:1",     # inside the first feature-cache write
+         "solve:1",     # features extracted and cached, the head solve not started
+         "commit:1",    # the solve committed as the probe's one epoch, derived files not written
+         "step:5",      # mid fine-tune epoch 2 (the first of the fine-tune stage)
+         "state:2"],    # epoch 2 committed; inside the commit of epoch 3
+        3),
+}
 
 
-def _stage_and_epochs(run):
-    path = run / "train_state.json"
-    if not path.exists():
-        return None
-    try:
-        state = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    progress = dict((k, v) for k, v in (pair for pair in state["__dict__"][0][1]["__dict__"]))
-    return progress["stage_index"], len(progress["rows"])
+def _tlearn(event: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(KILLER), event, *args], capture_output=True, text=True,
+                          timeout=300)
 
 
-def _kill_when(command, run, ready, timeout=240):
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None:
-        status = _stage_and_epochs(run)
-        if status is not None and ready(*status):
-            time.sleep(0.15)  # into the next epoch
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    return _stage_and_epochs(run)
+def _rows_without_timing(run: Path) -> list[dict]:
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
 
 
-def test_sigkill_in_both_stages_then_resume_is_bit_identical(tmp_path):
-    data = make_folder(tmp_path / "data", per_class=12)
-    straight = tmp_path / "straight"
-    result = run_cli("train", "--data", str(data), *TRAIN, "--out", str(straight))
-    assert result.returncode == 0, result.stderr
+def _assert_committed_state_matches(run: Path, snapshots: Path, event: str) -> None:
+    """The committed epoch's weights, optimiser, RNG and progress equal the uninterrupted run's."""
+    progress = checkpoint.read_progress(run)
+    if progress is None:
+        return  # killed before the first commit: the resume starts the run again
+    epoch = len(progress["rows"])
+    committed = load_file(str(run / checkpoint.STATE_FILE))
+    expected = load_file(str(snapshots / f"epoch-{epoch}.safetensors"))
+    assert committed.keys() == expected.keys(), event
+    different = [k for k in committed if not torch.equal(committed[k], expected[k])]
+    assert not different, f"after the kill at {event}, epoch {epoch} differs in {different[:5]}"
+    for name in (checkpoint.LAST_FILE, checkpoint.MODEL_FILE):  # derived: never ahead of the commit
+        tagged = checkpoint.weights_epoch(run / name)
+        assert tagged is None or tagged <= epoch, (event, name, tagged, epoch)
+    if (run / checkpoint.MODEL_FILE).is_file():  # an interrupted run is usable as it stands
+        assert tlearn.load(run).class_names == ["cat", "dog", "fox"]
 
-    run = tmp_path / "interrupted"
-    base = [sys.executable, "-m", "tlearn", "train"]
-    stage, done = _kill_when(base + ["--data", str(data), *TRAIN, "--out", str(run)], run,
-                             lambda stage, rows: stage == 0 and rows >= 1)
-    assert stage == 0 and 1 <= done < 4
-    stage, done = _kill_when(base + ["--resume", str(run)], run, lambda stage, rows: stage == 1 and rows >= 5)
-    assert stage == 1 and done < 10
-    result = run_cli("train", "--resume", str(run))
-    assert result.returncode == 0, result.stderr
 
-    a, b = load_file(str(straight / "last.safetensors")), load_file(str(run / "last.safetensors"))
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
-    assert json.loads((run / "summary.json").read_text())["epochs_completed"] == 10
-    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 11
+@pytest.mark.parametrize("chain", list(CHAINS))
+def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path, chain):
+    args, kills, fine_tune_epochs = CHAINS[chain]
+    data = make_folder(tmp_path / "data", per_class=10)
+    reference, run = tmp_path / "reference" / "run", tmp_path / "interrupted" / "run"
+    train_args = ["--data", str(data), *TINY, *args]
+    result = _tlearn("record:0", "train", *train_args, "--out", str(reference),
+                     "--cache-dir", str(reference.parent / "cache"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    snapshots = reference.parent / "snapshots"
+
+    for number, event in enumerate(kills):
+        command = ["train", *train_args, "--out", str(run), "--cache-dir", str(run.parent / "cache")] \
+            if number == 0 else ["train", "--resume", str(run)]
+        result = _tlearn(event, *command)
+        assert result.returncode == -signal.SIGKILL, f"{event} was never reached: {result.stderr[-2000:]}"
+        _assert_committed_state_matches(run, snapshots, event)
+    result = _tlearn("none:0", "train", "--resume", str(run))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    for name in (checkpoint.LAST_FILE, checkpoint.MODEL_FILE):
+        a, b = load_file(str(reference / name)), load_file(str(run / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{name} differs"
+    assert _rows_without_timing(run) == _rows_without_timing(reference)
+    summary, expected = (json.loads((folder / "summary.json").read_text()) for folder in (run, reference))
+    assert [s["name"] for s in summary["stages"]] == ["linear-probe", "finetune"]
+    assert summary["epochs_completed"] == expected["epochs_completed"] == len(_rows_without_timing(run))
+    assert summary["stages"][1]["epochs"] == fine_tune_epochs
+    assert (summary["val_top1"], summary["best_epoch"]) == (expected["val_top1"], expected["best_epoch"])
     again = run_cli("train", "--resume", str(run))
     assert again.returncode == 2 and "already finished" in again.stderr
 
 
-SLOW_WRITER = textwrap.dedent("""
-    import sys, time
-    import tlearn.checkpoint as checkpoint
-    real = checkpoint.save_file
-    def slow(tensors, path, metadata=None):
-        real(tensors, path, metadata)
-        open(path + ".writing", "w").close()   # tell the test: a write is under way
-        time.sleep(30)                          # ... and stays under way until the kill
-    checkpoint.save_file = slow
-    from tlearn.cli import main
-    sys.exit(main(sys.argv[1:]))
-""")
-
-
-def test_kill_during_checkpoint_write_leaves_a_loadable_run(tmp_path):
-    data = make_folder(tmp_path / "data", per_class=6)
-    run = tmp_path / "run"
-    # first a complete epoch, written normally
-    result = run_cli("train", "--data", str(data), "--model", TINY_MODEL, "--weights", "none", "--image-size", "32",
-                     "--strategy", "finetune", "--epochs", "1", "--no-report", "--out", str(run))
-    assert result.returncode == 0, result.stderr
-    (run / "summary.json").unlink()  # pretend the run is still going, then resume it with slow writes
-    (run / "train_state.json").write_text((run / "train_state.json").read_text())
-    config = run / "config.yaml"
-    config.write_text(config.read_text().replace("epochs: 1", "epochs: 3"))
-    before = load_file(str(run / "model.safetensors"))
-    script = tmp_path / "slow.py"
-    script.write_text(SLOW_WRITER)
-    process = subprocess.Popen([sys.executable, str(script), "train", "--resume", str(run)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(run.glob("*.writing")):
-        time.sleep(0.02)
-    assert list(run.glob("*.writing")), "no checkpoint write started"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert list(run.glob(".*.tmp")), "the kill should have hit a temporary file"
-    after = load_file(str(run / "model.safetensors"))  # still the complete previous file
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    trained = tlearn.load(run)
-    assert trained.class_names == ["cat", "dog", "fox"]
-    result = run_cli("train", "--resume", str(run))
-    assert result.returncode == 0, result.stderr
+def _default_sigint():
+    """The child must get SIGINT even when this test runs under a parent that ignores it
+    (a shell's background job does): an ignored SIGINT is inherited across exec."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_ctrl_c_stops_cleanly_with_a_resumable_run(tmp_path):
@@ -121,9 +118,10 @@ def test_ctrl_c_stops_cleanly_with_a_resumable_run(tmp_path):
     command = [sys.executable, "-m", "tlearn", "train", "--data", str(data), "--model", TINY_MODEL, "--weights",
                "none", "--image-size", "32", "--batch-size", "4", "--strategy", "finetune", "--epochs", "60",
                "--workers", "0", "--no-report", "--out", str(run)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_default_sigint)
     deadline = time.time() + 120
-    while time.time() < deadline and _stage_and_epochs(run) is None:
+    while time.time() < deadline and checkpoint.read_progress(run) is None:
         time.sleep(0.02)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
@@ -132,10 +130,10 @@ def test_ctrl_c_stops_cleanly_with_a_resumable_run(tmp_path):
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "tlearn: interrupted"
     assert not (run / "summary.json").exists()
     assert tlearn.load(run).class_names == ["cat", "dog", "fox"]
+    done = len(checkpoint.read_progress(run)["rows"])
+    assert 1 <= done < 60
     config = run / "config.yaml"
-    config.write_text(config.read_text().replace("epochs: 60", "epochs: 3"))  # finish quickly
-    done = _stage_and_epochs(run)[1]
-    if done < 3:
-        result = run_cli("train", "--resume", str(run))
-        assert result.returncode == 0, result.stderr
-        assert json.loads((run / "summary.json").read_text())["epochs_completed"] == 3
+    config.write_text(config.read_text().replace("epochs: 60", f"epochs: {done + 1}"))  # one more epoch
+    result = run_cli("train", "--resume", str(run))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run / "summary.json").read_text())["epochs_completed"] == done + 1

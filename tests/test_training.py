@@ -10,7 +10,7 @@ from tlearn.data import load_splits
 from conftest import TINY_MODEL, needs_shared
 
 RUN_FILES = {"config.yaml", "metrics.csv", "model.safetensors", "model.json", "summary.json",
-             "last.safetensors", "train_state.json", "train_state.safetensors", "skipped_files.txt"}
+             "last.safetensors", "train_state.safetensors", "skipped_files.txt"}
 
 
 def _is_pickle(path) -> bool:

@@ -21,6 +21,7 @@ from .models.classifier import Classifier
 from .models.factory import create_model
 from .preprocessing import Preprocessing
 from .runtime import seed_everything, setup_runtime
+from .train_state import ResumePoint
 
 
 def build_model(config: RunConfig, num_classes: int) -> Classifier:
@@ -47,7 +48,7 @@ def train(config: RunConfig, out: str | Path | None = None, log: Callable[[str],
         f"{len(data.train)} train / {len(data.val)} val images, input {model.info.preprocessing.crop_size}px; "
         f"run folder {run_dir}")
     try:
-        summary = training.fit(model, data, config, run_dir, log=log)
+        summary = training.run_stages(model, data, config, run_dir, log=log)
     except KeyboardInterrupt:
         log(f"interrupted: the last completed epoch is saved; continue with: tlearn train --resume {run_dir}")
         raise
@@ -55,22 +56,23 @@ def train(config: RunConfig, out: str | Path | None = None, log: Callable[[str],
 
 
 def resume(run_dir: str | Path, log: Callable[[str], None] = print) -> tuple[dict, Path]:
-    """Continue an interrupted run from its last completed epoch."""
+    """Continue an interrupted run from its last committed epoch (from the start if none was)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder not found: {run_dir}")
     if (run_dir / run_folder.SUMMARY_FILE).is_file():
         raise RunFolderError(f"run {run_dir} already finished (summary.json exists); nothing to resume")
     config = run_folder.read_config(run_dir)
-    if not (run_dir / checkpoint.STATE_JSON).is_file():
-        raise RunFolderError(f"run {run_dir} has no completed epoch to resume from; start it again")
-    state = checkpoint.load_train_state(run_dir)
+    if not checkpoint.has_train_state(run_dir):
+        log(f"run {run_dir} stopped before its first epoch was committed: starting it again")
+        return train(config, run_dir, log=log)
+    point = ResumePoint.read(run_dir)
     data = load_data(config)
-    model = checkpoint.load_model(run_dir, checkpoint.LAST_FILE).train()
-    done = state["progress"]["rows"]
-    log(f"resuming {run_dir} after epoch {len(done)}")
+    model = checkpoint.build_model(checkpoint.read_model_info(run_dir))
+    checkpoint.load_weights(model, point.weights, run_dir / checkpoint.STATE_FILE)
+    log(f"resuming {run_dir} after epoch {len(point.progress.rows)}")
     try:
-        summary = training.fit(model, data, config, run_dir, resume=state, log=log)
+        summary = training.run_stages(model.train(), data, config, run_dir, resume=point, log=log)
     except KeyboardInterrupt:
         log(f"interrupted: the last completed epoch is saved; continue with: tlearn train --resume {run_dir}")
         raise
@@ -81,22 +83,24 @@ def fit(model: Classifier, data: str | DatasetSplits, out: str | Path | None = N
         log: Callable[[str], None] = print, **options: Any) -> dict:
     """Train `model` on a data source ("digits", a folder...) or loaded splits.
 
-    `options` are any DataConfig/TrainConfig field: strategy, epochs, head_epochs, lr, ...
+    `options` are any DataConfig/TrainConfig field (strategy, epochs, head_epochs, lr, ...)
+    and `aux_weight`. strategy="as-is" trains exactly the parameters left trainable.
     """
     data_fields = {f.name for f in dataclasses.fields(DataConfig)}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(options) - data_fields - train_fields - {"aux_weight"}
+    model_fields = {"aux_weight"}
+    unknown = set(options) - data_fields - train_fields - model_fields
     if unknown:
         raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
     source = data if isinstance(data, str) else "in-memory"
     config = RunConfig(
         data=DataConfig(source=source, **{k: v for k, v in options.items() if k in data_fields}),
         model=ModelConfig(name=model.info.name, weights=model.info.weights,
-                          aux_weight=options.get("aux_weight", 0.4)),
+                          **{k: v for k, v in options.items() if k in model_fields}),
         train=TrainConfig(**{k: v for k, v in options.items() if k in train_fields}),
     ).validate()
     splits = load_data(config) if isinstance(data, str) else data
-    return training.fit(model, splits, config, out, log=log)
+    return training.run_stages(model, splits, config, out, log=log)
 
 
 @dataclass
@@ -164,9 +168,7 @@ def eval_samples_for(run_dir: str | Path, data: str, split: str = "val"):
 
 
 def load_model_info(run_dir: str | Path):
-    from .models.classifier import ModelInfo
-
-    return ModelInfo.from_dict(checkpoint.read_json(Path(run_dir) / checkpoint.MODEL_JSON))
+    return checkpoint.read_model_info(run_dir)
 
 
 def _matched_samples(run_or_model, class_names: list[str], data: str, split: str):

@@ -1,80 +1,56 @@
 """The run folder's model and training state, in and out. No pickles: safetensors + JSON.
 
-Every file is written to a temporary name, flushed, fsync'ed and renamed, so a kill at
-any moment leaves either the previous complete file or the new one.
+One file commits an epoch: `train_state.safetensors` holds the epoch's weights, the
+optimiser, scheduler, grad scaler and RNG states and the progress (in its metadata), and
+is written atomically (files.py). Whatever else the run folder shows is derived from it
+and written after it: `last.safetensors`, `model.safetensors` (the best epoch) and
+metrics.csv. A kill between two files therefore leaves a committed state that is whole,
+and derived files that are at most one epoch behind it; resume rewrites them from the
+state (`repair_derived_files`). Each weights file is tagged with its epoch.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
 from .errors import RunFolderError
+from .files import atomic_save_tensors, read_json, write_json
 from .models.classifier import Classifier, ModelInfo
 
 MODEL_FILE = "model.safetensors"  # best weights by val top-1: what eval/predict/export use
-LAST_FILE = "last.safetensors"  # weights after the last completed epoch: what resume uses
+LAST_FILE = "last.safetensors"  # weights after the last committed epoch
 MODEL_JSON = "model.json"
-STATE_TENSORS = "train_state.safetensors"
-STATE_JSON = "train_state.json"
+STATE_FILE = "train_state.safetensors"  # the commit point of every epoch: what resume uses
+STATE_FORMAT = "tlearn-train-state-2"
+_MODEL_PREFIX = "model/"
 
 
-def atomic_write(path: str | Path, data: bytes | str) -> None:
-    path = Path(path)
-    payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def save_model(run_dir: str | Path, model: Classifier | dict[str, torch.Tensor], filename: str = MODEL_FILE,
+               *, epoch: int | None = None) -> None:
+    """Weights as safetensors, tagged with the epoch they come from (resume checks the tag)."""
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    metadata = {"epoch": str(epoch)} if epoch is not None else None
+    atomic_save_tensors(Path(run_dir) / filename, state, metadata)
+
+
+def weights_epoch(path: Path) -> int | None:
+    """The epoch a weights file was written for, or None (absent, untagged or unreadable)."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        # clone: safetensors refuses tensors that share storage (views, tied weights)
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, tmp, metadata)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def save_model(run_dir: str | Path, model: Classifier, filename: str = MODEL_FILE) -> None:
-    atomic_save_tensors(Path(run_dir) / filename, model.state_dict())
+        with safe_open(str(path), framework="pt") as handle:
+            tag = (handle.metadata() or {}).get("epoch")
+    except (OSError, SafetensorError):
+        return None
+    return int(tag) if tag is not None and tag.isdigit() else None
 
 
 def save_model_info(run_dir: str | Path, info: ModelInfo) -> None:
     write_json(Path(run_dir) / MODEL_JSON, info.to_dict())
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunFolderError(f"{path} not found: not a complete tlearn run folder") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RunFolderError(f"{path} is damaged ({error})") from None
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -86,44 +62,104 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise RunFolderError(f"{path} is damaged or not a safetensors file ({str(error)[:120]})") from None
 
 
-def load_model(run_dir: str | Path, filename: str = MODEL_FILE) -> Classifier:
-    """Rebuild the run's architecture from model.json and load its weights (no network)."""
+def read_model_info(run_dir: str | Path) -> ModelInfo:
+    path = Path(run_dir) / MODEL_JSON
+    try:
+        return ModelInfo.from_dict(read_json(path))
+    except (KeyError, TypeError) as error:
+        raise RunFolderError(f"{path} is not a tlearn model description ({error})") from None
+
+
+def build_model(info: ModelInfo) -> Classifier:
+    """The run's architecture with random weights, from its description (no network)."""
     from .models.factory import create_model
 
+    model = create_model(info.name, info.num_classes, "none", build_kwargs=info.build_kwargs,
+                         aux_logits=bool(info.build_kwargs.get("aux_logits", False)))
+    model.info = info
+    return model
+
+
+def load_weights(model: Classifier, state: dict[str, torch.Tensor], where: Path) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RunFolderError(f"{where} does not fit {model.info.name}: "
+                             f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+def load_model(run_dir: str | Path, filename: str = MODEL_FILE) -> Classifier:
+    """Rebuild the run's architecture from model.json and load its weights (no network)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder not found: {run_dir}")
-    try:
-        info = ModelInfo.from_dict(read_json(run_dir / MODEL_JSON))
-    except (KeyError, TypeError) as error:
-        raise RunFolderError(f"{run_dir / MODEL_JSON} is not a tlearn model description ({error})") from None
-    model = create_model(info.name, info.num_classes, "none", build_kwargs=info.build_kwargs,
-                         aux_logits=bool(info.build_kwargs.get("aux_logits", False)))
-    state = read_tensors(run_dir / filename)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise RunFolderError(f"{run_dir / filename} does not fit {info.name}: "
-                             f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-    model.info = info
+    model = build_model(read_model_info(run_dir))
+    path = run_dir / filename
+    if not path.is_file() and has_train_state(run_dir):
+        # Killed between the first commit and its derived files: the committed epoch is the
+        # only one, so it is also the last and the best.
+        path = run_dir / STATE_FILE
+        weights = load_train_state(run_dir)[0]
+    else:
+        weights = read_tensors(path)
+    load_weights(model, weights, path)
     return model.eval()
 
 
-# --- training state: nested dicts/lists of tensors and plain values, as tensors + JSON ---
+# --- the training state: one file, nested dicts/lists of tensors and plain values ---
 
-def save_train_state(run_dir: str | Path, state: dict[str, Any]) -> None:
-    """Optimizer, scheduler, scaler, RNG states and progress, without pickle."""
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = _flatten(state, "", tensors)
-    run_dir = Path(run_dir)
-    atomic_save_tensors(run_dir / STATE_TENSORS, tensors)
-    write_json(run_dir / STATE_JSON, skeleton)  # written last: it marks the state complete
+def save_train_state(run_dir: str | Path, model: Classifier, state: dict[str, Any]) -> None:
+    """Commit an epoch: weights, optimiser, scheduler, scaler, RNG and progress in one rename."""
+    tensors = {f"{_MODEL_PREFIX}{k}": v for k, v in model.state_dict().items()}
+    skeleton = _flatten(state, "state", tensors)
+    atomic_save_tensors(Path(run_dir) / STATE_FILE, tensors,
+                        {"format": STATE_FORMAT, "state": json.dumps(skeleton)})
 
 
-def load_train_state(run_dir: str | Path) -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    skeleton = read_json(run_dir / STATE_JSON)
-    tensors = read_tensors(run_dir / STATE_TENSORS)
-    return _unflatten(skeleton, tensors)
+def has_train_state(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / STATE_FILE).is_file()
+
+
+def load_train_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(model weights, state) of the last committed epoch."""
+    path = Path(run_dir) / STATE_FILE
+    tensors = read_tensors(path)
+    skeleton = _read_skeleton(path)
+    weights = {k[len(_MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(_MODEL_PREFIX)}
+    return weights, _unflatten(skeleton, tensors)
+
+
+def read_progress(run_dir: str | Path) -> dict[str, Any] | None:
+    """The committed progress only (header read, no tensors): None before the first commit."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        return None
+    return _unflatten(_read_skeleton(path), {})["progress"]
+
+
+def _read_skeleton(path: Path) -> Any:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        if metadata.get("format") != STATE_FORMAT:
+            raise RunFolderError(f"{path} is not a training state of this version of tlearn")
+        return json.loads(metadata["state"])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as error:
+        raise RunFolderError(f"{path} is damaged ({str(error)[:120]})") from None
+
+
+def repair_derived_files(run_dir: Path, weights: dict[str, torch.Tensor], progress: dict[str, Any]) -> None:
+    """Bring last.safetensors and model.safetensors level with the committed state.
+
+    They are written after the commit, so a kill can leave them one epoch behind; never
+    ahead. The best model lags only when the committed epoch was the best, and then the
+    committed weights are the best weights.
+    """
+    epoch = len(progress["rows"])
+    if weights_epoch(run_dir / LAST_FILE) != epoch:
+        save_model(run_dir, weights, LAST_FILE, epoch=epoch)
+    best = progress["best_epoch"]
+    if best == epoch and weights_epoch(run_dir / MODEL_FILE) != best:
+        save_model(run_dir, weights, MODEL_FILE, epoch=best)
 
 
 def _flatten(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -148,13 +184,15 @@ def _flatten(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def _unflatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of `_flatten`; with no tensors given, tensor leaves come back as None."""
     if isinstance(value, list):
         return [_unflatten(v, tensors) for v in value]
     if isinstance(value, dict):
         if "__tensor__" in value:
-            return tensors[value["__tensor__"]]
+            return tensors.get(value["__tensor__"])
         if "__ndarray__" in value:
-            return tensors[value["__ndarray__"]].numpy()
+            found = tensors.get(value["__ndarray__"])
+            return None if found is None else found.numpy()
         if "__tuple__" in value:
             return tuple(_unflatten(v, tensors) for v in value["__tuple__"])
         if "__dict__" in value:

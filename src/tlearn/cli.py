@@ -29,6 +29,8 @@ def _add_train_flags(parser: argparse.ArgumentParser, demo: bool = False) -> Non
         parser.add_argument("--strategy", choices=STRATEGIES, default="two-stage")
         parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs (probe epochs for linear-probe)")
         parser.add_argument("--head-epochs", type=int, default=3, help="linear-probe epochs before fine-tuning")
+        parser.add_argument("--unfreeze-last", type=int, default=0,
+                            help="linear-probe / two-stage's probe: also train the last N backbone blocks")
         parser.add_argument("--image-size", type=int, default=None, help="crop size; default: the weights'")
         parser.add_argument("--augment", choices=AUGMENTS, default="default")
         parser.add_argument("--lr", type=float, default=None, help="head LR (default 1e-3 AdamW, 0.01 SGD)")
@@ -151,7 +153,8 @@ def _run_config(args: argparse.Namespace, source: str, model: str, weights: str)
                         small_images=args.small_images),
         model=ModelConfig(name=model, weights=weights, aux_weight=args.aux_weight),
         train=TrainConfig(strategy=getattr(args, "strategy", "two-stage"), epochs=args.epochs,
-                          head_epochs=args.head_epochs, lr=args.lr, backbone_lr_mult=args.backbone_lr_mult,
+                          head_epochs=args.head_epochs, unfreeze_last=getattr(args, "unfreeze_last", 0),
+                          lr=args.lr, backbone_lr_mult=args.backbone_lr_mult,
                           optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
                           label_smoothing=args.label_smoothing, bn_train=args.bn_train, warmup_epochs=args.warmup_epochs,
                           head_solver=args.head_solver, device=args.device, amp=args.amp,

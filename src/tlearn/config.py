@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-STRATEGIES = ("linear-probe", "finetune", "two-stage")
+STRATEGIES = ("linear-probe", "finetune", "two-stage", "as-is")
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 AUGMENTS = ("default", "none")
@@ -35,6 +35,9 @@ class DataConfig:
     # resize + center-crop; weights keeps the weights' recipe. See small_images.py.
     small_images: str = "auto"
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         if not 0.0 < self.val_split < 1.0:
             raise ConfigError(f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}")
@@ -55,6 +58,9 @@ class ModelConfig:
     weights: str = "default"  # default | none | path to a state dict
     aux_weight: float = 0.4  # Inception/GoogLeNet auxiliary loss weight; 0 turns it off
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         if self.aux_weight < 0:
             raise ConfigError(f"--aux-weight must be 0 or more, got {self.aux_weight}")
@@ -65,6 +71,9 @@ class TrainConfig:
     strategy: str = "two-stage"
     epochs: int = 5  # fine-tuning epochs (two-stage, finetune) or probe epochs (linear-probe)
     head_epochs: int = 3  # linear-probe epochs before fine-tuning in two-stage
+    # linear-probe / two-stage's probe: also train the last N top-level backbone blocks
+    # (the probe then trains on images, not cached features). as-is: the model's own flags.
+    unfreeze_last: int = 0
     lr: float | None = None  # head LR; None: 1e-3 for AdamW, 0.01 for SGD
     backbone_lr_mult: float = 0.1  # backbone LR = head LR x this, when fine-tuning
     optimizer: str = "adamw"
@@ -88,6 +97,9 @@ class TrainConfig:
     report: bool = True  # write report.html (curves, confusion, mistakes) at the end
     tensorboard: bool = False  # per-epoch scalars for `tensorboard --logdir RUN`
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         _check_choice("--strategy", self.strategy, STRATEGIES)
         _check_choice("--optimizer", self.optimizer, OPTIMIZERS)
@@ -103,6 +115,10 @@ class TrainConfig:
             raise ConfigError(f"--epochs must be at least 1 for {self.strategy}, got {self.epochs}")
         if self.strategy == "two-stage" and self.epochs + self.head_epochs < 1:
             raise ConfigError("two-stage needs --head-epochs or --epochs above 0")
+        if self.unfreeze_last < 0:
+            raise ConfigError(f"--unfreeze-last must be 0 or more, got {self.unfreeze_last}")
+        if self.unfreeze_last and self.strategy not in ("linear-probe", "two-stage"):
+            raise ConfigError(f"--unfreeze-last applies to linear-probe and two-stage, not {self.strategy}")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"--lr must be above 0, got {self.lr}")
         if self.backbone_lr_mult <= 0:
@@ -134,9 +150,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> "RunConfig":
-        self.data.validate()
-        self.model.validate()
-        self.train.validate()
+        """Each part validated itself when it was made; kept so callers can chain it."""
         return self
 
     def to_dict(self) -> dict[str, Any]:

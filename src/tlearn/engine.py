@@ -10,7 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .errors import TrainingError
-from .metrics import ClassificationMeter, EvalResult
+from .metrics import ClassificationMeter, EpochStats, EvalResult
 from .models.classifier import AuxOutput
 from .runtime import Runtime
 
@@ -28,7 +28,7 @@ def compute_loss(output, targets: torch.Tensor, loss_fn: Callable, aux_weight: f
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     scheduler, runtime: Runtime, loss_fn: Callable, *, num_classes: int,
                     scaler: torch.amp.GradScaler | None = None, aux_weight: float = 0.0,
-                    description: str = "train", prepare: Callable | None = None, sharded: bool = True) -> dict:
+                    description: str = "train", prepare: Callable | None = None, sharded: bool = True) -> EpochStats:
     """One pass over `loader`; the LR schedule steps per batch. Returns loss, top1, images/s.
 
     `prepare(batch_inputs)` moves inputs to the device; images by default, features too.
@@ -65,8 +65,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         meter.reduce(runtime)
     result = meter.result()
     seconds = time.perf_counter() - start
-    return {"loss": result.loss, "top1": result.top1, "seconds": seconds,
-            "images_per_s": seen * processes / max(seconds, 1e-9)}
+    return EpochStats(result.loss, result.top1, seen * processes / max(seconds, 1e-9), seconds)
 
 
 @torch.inference_mode()

@@ -16,7 +16,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write, load_model
+from .checkpoint import load_model
+from .files import atomic_write
 from .data.transforms import eval_transform
 from .errors import UserError, first_line
 from .models.classifier import Classifier
@@ -41,6 +42,7 @@ class ParityReport:
 def sidecar(model: Classifier) -> dict:
     prep = model.info.preprocessing
     return {"classes": list(model.info.class_names), "resize_size": prep.resize_size, "crop_size": prep.crop_size,
+            "whole_image": prep.whole_image,  # true: resize to crop_size x crop_size, no crop
             "interpolation": prep.interpolation, "mean": list(prep.mean), "std": list(prep.std),
             "input": "float32 NCHW RGB, batch dimension dynamic", "output": "logits (softmax for probabilities)",
             "model": model.info.name}

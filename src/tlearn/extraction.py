@@ -141,15 +141,27 @@ def make_engine(model: Classifier, prep: Preprocessing, runtime: Runtime, cache_
 def _exported_backbone(model: Classifier, prep: Preprocessing, batch_size: int, cache_dir: Path | None) -> Path:
     import tempfile
 
-    crop_size = prep.crop_size
-    identity = f"{backbone_fingerprint(model)}|{batch_size}x{crop_size}|{prep.mean}|{prep.std}|{torch.__version__}"
+    identity = f"{backbone_fingerprint(model)}|{batch_size}x{prep.crop_size}|{prep.mean}|{prep.std}|{torch.__version__}"
     key = hashlib.sha256(identity.encode()).hexdigest()[:32]
-    folder = Path(cache_dir) / "onnx" if cache_dir is not None else Path(tempfile.gettempdir()) / "tlearn-onnx"
+    folders = [Path(tempfile.gettempdir()) / "tlearn-onnx"]
+    if cache_dir is not None:
+        folders.insert(0, Path(cache_dir) / "onnx")
+    for folder in folders:
+        path = folder / f"{key}.onnx"
+        if path.is_file():
+            return path
+    if len(folders) > 1:
+        try:
+            return _export_to(model, prep, batch_size, folders[0], key)
+        except OSError:  # a read-only or full cache folder: the temporary folder will do
+            pass
+    return _export_to(model, prep, batch_size, folders[-1], key)
+
+
+def _export_to(model: Classifier, prep: Preprocessing, batch_size: int, folder: Path, key: str) -> Path:
     path = folder / f"{key}.onnx"
-    if path.is_file():
-        return path
     folder.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(batch_size, 3, crop_size, crop_size, dtype=torch.uint8)
+    example = torch.zeros(batch_size, 3, prep.crop_size, prep.crop_size, dtype=torch.uint8)
     # The wrapper must be in eval mode: the exporter restores the wrapper's own mode
     # recursively afterwards, which would switch the model's BatchNorm back to training.
     backbone = _NormalizedBackbone(model, prep).eval()

@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 from tqdm import tqdm
 
-from .checkpoint import atomic_save_tensors
+from .files import atomic_save_tensors
 from .data.loaders import default_workers, make_loader
 from .data.samples import Samples
 from .data.transforms import eval_transform_uint8
@@ -133,9 +133,13 @@ def cached_features(model: Classifier, samples: Samples, prep: Preprocessing, ru
     features = extract_features(model, samples, prep, runtime, batch_size=batch_size, workers=workers,
                                 description=description, engine=engine, cache_dir=cache_dir, log=log)
     if runtime.is_main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save_tensors(path, {"features": features}, {"model": model.info.name,
-                                                           "weights": model.info.weights_id})
+        try:  # written under a unique temporary name, then renamed: a concurrent run never sees half
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_save_tensors(path, {"features": features}, {"model": model.info.name,
+                                                               "weights": model.info.weights_id})
+        except OSError as error:  # read-only or full: the features are in memory, go on without the cache
+            log(f"warning: cannot write the feature cache in {cache_dir} ({error.strerror or error}); "
+                "going on without it")
     return features
 
 
@@ -146,7 +150,7 @@ def export_features(model: Classifier, samples: Samples, class_names: list[str],
     """Write embeddings, labels, class names and file paths to an .npz (no pickles inside)."""
     import numpy as np
 
-    from .checkpoint import atomic_write
+    from .files import atomic_write
 
     features = cached_features(model, samples, model.info.preprocessing, runtime, cache_dir=cache_dir,
                                batch_size=batch_size, workers=workers, engine=engine, log=log)

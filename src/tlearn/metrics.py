@@ -7,6 +7,16 @@ import torch
 
 
 @dataclass
+class EpochStats:
+    """One training epoch's figures (validation comes as an EvalResult)."""
+
+    loss: float
+    top1: float
+    images_per_s: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass
 class EvalResult:
     loss: float
     top1: float

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .api import TrainedModel
-from .checkpoint import atomic_write
+from .files import atomic_write
 from .data.images import is_image_name, open_rgb
 from .errors import UserError, first_line
 

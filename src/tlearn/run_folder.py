@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .checkpoint import atomic_write, read_json, write_json
+from .files import atomic_write, read_json, write_json
 from .config import RunConfig
 from .errors import RunFolderError, first_line
 

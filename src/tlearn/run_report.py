@@ -7,6 +7,7 @@ from . import checkpoint, run_folder
 from .data.loaders import make_loader
 from .data.samples import Samples
 from .engine import predict_probabilities
+from .files import read_json
 from .report import write_report
 from .runtime import Runtime
 
@@ -26,7 +27,7 @@ def report_run(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size:
         settings = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
         settings.pop("resolved", None)
     summary_path = run_dir / run_folder.SUMMARY_FILE
-    summary = checkpoint.read_json(summary_path) if summary_path.is_file() else None
+    summary = read_json(summary_path) if summary_path.is_file() else None
     return write_report(run_dir, probs=probs.numpy(), labels=labels.numpy(), class_names=model.info.class_names,
                         describe=samples.describe, load_image=samples.load, settings=settings, summary=summary,
                         title=title or f"tlearn report: {model.info.name} in {run_dir.name}")

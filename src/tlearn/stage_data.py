@@ -36,20 +36,11 @@ class StageData:
             self.train.sampler.set_epoch(epoch)
 
 
-def stage_augment(stage: Stage, config: RunConfig) -> str:
-    """Fine-tuning uses --augment; frozen stages --probe-augment (none unless --augment none)."""
-    dc = config.data
-    if stage.train_backbone:
-        return dc.augment
-    return "none" if dc.augment == "none" else dc.probe_augment
-
-
 def build_stage_data(model: Classifier, stage: Stage, data: DatasetSplits, config: RunConfig, runtime: Runtime,
                      cache_dir: Path | None, log: Callable[[str], None]) -> StageData:
-    augment = stage_augment(stage, config)
-    if not stage.train_backbone and augment == "none":
+    if stage.on_features:
         return _feature_data(model, data, config, runtime, cache_dir, log)
-    return _image_data(model, data, config, runtime, augment)
+    return _image_data(model, data, config, runtime, stage.augment)
 
 
 def _feature_data(model, data, config, runtime, cache_dir, log) -> StageData:

@@ -2,7 +2,12 @@
 
 fastai's semantics: a new head on a pretrained body; `two-stage` trains the head with the
 body frozen, then everything with a lower LR for the body. Keras' rule: a frozen
-BatchNorm runs in inference mode, so its running statistics never move.
+BatchNorm runs in inference mode, so its running statistics never move. `as-is` trains
+exactly what the user left trainable (`tlearn.freeze(model, unfreeze_last=2)` then `fit`).
+
+A `Stage` decides everything about itself once, in `plan_stages`: what trains, whether it
+runs on cached features, which solver, and its real epoch count (an L-BFGS solve is one).
+Resume compares progress against those same numbers.
 """
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .config import TrainConfig
+from .config import RunConfig, TrainConfig
 from .models.classifier import Classifier
 
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
@@ -72,30 +77,72 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     return trainable, frozen
 
 
+def trainable_names(model: nn.Module) -> tuple[str, ...]:
+    return tuple(name for name, p in model.named_parameters() if p.requires_grad)
+
+
 @dataclass(frozen=True)
 class Stage:
-    name: str  # "linear-probe" | "finetune"
-    epochs: int
-    train_backbone: bool
+    name: str  # "linear-probe" | "finetune" | "as-is": what logs, metrics.csv and summary.json say
+    epochs: int  # the real count: an L-BFGS solve is one
+    trains: str  # "head" (plus `unfreeze_last` blocks) | "all" | "as-is" (the names in `trainable`)
+    augment: str  # training augmentation of this stage: "default" | "none"
+    on_features: bool = False  # backbone frozen, inputs fixed: the head trains on cached features
+    solver: str = "sgd"  # "lbfgs": one full-batch solve on the features | "sgd": epochs of the optimiser
+    unfreeze_last: int = 0
+    trainable: tuple[str, ...] = ()  # as-is: the parameters the user left trainable
+
+    @property
+    def train_backbone(self) -> bool:
+        return self.trains == "all"
 
     def apply(self, model: Classifier) -> None:
-        if self.train_backbone:
+        if self.trains == "all":
             unfreeze(model)
+        elif self.trains == "head":
+            freeze(model, unfreeze_last=self.unfreeze_last)
         else:
-            freeze(model)
+            keep = set(self.trainable)
+            for name, parameter in model.named_parameters():
+                parameter.requires_grad_(name in keep)
 
 
-def plan_stages(config: TrainConfig) -> list[Stage]:
-    if config.strategy == "linear-probe":
-        return [Stage("linear-probe", config.epochs, False)]
-    if config.strategy == "finetune":
-        return [Stage("finetune", config.epochs, True)]
+def plan_stages(config: RunConfig, model: Classifier, as_is_trainable: tuple[str, ...] = ()) -> list[Stage]:
+    """The run's stages, each complete: nothing about a stage is decided later."""
+    tc, dc = config.train, config.data
+    probe_augment = "none" if dc.augment == "none" else dc.probe_augment
+    linear_head = isinstance(model.head, nn.Linear)
+
+    def probe(epochs: int, unfreeze_last: int) -> Stage:
+        on_features = unfreeze_last == 0 and probe_augment == "none"
+        if on_features and tc.head_solver == "lbfgs" and linear_head:
+            return Stage("linear-probe", 1, "head", "none", True, "lbfgs")
+        return Stage("linear-probe", epochs, "head", probe_augment, on_features, "sgd", unfreeze_last)
+
+    if tc.strategy == "linear-probe":
+        return [probe(tc.epochs, tc.unfreeze_last)]
+    if tc.strategy == "finetune":
+        return [Stage("finetune", tc.epochs, "all", dc.augment)]
+    if tc.strategy == "as-is":
+        return [_as_is_stage(model, tc.epochs, as_is_trainable, probe_augment, dc.augment)]
     stages = []
-    if config.head_epochs > 0:
-        stages.append(Stage("linear-probe", config.head_epochs, False))
-    if config.epochs > 0:
-        stages.append(Stage("finetune", config.epochs, True))
+    if tc.head_epochs > 0:
+        stages.append(probe(tc.head_epochs, tc.unfreeze_last))
+    if tc.epochs > 0:
+        stages.append(Stage("finetune", tc.epochs, "all", dc.augment))
     return stages
+
+
+def _as_is_stage(model: Classifier, epochs: int, trainable: tuple[str, ...], probe_augment: str,
+                 augment: str) -> Stage:
+    """The user's own flags; a frozen backbone under a fully trainable head still uses the cache."""
+    keep = set(trainable)
+    head_names = {name for name, p in model.named_parameters() if any(p is q for q in model.head_parameters())}
+    backbone_frozen = not (keep - head_names)
+    head_trains = head_names <= keep
+    on_features = backbone_frozen and head_trains and probe_augment == "none"
+    return Stage("as-is", epochs, "as-is", probe_augment if backbone_frozen else augment, on_features, "sgd",
+                 trainable=tuple(sorted(keep)))
 
 
 def parameter_groups(model: Classifier, config: TrainConfig) -> list[dict]:

@@ -1,18 +1,16 @@
-"""`fit`: run the strategy's stages, validate every epoch, keep the run folder current.
+"""The stage runner: run the strategy's stages, validate every epoch, commit the run folder.
 
 Frozen stages without augmentation train the head on cached features (stage_data.py);
 the checkpoint is the same full model either way. After every epoch the run folder holds
-a complete, resumable state (model, optimiser, scheduler, scaler, RNG), written atomically.
+one committed, resumable state (train_state.py), written atomically.
 """
 from __future__ import annotations
 
-import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -22,26 +20,15 @@ from .data.sources import DatasetSplits
 from .engine import evaluate, train_one_epoch
 from .features import default_cache_dir
 from .head_solver import fit_linear_head_lbfgs
+from .metrics import EpochStats, EvalResult
 from .models.classifier import Classifier
 from .optim import make_optimizer, make_scheduler
 from .runtime import Runtime, seed_everything, setup_runtime
 from .small_images import adapt_preprocessing
 from .stage_data import StageData, build_stage_data
-from .strategy import Stage, parameter_counts, parameter_groups, plan_stages, set_train_mode
-
-
-@dataclass
-class Progress:
-    """Where the run stands; saved with every epoch (plain values only)."""
-
-    stage_index: int = 0
-    stage_epoch: int = 0  # completed epochs within the stage
-    best_top1: float = -1.0
-    best_top5: float = 0.0
-    best_epoch: int = 0
-    train_seconds: float = 0.0
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    stage_results: list[dict[str, Any]] = field(default_factory=list)
+from .strategy import Stage, parameter_counts, parameter_groups, plan_stages, set_train_mode, trainable_names
+from .train_state import (Progress, ResumePoint, TrainState, commit_epoch, repair_run_folder,
+                          run_folder_writes)
 
 
 @dataclass
@@ -62,51 +49,81 @@ class Run:
         return self.run_dir is not None and self.runtime.is_main
 
 
-def fit(model: Classifier, data: DatasetSplits, config: RunConfig, run_dir: str | Path | None = None,
-        *, runtime: Runtime | None = None, resume: dict[str, Any] | None = None,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+@dataclass
+class StageRun:
+    """One stage under way: its model, data and optimiser state, and the clock of its epoch."""
+
+    model: Classifier
+    stage: Stage
+    data: StageData
+    state: TrainState | None  # None for an L-BFGS solve
+    mark: float  # when the current epoch (or solve) started, feature extraction included
+
+
+def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_dir: str | Path | None = None,
+               *, runtime: Runtime | None = None, resume: ResumePoint | None = None,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train `model` on `data` by `config`'s strategy; returns the summary (also in run_dir)."""
-    config = config.validate()
     tc = config.train
     runtime = runtime or setup_runtime(tc.device, tc.amp, tc.amp_dtype, tc.channels_last)
     seed_everything(tc.seed, tc.deterministic)
     model.info.class_names = list(data.class_names)
-    if resume is None:  # a resumed run keeps the preprocessing it started with
+    progress = resume.progress if resume else Progress()
+    if resume is None:  # a resumed run keeps the preprocessing and the flags it started with
         model.info.preprocessing = adapt_preprocessing(model.info.preprocessing, data.train,
                                                        config.data.small_images, log)
+        if tc.strategy == "as-is":
+            progress.as_is_trainable = list(trainable_names(model))
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    progress = Progress(**resume["progress"]) if resume else Progress()
     cache_dir = (Path(tc.cache_dir) if tc.cache_dir else default_cache_dir()) if tc.use_cache else None
     run = Run(config, data, runtime, Path(run_dir) if run_dir is not None else None, progress, cache_dir, log)
     if run.writes and resume is None:
         _start_run_folder(run, model)
+    if run.writes and resume is not None:
+        repair_run_folder(run.run_dir, resume)
     if run.writes and tc.tensorboard:
         run.tensorboard = _open_tensorboard(run.run_dir)
-    stages = plan_stages(tc)
-    start = progress.stage_index
+    stages = plan_stages(config, model, tuple(progress.as_is_trainable))
+    start, stage_state = progress.stage_index, None
     if resume is not None:
-        _restore_rng(resume["rng"])
-        if progress.stage_epoch >= stages[start].epochs:  # stopped at a stage boundary
-            start, progress.stage_epoch, resume = start + 1, 0, None
+        resume.restore_rng()
+        stage_state = resume.stage_state
+        if progress.stage_epoch >= stages[start].epochs:  # committed at a stage boundary
+            start, progress.stage_epoch, stage_state = start + 1, 0, None
+    elif stages:
+        _note_changed_flags(model, stages[0], log)
     try:
         for index in range(start, len(stages)):
             progress.stage_index = index
-            _run_stage(model, stages[index], index, run, resume)
-            resume, progress.stage_epoch = None, 0
+            _run_stage(model, stages[index], index, run, stage_state)
+            stage_state, progress.stage_epoch = None, 0
     finally:
         if run.tensorboard is not None:
             run.tensorboard.close()
     return _finish_run(model, run)
 
 
+def _note_changed_flags(model: Classifier, stage: Stage, log: Callable[[str], None]) -> None:
+    """The user froze parts of the model themselves and the strategy is about to redo it: say so."""
+    before = trainable_names(model)
+    if stage.trains == "as-is" or len(before) == len(list(model.parameters())):
+        return
+    given = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    stage.apply(model)
+    if trainable_names(model) != before:
+        log(f"note: strategy {stage.name} sets which parameters train ({given:,} trainable as given, "
+            f"{parameter_counts(model)[0]:,} now); strategy='as-is' keeps the model's own flags")
+
+
 def _finish_run(model: Classifier, run: Run) -> dict[str, Any]:
     summary = _summary(model, run)
     if run.writes:
-        if run.progress.best_top1 < 0:  # zero epochs: still leave a loadable model
-            checkpoint.save_model(run.run_dir, model)
-        run_folder.write_summary(run.run_dir, summary)
+        with run_folder_writes(run.run_dir, "the run summary"):
+            if run.progress.best_top1 < 0:  # zero epochs: still leave a loadable model
+                checkpoint.save_model(run.run_dir, model, epoch=0)
+            run_folder.write_summary(run.run_dir, summary)
         if run.config.train.report:
             from .run_report import report_run
 
@@ -118,126 +135,105 @@ def _finish_run(model: Classifier, run: Run) -> dict[str, Any]:
 
 def _start_run_folder(run: Run, model: Classifier) -> None:
     config, runtime, data = run.config, run.runtime, run.data
-    run.run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {"lr": config.train.resolved_lr, "weight_decay": config.train.resolved_weight_decay,
                 "device": str(runtime.device), "world_size": runtime.world_size,
                 "amp_dtype": str(runtime.amp_dtype).replace("torch.", "") if runtime.amp_dtype else None,
                 "preprocessing": model.info.preprocessing.to_dict(), "weights_id": model.info.weights_id,
                 "data": data.description, "num_train": len(data.train), "num_val": len(data.val),
                 "class_names": list(data.class_names), "run_dir": str(run.run_dir)}
-    run_folder.write_config(run.run_dir, config, resolved)
-    run_folder.write_skipped(run.run_dir, data.skipped)
-    checkpoint.save_model_info(run.run_dir, model.info)
+    with run_folder_writes(run.run_dir, "the run folder"):
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        run_folder.write_config(run.run_dir, config, resolved)
+        run_folder.write_skipped(run.run_dir, data.skipped)
+        checkpoint.save_model_info(run.run_dir, model.info)
 
 
-def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, resume: dict[str, Any] | None) -> None:
+def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_state: dict | None) -> None:
     tc, runtime = run.config.train, run.runtime
     mark = time.perf_counter()
     stage.apply(model)
     trainable, frozen = parameter_counts(model)
     stage_data = build_stage_data(model, stage, run.data, run.config, runtime, run.cache_dir, run.log)
-    run.log(f"stage {index + 1} {stage.name}: {stage.epochs} epochs, trainable params {trainable:,}, "
-            f"frozen params {frozen:,}" + (", head on cached features" if stage_data.cached else ""))
+    how = {"lbfgs": ", L-BFGS head on cached features", "sgd": ", head on cached features"}
+    run.log(f"stage {index + 1} {stage.name}: {stage.epochs} epoch{'s' if stage.epochs != 1 else ''}, "
+            f"trainable params {trainable:,}, frozen params {frozen:,}"
+            + (how[stage.solver] if stage.on_features else ""))
+    if stage.solver == "lbfgs":
+        _solve_head(StageRun(model, stage, stage_data, None, mark), run)
+        return
     optimizer = make_optimizer(parameter_groups(model, tc), tc)
     steps = len(stage_data.train)
     scheduler = make_scheduler(optimizer, stage.epochs * steps, int(round(tc.warmup_epochs * steps)))
-    scaler = runtime.grad_scaler()
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        if resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
-    state = (optimizer, scheduler, scaler)
+    state = TrainState(optimizer, scheduler, runtime.grad_scaler())
+    if stage_state is not None:
+        state.load_state_dict(stage_state)
+    _train_epochs(StageRun(model, stage, stage_data, state, mark), run)
+
+
+def _train_epochs(current: StageRun, run: Run) -> None:
+    model, stage, stage_data, state = current.model, current.stage, current.data, current.state
+    tc, runtime = run.config.train, run.runtime
     loss_fn = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
-    if stage_data.cached and tc.head_solver == "lbfgs" and isinstance(model.head, nn.Linear):
-        _solve_head(model, stage, index, run, stage_data, state, loss_fn, mark)
-        return
     train_module = stage_data.module
     if runtime.distributed and not stage_data.cached:
         train_module = nn.parallel.DistributedDataParallel(model, find_unused_parameters=bool(model.info.aux_modules))
-    num_classes = model.info.num_classes
     for epoch in range(run.progress.stage_epoch, stage.epochs):
         stage_data.start_epoch(tc.seed, epoch)
         set_train_mode(model, tc.bn_train)
         with torch.autograd.set_detect_anomaly(tc.detect_anomaly):
-            stats = train_one_epoch(train_module, stage_data.train, optimizer, scheduler, runtime, loss_fn,
-                                    num_classes=num_classes, scaler=scaler, aux_weight=run.config.model.aux_weight,
+            stats = train_one_epoch(train_module, stage_data.train, state.optimizer, state.scheduler, runtime,
+                                    loss_fn, num_classes=model.info.num_classes, scaler=state.scaler,
+                                    aux_weight=run.config.model.aux_weight,
                                     description=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
                                     prepare=stage_data.prepare, sharded=not stage_data.cached)
-        result = evaluate(stage_data.module, stage_data.val, runtime, num_classes, loss_fn,
+        result = evaluate(stage_data.module, stage_data.val, runtime, model.info.num_classes, loss_fn,
                           prepare=stage_data.prepare, description="val", sharded=not stage_data.cached)
-        run.log(f"  epoch {epoch + 1}/{stage.epochs}: train loss {stats['loss']:.4f} acc {stats['top1']:.4f} | "
+        run.log(f"  epoch {epoch + 1}/{stage.epochs}: train loss {stats.loss:.4f} acc {stats.top1:.4f} | "
                 f"val loss {result.loss:.4f} top1 {result.top1:.4f} top5 {result.top5:.4f} | "
-                f"{stats['images_per_s']:.0f} img/s")
-        mark = _finish_epoch(model, stage, index, epoch, stats, result, run, stage_data, state, mark)
+                f"{stats.images_per_s:.0f} img/s")
+        _finish_epoch(current, stats, result, run)
 
 
-def _solve_head(model: Classifier, stage: Stage, index: int, run: Run, stage_data: StageData, state,
-                loss_fn, mark: float) -> None:
-    """One full-batch solve replaces the epochs: the head is a convex problem on fixed features."""
+def _solve_head(current: StageRun, run: Run) -> None:
+    """One full-batch solve is the stage's one epoch: the head is a convex problem on fixed features."""
+    model, stage_data = current.model, current.data
     train_x, train_y = stage_data.train.dataset.tensors
     val_x, val_y = stage_data.val.dataset.tensors
     solved = fit_linear_head_lbfgs(model.head, train_x, train_y, val_x, val_y, log=run.log)
-    result = evaluate(model.head, stage_data.val, run.runtime, model.info.num_classes, loss_fn,
+    result = evaluate(model.head, stage_data.val, run.runtime, model.info.num_classes,
+                      nn.CrossEntropyLoss(label_smoothing=run.config.train.label_smoothing),
                       prepare=stage_data.prepare, description="val", sharded=False)
-    stats = {"loss": solved.train_loss, "top1": solved.train_top1, "images_per_s": 0.0}
     run.log(f"  L-BFGS head: l2 {solved.l2:g}, val top1 {result.top1:.4f} top5 {result.top5:.4f}")
-    one_pass = Stage(stage.name, 1, stage.train_backbone)  # one solve counts as one epoch
-    _finish_epoch(model, one_pass, index, 0, stats, result, run, stage_data, state, mark)
+    _finish_epoch(current, EpochStats(solved.train_loss, solved.train_top1), result, run)
 
 
-def _finish_epoch(model: Classifier, stage: Stage, index: int, epoch: int, stats: dict, result, run: Run,
-                  stage_data: StageData, state, mark: float) -> float:
-    """Record the epoch's metrics, track the best model, write checkpoints; returns the time mark."""
-    progress, optimizer = run.progress, state[0]
+def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run: Run) -> None:
+    """Record the epoch's metrics, track the best model, commit the run folder."""
+    progress, stage, model = run.progress, current.stage, current.model
     now = time.perf_counter()
-    progress.train_seconds += now - mark  # includes feature extraction and validation
-    progress.stage_epoch = epoch + 1
-    lrs = {g.get("name", ""): g["lr"] for g in optimizer.param_groups}
-    row = {"stage": stage.name, "stage_epoch": epoch + 1, "epoch": len(progress.rows) + 1,
-           "train_loss": stats["loss"], "train_top1": stats["top1"], "val_loss": result.loss,
-           "val_top1": result.top1, "val_top5": result.top5, "lr_head": lrs.get("head", lrs.get("head_no_decay")),
-           "lr_backbone": lrs.get("backbone", ""), "seconds": now - mark,
-           "images_per_s": stats.get("images_per_s", 0.0), "cached_features": stage_data.cached}
+    progress.train_seconds += now - current.mark  # includes feature extraction and validation
+    progress.stage_epoch += 1
+    lrs = {g.get("name", ""): g["lr"] for g in current.state.optimizer.param_groups} if current.state else {}
+    row = {"stage": stage.name, "stage_epoch": progress.stage_epoch, "epoch": len(progress.rows) + 1,
+           "train_loss": stats.loss, "train_top1": stats.top1, "val_loss": result.loss,
+           "val_top1": result.top1, "val_top5": result.top5,
+           "lr_head": lrs.get("head", lrs.get("head_no_decay", "")), "lr_backbone": lrs.get("backbone", ""),
+           "seconds": now - current.mark, "images_per_s": stats.images_per_s, "cached_features": current.data.cached}
     progress.rows.append(row)
     improved = result.top1 > progress.best_top1
     if improved:
         progress.best_top1, progress.best_top5, progress.best_epoch = result.top1, result.top5, row["epoch"]
-    if epoch + 1 == stage.epochs:
+    if progress.stage_epoch == stage.epochs:
         trainable, frozen = parameter_counts(model)
-        progress.stage_results.append({"name": stage.name, "epochs": epoch + 1, "val_top1": result.top1,
+        progress.stage_results.append({"name": stage.name, "epochs": stage.epochs, "val_top1": result.top1,
                                        "val_top5": result.top5, "trainable_params": trainable,
-                                       "frozen_params": frozen, "cached_features": stage_data.cached})
+                                       "frozen_params": frozen, "cached_features": current.data.cached,
+                                       "solver": stage.solver})
     if run.writes:
-        _save_epoch(run.run_dir, model, improved, progress, state)
+        commit_epoch(run.run_dir, model, progress, current.state, improved)
     if run.tensorboard is not None:
-        _log_tensorboard(run.tensorboard, row, optimizer)
-    return now
-
-
-def _save_epoch(run_dir: Path, model: Classifier, improved: bool, progress: Progress, state) -> None:
-    optimizer, scheduler, scaler = state
-    if improved:
-        checkpoint.save_model(run_dir, model)
-    checkpoint.save_model(run_dir, model, checkpoint.LAST_FILE)
-    run_folder.write_metrics(run_dir, progress.rows)
-    checkpoint.save_train_state(run_dir, {
-        "progress": vars(progress),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-    })
-
-
-def _restore_rng(rng: dict[str, Any]) -> None:
-    random.setstate(_as_tuple(rng["python"]))
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-
-
-def _as_tuple(value):
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+        _log_tensorboard(run.tensorboard, row)
+    current.mark = time.perf_counter()
 
 
 def _open_tensorboard(run_dir: Path):
@@ -250,14 +246,15 @@ def _open_tensorboard(run_dir: Path):
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
-def _log_tensorboard(writer, row: dict[str, Any], optimizer) -> None:
+def _log_tensorboard(writer, row: dict[str, Any]) -> None:
     step = row["epoch"]
     for key in ("train_loss", "val_loss"):
         writer.add_scalar(f"loss/{key[:-5]}", row[key], step)
     for key in ("train_top1", "val_top1", "val_top5"):
         writer.add_scalar(f"accuracy/{key}", row[key], step)
-    for group in optimizer.param_groups:
-        writer.add_scalar(f"lr/{group.get('name', 'group')}", group["lr"], step)
+    for key in ("lr_head", "lr_backbone"):
+        if isinstance(row[key], float):
+            writer.add_scalar(f"lr/{key[3:]}", row[key], step)
     writer.flush()
 
 

@@ -29,16 +29,21 @@ def _to_float(prep: Preprocessing) -> list:
 
 
 def eval_transform(prep: Preprocessing) -> T.Compose:
-    """Resize the shorter side, center-crop, normalise: works for any size and aspect ratio."""
+    """Resize the shorter side, center-crop, normalise (or resize the whole image to the input
+    size, for images smaller than it): works for any size and aspect ratio."""
     return T.Compose([*eval_transform_uint8(prep).transforms, *_to_float(prep)])
 
 
 def eval_transform_uint8(prep: Preprocessing) -> T.Compose:
     """`eval_transform` without the float conversion, for feature extraction: batches stay 4x
     smaller, and the engine normalises each whole batch itself (`normalize_batch`)."""
+    interpolation = interpolation_mode(prep.interpolation)
+    if prep.whole_image:
+        return T.Compose([T.PILToTensor(),
+                          T.Resize((prep.crop_size, prep.crop_size), interpolation=interpolation, antialias=True)])
     return T.Compose([
         T.PILToTensor(),
-        T.Resize(prep.resize_size, interpolation=interpolation_mode(prep.interpolation), antialias=True),
+        T.Resize(prep.resize_size, interpolation=interpolation, antialias=True),
         T.CenterCrop(prep.crop_size),
     ])
 

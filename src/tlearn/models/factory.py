@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, first_line
 from ..preprocessing import Preprocessing
 from . import heads, weights as weights_mod
 from .classifier import Classifier, ModelInfo
@@ -61,6 +61,17 @@ def _weights_mode(weights: str) -> str:
     raise ModelError(f"--weights must be default, none or a weights file; {weights} does not exist")
 
 
+def _construct(name: str, build):
+    try:
+        return build()
+    except Exception as error:
+        raise _constructor_error(name, error) from None
+
+
+def _constructor_error(name: str, error: BaseException) -> ModelError:
+    return ModelError(f"could not build {name} ({type(error).__name__}: {first_line(error)})")
+
+
 def _build_torchvision(spec: ModelSpec, mode: str, aux_logits: bool,
                        saved_kwargs: dict[str, Any] | None):
     import torchvision.models as tv_models
@@ -79,13 +90,15 @@ def _build_torchvision(spec: ModelSpec, mode: str, aux_logits: bool,
         if mode == "default":
             try:
                 weights_mod.fetch_torchvision_weights(weights_enum)
-                model = tv_models.get_model(spec.arch, weights=weights_enum, **kwargs)
             except Exception as error:  # urllib/socket/hub errors differ by platform
                 raise weights_mod.download_error(spec.name, error) from None
             weights_id = f"torchvision:{weights_enum}"
         else:
-            model = tv_models.get_model(spec.arch, weights=None, **kwargs)
             weights_id = "none"
+        # Only the download above may say "could not download"; the constructor's own errors
+        # (bad build arguments, a damaged cached file) are reported as what they are.
+        model = _construct(spec.name, lambda: tv_models.get_model(
+            spec.arch, weights=weights_enum if mode == "default" else None, **kwargs))
     if spec.arch in AUX_ARCHS:  # record what the constructor settled on, for an exact rebuild
         kwargs = {"aux_logits": bool(model.aux_logits), "transform_input": bool(model.transform_input)}
     transform = weights_enum.transforms()
@@ -103,9 +116,12 @@ def _build_timm(spec: ModelSpec, mode: str):
     try:
         model: nn.Module = timm.create_model(spec.arch, pretrained=pretrained)
     except Exception as error:
-        if pretrained:
-            raise weights_mod.download_error(spec.name, error) from None
-        raise
+        if not pretrained:
+            raise _constructor_error(spec.name, error) from None
+        # timm downloads inside its constructor: only when the same model builds without the
+        # download was the download what failed.
+        _construct(spec.name, lambda: timm.create_model(spec.arch, pretrained=False))
+        raise weights_mod.download_error(spec.name, error) from None
     weights_id = "none"
     if pretrained:
         cfg = model.pretrained_cfg

@@ -1,0 +1,133 @@
+"""Where a run stands, and the one file that commits it after every epoch.
+
+`Progress` is plain values (epochs done, best so far, the metric rows); `TrainState` is the
+stage's optimiser, scheduler and grad scaler. `commit_epoch` writes both with the model's
+weights and the RNG states as one file (checkpoint.STATE_FILE), then the files derived from
+it. `ResumePoint` is what a resumed run reads back.
+"""
+from __future__ import annotations
+
+import random
+import signal
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import checkpoint, run_folder
+from .errors import RunFolderError
+from .models.classifier import Classifier
+
+
+@dataclass
+class Progress:
+    """Where the run stands; saved with every epoch (plain values only)."""
+
+    stage_index: int = 0
+    stage_epoch: int = 0  # completed epochs within the stage
+    best_top1: float = -1.0
+    best_top5: float = 0.0
+    best_epoch: int = 0
+    train_seconds: float = 0.0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    stage_results: list[dict[str, Any]] = field(default_factory=list)
+    as_is_trainable: list[str] = field(default_factory=list)  # strategy as-is: the user's flags
+
+
+@dataclass
+class TrainState:
+    """What a stage steps besides the model; saved with every epoch."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+
+
+@dataclass
+class ResumePoint:
+    """The last committed epoch of a run folder."""
+
+    weights: dict[str, torch.Tensor]
+    progress: Progress
+    stage_state: dict[str, Any] | None  # None when the committed epoch ended its stage
+    rng: dict[str, Any]
+
+    @classmethod
+    def read(cls, run_dir: Path) -> "ResumePoint":
+        weights, saved = checkpoint.load_train_state(run_dir)
+        return cls(weights, Progress(**saved["progress"]), saved["stage_state"], saved["rng"])
+
+    def restore_rng(self) -> None:
+        random.setstate(_as_tuple(self.rng["python"]))
+        np.random.set_state(self.rng["numpy"])
+        torch.set_rng_state(self.rng["torch"])
+
+
+def commit_epoch(run_dir: Path, model: Classifier, progress: Progress, state: TrainState | None,
+                 improved: bool) -> None:
+    """The committed state first (one atomic file), then what is derived from it."""
+    epoch = len(progress.rows)
+    with deferred_interrupt(), run_folder_writes(run_dir, f"the checkpoint of epoch {epoch}"):
+        checkpoint.save_train_state(run_dir, model, {
+            "progress": vars(progress),
+            "stage_state": state.state_dict() if state is not None else None,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+        })
+        checkpoint.save_model(run_dir, model, checkpoint.LAST_FILE, epoch=epoch)
+        if improved:
+            checkpoint.save_model(run_dir, model, checkpoint.MODEL_FILE, epoch=epoch)
+        run_folder.write_metrics(run_dir, progress.rows)
+
+
+def repair_run_folder(run_dir: Path, point: ResumePoint) -> None:
+    """Derived files level with the committed state again, after a kill between two files."""
+    with run_folder_writes(run_dir, "the run folder's derived files"):
+        checkpoint.repair_derived_files(run_dir, point.weights, vars(point.progress))
+        run_folder.write_metrics(run_dir, point.progress.rows)
+
+
+@contextmanager
+def run_folder_writes(run_dir: Path, what: str):
+    """A full disk or a read-only folder is the user's to fix: one line, exit 2. The files
+    already committed stay intact (every write is atomic), so the run resumes once it is fixed."""
+    try:
+        yield
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise RunFolderError(f"could not write {what} to {run_dir} ({reason}); the last committed epoch is "
+                             f"intact: fix this, then tlearn train --resume {run_dir}") from None
+
+
+@contextmanager
+def deferred_interrupt():
+    """Ctrl-C during a commit takes effect once the commit and its derived files are written,
+    so an interrupted run folder is always level with its last committed epoch."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and previous is signal.default_int_handler:
+            raise KeyboardInterrupt
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
