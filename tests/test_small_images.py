@@ -79,3 +79,15 @@ def test_an_unknown_policy_is_a_config_error(image_folder):
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
     with pytest.raises(ConfigError, match="--small-images"):
         tlearn.fit(model, str(image_folder), small_images="crop", report=False, log=lambda _: None)
+
+
+def test_whole_means_whole_for_non_square_images():
+    pixels = np.full((20, 40, 3), 128, dtype=np.uint8)  # 40 x 20: wider than tall
+    pixels[:, :2] = (255, 0, 0)  # red along the left edge
+    pixels[:, -2:] = (0, 0, 255)  # blue along the right edge
+    whole = eval_transform(WEIGHTS_RECIPE.for_small_images())(Image.fromarray(pixels))
+    assert whole.shape == (3, 224, 224)
+    assert whole[0, :, 0].mean() > 0.9 and whole[2, :, -1].mean() > 0.9  # both edges kept
+    recipe = WEIGHTS_RECIPE.for_small_images()
+    assert Preprocessing.from_dict(recipe.to_dict()) == recipe and recipe.whole_image
+    assert recipe.with_image_size(96).whole_image and recipe.with_image_size(96).resize_size == 96
