@@ -176,7 +176,7 @@ def test_report_renders_in_chromium(trained_run, tmp_path):
 
 
 def test_report_with_100_classes_stays_readable(tmp_path):
-    from tlearn.report import write_report
+    from tlearn.report_page import write_report
     from PIL import Image
 
     rng = np.random.default_rng(0)

@@ -1,8 +1,9 @@
 """Full-batch L-BFGS multinomial logistic regression for a linear head on cached features.
 
 The same objective as scikit-learn's LogisticRegression (mean cross-entropy + L2 on the
-weights), solved in float64 with strong-Wolfe line search, over a small L2 sweep chosen on
-the validation split. Warm-started from the strongest penalty down, so the sweep is cheap.
+weights), solved in float32 (float64 with fast=False) with strong-Wolfe line search, over a
+7-point L2 sweep chosen on the validation split. Warm-started from the strongest penalty
+down, so the sweep is cheap.
 """
 from __future__ import annotations
 

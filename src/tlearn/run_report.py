@@ -8,7 +8,7 @@ from .data.loaders import make_loader
 from .data.samples import Samples
 from .engine import predict_probabilities
 from .files import read_json
-from .report import write_report
+from .report_page import write_report
 from .runtime import Runtime
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError, ModelError, first_line
-from ..preprocessing import Preprocessing
+from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from . import heads, weights as weights_mod
 from .classifier import Classifier, ModelInfo
 from .registry import ModelSpec, resolve
@@ -135,7 +135,7 @@ def _build_timm(spec: ModelSpec, mode: str):
     prep = Preprocessing(
         resize_size=int(math.floor(size / crop_pct)), crop_size=size,
         interpolation=str(cfg.get("interpolation") or "bilinear"),
-        mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
+        mean=tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(float(v) for v in cfg.get("std", IMAGENET_STD)),
     )
     return model, weights_id, prep, {}

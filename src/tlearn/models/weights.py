@@ -14,7 +14,6 @@ from torch import nn
 
 from ..errors import ModelError, WeightsDownloadError, first_line
 
-WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
 _PREFIXES = ("module.", "model.")
 OFFLINE_HINT = (

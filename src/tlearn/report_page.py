@@ -1,4 +1,7 @@
-"""report.html: one self-contained page a person opens after a run (images inline).
+"""The report page: report.html, one self-contained page (images inline), and its PNG plots.
+
+It draws what it is given (predicted probabilities, labels, the run's files); run_report.py
+decides what to predict.
 
 Settings, loss/accuracy curves across stages, the confusion matrix as a heat map,
 per-class precision/recall/F1, and the validation images the model got most confidently
@@ -15,8 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_write
+from .run_folder import METRICS_FILE
 
 REPORT_FILE = "report.html"
+CURVES_FILE = "curves.png"
+CONFUSION_FILE = "confusion.png"
 MAX_WRONG = 24
 
 
@@ -31,11 +37,11 @@ def write_report(run_dir: Path, *, probs: np.ndarray, labels: np.ndarray, class_
     sections = [_settings_section(settings, summary)]
     curves = _curves_png(run_dir)
     if curves is not None:
-        sections.append(_figure_section("Training curves", curves, "curves.png"))
+        sections.append(_figure_section("Training curves", curves, CURVES_FILE))
     confusion_png = _confusion_png(labels, predictions, class_names)
-    atomic_write(run_dir / "confusion.png", confusion_png)
+    atomic_write(run_dir / CONFUSION_FILE, confusion_png)
     sections.append(_figure_section("Confusion matrix (rows: true, columns: predicted)", confusion_png,
-                                    "confusion.png", scroll=True))
+                                    CONFUSION_FILE, scroll=True))
     sections.append(_per_class_section(labels, predictions, class_names))
     sections.append(_wrong_section(probs, labels, class_names, describe, load_image))
     page = _PAGE.format(title=html.escape(title), body="\n".join(sections))
@@ -76,7 +82,7 @@ def _curves_png(run_dir: Path) -> bytes | None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    metrics = run_dir / "metrics.csv"
+    metrics = run_dir / METRICS_FILE
     if not metrics.is_file():
         return None
     rows = list(csv.DictReader(metrics.open(encoding="utf-8")))
@@ -99,7 +105,7 @@ def _curves_png(run_dir: Path) -> bytes | None:
         axis.legend()
         axis.grid(alpha=0.3)
     png = _png(figure)
-    atomic_write(run_dir / "curves.png", png)
+    atomic_write(run_dir / CURVES_FILE, png)
     return png
 
 
