@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -13,7 +14,8 @@ from . import checkpoint, run_folder, training
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data.images import open_rgb
 from .data.loaders import make_loader
-from .data.sources import DatasetSplits, load_builtin, load_data, load_splits, scan_class_folders
+from .data.samples import Samples
+from .data.sources import BUILTIN, DatasetSplits, default_eval_split, load_data, resolve_split
 from .data.transforms import eval_transform
 from .engine import evaluate as evaluate_loader
 from .errors import ConfigError, DataError, RunFolderError
@@ -34,7 +36,7 @@ def train(config: RunConfig, out: str | Path | None = None, log: Callable[[str],
           data: DatasetSplits | None = None) -> tuple[dict, Path]:
     """Load data (unless given), build the model, fit; returns (summary, run folder)."""
     config = config.validate()
-    data = data if data is not None else load_data(config)
+    data = data if data is not None else load_data(config.data, config.train.seed)
     if len(data.class_names) < 2:
         raise DataError(f"need at least 2 classes, found {len(data.class_names)}")
     if data.skipped:
@@ -67,7 +69,7 @@ def resume(run_dir: str | Path, log: Callable[[str], None] = print) -> tuple[dic
         log(f"run {run_dir} stopped before its first epoch was committed: starting it again")
         return train(config, run_dir, log=log)
     point = ResumePoint.read(run_dir)
-    data = load_data(config)
+    data = load_data(config.data, config.train.seed)
     model = checkpoint.build_model(checkpoint.read_model_info(run_dir))
     checkpoint.load_weights(model, point.weights, run_dir / checkpoint.STATE_FILE)
     log(f"resuming {run_dir} after epoch {len(point.progress.rows)}")
@@ -99,7 +101,7 @@ def fit(model: Classifier, data: str | DatasetSplits, out: str | Path | None = N
                           **{k: v for k, v in options.items() if k in model_fields}),
         train=TrainConfig(**{k: v for k, v in options.items() if k in train_fields}),
     ).validate()
-    splits = load_data(config) if isinstance(data, str) else data
+    splits = load_data(config.data, config.train.seed) if isinstance(data, str) else data
     return training.run_stages(model, splits, config, out, log=log)
 
 
@@ -111,35 +113,50 @@ class TrainedModel:
     preprocessing: Preprocessing
     class_names: list[str]
 
-    @property
+    @functools.cached_property
     def transform(self):
         return eval_transform(self.preprocessing)
 
-    @torch.inference_mode()
     def predict(self, images: Iterable[str | Path | Image.Image | torch.Tensor] | str | Path,
                 top_k: int = 1, batch_size: int = 32) -> list[dict[str, Any]]:
-        """Top-k labels and probabilities for paths, PIL images, or preprocessed tensors."""
+        """Top-k labels and probabilities for paths, PIL images, or preprocessed tensors.
+
+        Inputs are decoded a batch at a time, so a long list of paths never sits in memory decoded.
+        """
         if isinstance(images, (str, Path, Image.Image, torch.Tensor)):
             images = [images]
-        device = next(self.model.parameters()).device
-        self.model.eval()
-        tensors = [self._prepare(item) for item in images]
-        results = []
-        k = min(top_k, len(self.class_names))
-        for start in range(0, len(tensors), batch_size):
-            batch = torch.stack(tensors[start:start + batch_size]).to(device)
-            probs = self.model(batch).float().softmax(dim=1)
-            values, indices = probs.topk(k, dim=1)
-            for row_values, row_indices in zip(values.tolist(), indices.tolist()):
-                results.append({"labels": [self.class_names[i] for i in row_indices], "probs": row_values,
-                                "label": self.class_names[row_indices[0]], "prob": row_values[0]})
+        results: list[dict[str, Any]] = []
+        for batch in _batched(images, batch_size):
+            results += self.predict_batch(torch.stack([self.prepare(item) for item in batch]), top_k)
         return results
 
-    def _prepare(self, item) -> torch.Tensor:
+    @torch.inference_mode()
+    def predict_batch(self, batch: torch.Tensor, top_k: int = 1) -> list[dict[str, Any]]:
+        """Top-k of a batch of preprocessed images (what `tlearn predict` feeds)."""
+        self.model.eval()
+        probs = self.model(batch.to(next(self.model.parameters()).device)).float().softmax(dim=1)
+        values, indices = probs.topk(min(top_k, len(self.class_names)), dim=1)
+        return [{"labels": [self.class_names[i] for i in row_indices], "probs": row_values,
+                 "label": self.class_names[row_indices[0]], "prob": row_values[0]}
+                for row_values, row_indices in zip(values.tolist(), indices.tolist())]
+
+    def prepare(self, item: str | Path | Image.Image | torch.Tensor) -> torch.Tensor:
+        """One input as the model's preprocessed CHW tensor."""
         if isinstance(item, torch.Tensor):
             return item if item.ndim == 3 else item.squeeze(0)
         image = item if isinstance(item, Image.Image) else open_rgb(item)
         return self.transform(image.convert("RGB"))
+
+
+def _batched(items: Iterable, size: int):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def load(run_dir: str | Path, device: str = "cpu") -> TrainedModel:
@@ -149,11 +166,15 @@ def load(run_dir: str | Path, device: str = "cpu") -> TrainedModel:
     return TrainedModel(model, model.info.preprocessing, list(model.info.class_names))
 
 
-def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: str = "val",
+def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
              batch_size: int = 64, device: str = "auto", workers: int | None = None) -> dict:
-    """top1, top5, per_class and confusion of a run on a dataset, classes matched by name."""
+    """top1, top5, per_class and confusion of a run on a dataset, classes matched by name.
+
+    `split`: train, val, test or all; by default the validation split, or all of a folder
+    without split folders. Built-in data sets and plain folders are split as the run was.
+    """
     trained = run_or_model if isinstance(run_or_model, TrainedModel) else load(run_or_model)
-    samples = _matched_samples(run_or_model, trained.class_names, str(data), split)
+    samples = eval_samples(run_or_model, data, split, trained.class_names)
     runtime = setup_runtime(device)
     trained.model.to(runtime.device)
     loader = make_loader(samples, trained.transform, batch_size=batch_size, shuffle=False, workers=workers,
@@ -162,49 +183,22 @@ def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: s
     return result.to_dict(trained.class_names)
 
 
-def eval_samples_for(run_dir: str | Path, data: str, split: str = "val"):
-    """The samples `tlearn eval` would use, labels mapped onto the run's classes."""
-    return _matched_samples(run_dir, list(load_model_info(run_dir).class_names), str(data), split)
-
-
-def load_model_info(run_dir: str | Path):
-    return checkpoint.read_model_info(run_dir)
-
-
-def _matched_samples(run_or_model, class_names: list[str], data: str, split: str):
-    """Classes are matched by name; a class the model does not know is an error."""
-    samples, names = _eval_samples(run_or_model, data, split)
+def eval_samples(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
+                 class_names: list[str] | None = None) -> Samples:
+    """The samples `tlearn eval` uses, labels mapped onto the run's classes by name."""
+    if isinstance(run_or_model, TrainedModel):
+        if str(data) in BUILTIN:
+            raise ConfigError("built-in datasets need the run folder (its split settings), not a loaded model")
+        data_config, seed = DataConfig(source=str(data)), 0
+    else:
+        config = run_folder.read_config(Path(run_or_model))
+        data_config, seed = dataclasses.replace(config.data, source=str(data)), config.train.seed
+        class_names = class_names or list(checkpoint.read_model_info(run_or_model).class_names)
+    found = resolve_split(data_config, split or default_eval_split(data_config), seed)
     known = {name: i for i, name in enumerate(class_names)}
-    foreign = [n for n in names if n not in known]
+    foreign = [n for n in found.class_names if n not in known]
     if foreign:
         raise DataError(f"class(es) the model does not know: {', '.join(foreign[:5])}; "
                         f"the model knows {', '.join(class_names[:10])}")
-    samples.labels = [known[names[label]] for label in samples.labels]
-    return samples
-
-
-def _eval_samples(run_or_model, data: str, split: str):
-    if split not in ("val", "test", "train"):
-        raise ConfigError(f"--split must be val, test or train; got {split!r}")
-    if data in ("digits", "cifar10", "cifar100"):
-        if data != "digits" and split == "test":
-            samples, names = load_builtin(data, "test", _run_config(run_or_model).data.data_dir)
-            return samples, names
-        config = _run_config(run_or_model)
-        splits = load_splits(data, val_split=config.data.val_split, seed=config.train.seed,
-                             data_dir=config.data.data_dir)
-        return (splits.train if split == "train" else splits.val), splits.class_names
-    root = Path(data)
-    if not root.is_dir():
-        raise DataError(f"data folder not found: {data}")
-    folder = root / split if (root / split).is_dir() else root
-    if folder == root and split == "val" and (root / "test").is_dir() and (root / "train").is_dir():
-        folder = root / "test"
-    samples, names, _ = scan_class_folders(folder)
-    return samples, names
-
-
-def _run_config(run_or_model) -> RunConfig:
-    if isinstance(run_or_model, TrainedModel):
-        raise ConfigError("built-in datasets need the run folder (its split settings), not a loaded model")
-    return run_folder.read_config(Path(run_or_model))
+    labels = [known[found.class_names[label]] for label in found.samples.labels]
+    return dataclasses.replace(found.samples, labels=labels)

@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="evaluate a run folder's model on a dataset")
     evaluate.add_argument("run")
     evaluate.add_argument("--data", required=True, help="folder of class folders, dataset root, or digits/cifar10")
-    evaluate.add_argument("--split", default="val", choices=("val", "test", "train"))
+    evaluate.add_argument("--split", default=None, choices=("val", "test", "train", "all"),
+                          help="default: val, or all of a folder without train/ and val/ folders")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--workers", type=int, default=None)
@@ -182,11 +183,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(config, out):
     """Data first (cheap, fails fast on bad folders), then PyTorch, the model and the run."""
-    from .data.sources import load_data
+    from .data.sources import BUILTIN, load_data
 
-    if config.data.source not in ("digits", "cifar10", "cifar100") and not os.path.exists(config.data.source):
-        raise UserError(f"data folder not found: {config.data.source} (or use digits, cifar10, cifar100)")
-    data = load_data(config) if config.data.source not in ("cifar10", "cifar100") else None
+    if config.data.source not in BUILTIN and not os.path.exists(config.data.source):
+        raise UserError(f"data folder not found: {config.data.source} (or use {', '.join(BUILTIN)})")
+    data = None if config.data.source in BUILTIN else load_data(config.data, config.train.seed)
     from . import api
 
     return api.train(config, out, data=data, log=_log)
@@ -233,7 +234,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .run_report import report_run
         from .runtime import setup_runtime
 
-        samples = api.eval_samples_for(args.run, args.data, args.split)
+        samples = api.eval_samples(args.run, args.data, args.split)
         path = report_run(Path(args.run), samples, setup_runtime(args.device), batch_size=args.batch_size,
                           workers=args.workers, title=f"tlearn evaluation: {args.run} on {args.data} ({args.split})")
         print(f"report: {path}", file=sys.stderr if args.json else sys.stdout)
@@ -325,9 +326,11 @@ def cmd_features(args: argparse.Namespace) -> int:
         raise UserError(f"run folder not found: {args.run}")
     if args.image_size is not None and args.image_size < 16:
         raise UserError(f"--image-size must be at least 16, got {args.image_size}")
-    from .data.sources import dataset_for_features
+    from .config import DataConfig
+    from .data.sources import resolve_split
 
-    samples, names, split = dataset_for_features(args.data)
+    found = resolve_split(DataConfig(source=args.data), "all")
+    samples, names, split = found.samples, found.class_names, found.split_names
     from pathlib import Path
 
     from .features import default_cache_dir, export_features

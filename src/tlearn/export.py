@@ -75,11 +75,11 @@ def parity_inputs(run_dir: Path, model: Classifier, count: int, log) -> tuple[to
     """Preprocessed validation images of the run's own data; random pixels if it is gone."""
     transform = eval_transform(model.info.preprocessing)
     try:
-        from .data.sources import load_data
+        from .data.sources import resolve_split
         from .run_folder import read_config
 
-        splits = load_data(read_config(run_dir))
-        samples = splits.val
+        config = read_config(run_dir)
+        samples = resolve_split(config.data, "val", config.train.seed).samples
         picked = list(range(min(count, len(samples))))
         return torch.stack([transform(samples.load(i)) for i in picked]), f"{len(picked)} validation images"
     except Exception as error:  # data moved or offline: still check, on images of noise

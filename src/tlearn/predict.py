@@ -13,7 +13,7 @@ import torch
 
 from .api import TrainedModel
 from .files import atomic_write
-from .data.images import is_image_name, open_rgb
+from .data.images import is_image_name
 from .errors import UserError, first_line
 
 
@@ -45,21 +45,20 @@ def collect_paths(inputs: list[str]) -> tuple[list[str], list[str]]:
 
 
 def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch_size: int = 32) -> Predictions:
-    """Batched prediction; files that fail to decode are listed, not fatal."""
-    transform = trained.transform
+    """Batched prediction, decoding a batch at a time; files that fail to decode are listed, not fatal."""
     result = Predictions([])
     batch: list[tuple[str, torch.Tensor]] = []
 
     def flush():
         if batch:
-            outputs = trained.predict([tensor for _, tensor in batch], top_k=top_k, batch_size=batch_size)
-            for (path, _), output in zip(batch, outputs):
-                result.rows.append({"path": path, "labels": output["labels"], "probs": output["probs"]})
+            outputs = trained.predict_batch(torch.stack([tensor for _, tensor in batch]), top_k)
+            result.rows += [{"path": path, "labels": output["labels"], "probs": output["probs"]}
+                            for (path, _), output in zip(batch, outputs)]
             batch.clear()
 
     for path in paths:
         try:
-            batch.append((path, transform(open_rgb(path))))
+            batch.append((path, trained.prepare(path)))
         except Exception as error:  # unreadable, truncated, not an image
             result.unreadable.append((path, first_line(error)))
         if len(batch) >= batch_size:

@@ -8,7 +8,8 @@ from .._lazy import lazy_exports
 
 _EXPORTS = {
     "ImageDataset": "loaders", "make_loader": "loaders", "ArraySamples": "samples", "FileSamples": "samples",
-    "Samples": "samples", "DatasetSplits": "sources", "load_splits": "sources",
+    "Samples": "samples", "DatasetSplits": "sources", "load_data": "sources", "load_splits": "sources",
+    "resolve_split": "sources",
     "eval_transform": "transforms", "train_transform": "transforms",
 }
 __all__ = sorted(_EXPORTS)

@@ -1,23 +1,37 @@
-"""Where images come from: a folder of class folders, CIFAR through torchvision, digits.
+"""What `--data` means: the one place that decides, for every command, which images a split is.
 
-Every source ends as a `DatasetSplits`: class names, train and val samples, and the files
-that were skipped with their reasons.
+`resolve_split(data_config, split)` is called by training (train and val), eval, the
+features command and export's parity check. Sources: a folder with train/ and val/ (or
+valid/, validation/, test/) class folders; one folder of class folders, split stratified by
+`val_split` and the seed; `digits` (embedded); `cifar10` / `cifar100` (torchvision download,
+validation carved out of the training split). Splits: train, val, test, all.
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
-from .images import is_image_name, unusable_reason
+from ..config import DataConfig
+from ..errors import ConfigError, DataError
+from .folders import keep_usable, list_class_folders, require_every_class, scan_class_folders
 from .samples import ArraySamples, FileSamples, Samples, stratified_split
 
 BUILTIN = ("digits", "cifar10", "cifar100")
-VAL_FOLDERS = ("val", "valid", "validation", "test")
+SPLITS = ("train", "val", "test", "all")
+VAL_FOLDERS = ("val", "valid", "validation", "test")  # the first present is the validation split
+TEST_FOLDERS = ("test", "val", "valid", "validation")  # the first present is the test split
+
+
+@dataclass
+class Split:
+    class_names: list[str]
+    samples: Samples
+    description: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    split_names: list[str] | None = None  # for "all" of a folder with split folders: each sample's
 
 
 @dataclass
@@ -29,111 +43,113 @@ class DatasetSplits:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
 
-def load_data(config) -> DatasetSplits:
-    """The splits a RunConfig asks for (no PyTorch needed: bad data fails fast)."""
-    dc = config.data
-    return load_splits(dc.source, val_split=dc.val_split, seed=config.train.seed, data_dir=dc.data_dir,
-                       strict_images=dc.strict_images)
+def resolve_split(data: DataConfig, split: str, seed: int = 0) -> Split:
+    """The samples of one split of `data.source` (no PyTorch needed for folders: fails fast).
+
+    A folder without split folders has no test split of its own: "test" and "all" are all of it.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    if data.source in BUILTIN:
+        return _builtin_split(data, split, seed)
+    root = Path(data.source)
+    if not root.exists():
+        raise DataError(f"data folder not found: {data.source} (or use {', '.join(BUILTIN)})")
+    if not root.is_dir():
+        raise DataError(f"--data must be a folder of class folders, got a file: {data.source}")
+    folders = split_folders(root)
+    if folders:
+        return _from_split_folders(folders, split, data.strict_images)
+    folder = root / "train" if (root / "train").is_dir() else root
+    candidates, names, skipped = list_class_folders(folder)
+    if split in ("train", "val"):  # carved from the listing, so only the split's own files are opened
+        train_idx, val_idx = stratified_split(candidates.labels, data.val_split, seed)
+        candidates = candidates.subset(train_idx if split == "train" else val_idx)
+        description = f"{folder}, {data.val_split:g} held out for val"
+    else:
+        description = str(folder)
+    samples, unusable = keep_usable(candidates, data.strict_images)
+    if split == "val":  # the files that are no images at all belong to no split: train reports them
+        return Split(names, samples, description, unusable)
+    require_every_class(samples, names, folder)  # a small class may have no validation image, not none
+    return Split(names, samples, description, skipped + unusable)
+
+
+def split_folders(root: Path) -> dict[str, Path]:
+    """{"train", "val", "test"} -> folder, for a root with train/ and a validation folder; else {}."""
+    present = [name for name in VAL_FOLDERS if (root / name).is_dir()]
+    if not (root / "train").is_dir() or not present:
+        return {}
+    test = next(name for name in TEST_FOLDERS if name in present)
+    return {"train": root / "train", "val": root / present[0], "test": root / test}
+
+
+def default_eval_split(data: DataConfig) -> str:
+    """`tlearn eval`'s default: the validation split, or all of a folder that has no split folders
+    (a held-out folder of class folders is evaluated whole)."""
+    if data.source in BUILTIN:
+        return "val"
+    root = Path(data.source)
+    return "val" if not root.is_dir() or split_folders(root) else "all"
+
+
+def load_data(data: DataConfig, seed: int = 0) -> DatasetSplits:
+    """Train and val splits for training, with the same classes in both."""
+    train = resolve_split(data, "train", seed)
+    val = resolve_split(data, "val", seed)
+    if val.class_names != train.class_names:
+        only_train = sorted(set(train.class_names) - set(val.class_names))
+        only_val = sorted(set(val.class_names) - set(train.class_names))
+        raise DataError(f"train and val classes differ: only in train {only_train}, only in val {only_val}")
+    description = train.description if train.description == val.description else \
+        f"{train.description} + {val.description}"
+    return DatasetSplits(train.class_names, train.samples, val.samples, description, train.skipped + val.skipped)
 
 
 def load_splits(source: str, *, val_split: float, seed: int, data_dir: str = "data",
                 strict_images: bool = False) -> DatasetSplits:
-    """Train and val samples for `source` (a folder or a built-in dataset name)."""
-    if source == "digits":
-        return _digits(val_split, seed)
-    if source in ("cifar10", "cifar100"):
-        full, names = load_builtin(source, "train", data_dir)
-        train_idx, val_idx = stratified_split(full.labels, val_split, seed)
-        return DatasetSplits(names, full.subset(train_idx), full.subset(val_idx),
-                             f"{source} train split, {val_split:g} held out for val")
-    root = Path(source)
-    if not root.exists():
-        raise DataError(f"data folder not found: {source} (or use digits, cifar10, cifar100)")
-    if not root.is_dir():
-        raise DataError(f"--data must be a folder of class folders, got a file: {source}")
-    train_dir = root / "train"
-    val_dir = next((root / name for name in VAL_FOLDERS if (root / name).is_dir()), None)
-    if train_dir.is_dir() and val_dir is not None:
-        train, names, skipped = scan_class_folders(train_dir, strict_images)
-        val, val_names, val_skipped = scan_class_folders(val_dir, strict_images)
-        if val_names != names:
-            only_train = sorted(set(names) - set(val_names))
-            only_val = sorted(set(val_names) - set(names))
-            raise DataError(f"train and {val_dir.name} classes differ: only in train {only_train}, "
-                            f"only in {val_dir.name} {only_val}")
-        return DatasetSplits(names, train, val, f"{train_dir} + {val_dir}", skipped + val_skipped)
-    folder = train_dir if train_dir.is_dir() else root
-    samples, names, skipped = scan_class_folders(folder, strict_images)
-    train_idx, val_idx = stratified_split(samples.labels, val_split, seed)
-    return DatasetSplits(names, samples.subset(train_idx), samples.subset(val_idx),
-                         f"{folder}, {val_split:g} held out for val", skipped)
+    """`load_data` from plain arguments (scripts, notebooks, tests)."""
+    return load_data(DataConfig(source=source, data_dir=data_dir, val_split=val_split,
+                                strict_images=strict_images), seed)
 
 
-def scan_class_folders(folder: Path, strict_images: bool = False) -> tuple[FileSamples, list[str], list]:
-    """Every image under each class folder (recursively), checked to decode."""
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise DataError(f"no class folders in {folder}: expected {folder}/<class>/<image files>")
-    if len(class_dirs) < 2:
-        raise DataError(f"need at least 2 classes, found 1 class folder in {folder}: {class_dirs[0].name}")
-    candidates, skipped = [], []
-    for label, class_dir in enumerate(class_dirs):
-        for path in sorted(_walk_files(class_dir)):
-            if Path(path).name.startswith("."):
-                skipped.append((path, "hidden file"))
-            elif not is_image_name(path):
-                skipped.append((path, "not an image file extension"))
-            else:
-                candidates.append((path, label))
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        reasons = list(pool.map(unusable_reason, [p for p, _ in candidates]))
-    paths, labels = [], []
-    for (path, label), reason in zip(candidates, reasons):
-        if reason is None:
-            paths.append(path)
-            labels.append(label)
-        elif strict_images:
-            raise DataError(f"{reason}: {path} (drop --strict-images to skip such files)")
-        else:
-            skipped.append((path, reason))
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_dirs))
-    empty = [class_dirs[i].name for i, count in enumerate(counts) if count == 0]
-    if empty:
-        raise DataError(f"class folder(s) with no usable images in {folder}: {', '.join(empty)}")
-    return FileSamples(paths, labels), [d.name for d in class_dirs], skipped
-
-
-def dataset_for_features(source: str, data_dir: str = "data") -> tuple[Samples, list[str], list[str] | None]:
-    """Every image of a source, unsplit: (samples, class names, split name per sample or None)."""
-    if source in BUILTIN:
-        samples, names = _digits_samples() if source == "digits" else load_builtin(source, "train", data_dir)
-        return samples, names, None
-    root = Path(source)
-    if not root.is_dir():
-        raise DataError(f"data folder not found: {source}")
-    parts = [name for name in ("train", *VAL_FOLDERS) if (root / name).is_dir()]
-    if not parts:
-        samples, names, _ = scan_class_folders(root)
-        return samples, names, None
-    paths, labels, split, names = [], [], [], None
-    for part in parts:
-        samples, part_names, _ = scan_class_folders(root / part)
-        names = names or part_names
-        if part_names != names:
-            raise DataError(f"{root / part} has other classes than {root / parts[0]}")
+def _from_split_folders(folders: dict[str, Path], split: str, strict_images: bool) -> Split:
+    if split != "all":
+        samples, names, skipped = scan_class_folders(folders[split], strict_images)
+        return Split(names, samples, str(folders[split]), skipped)
+    paths, labels, split_names, skipped, names = [], [], [], [], None
+    for folder in dict.fromkeys(folders.values()):  # train, val, test (test may be the val folder)
+        samples, part_names, part_skipped = scan_class_folders(folder, strict_images)
+        if names is not None and part_names != names:
+            raise DataError(f"{folder} has other classes than {folders['train']}")
+        names = part_names
         paths += samples.paths
         labels += samples.labels
-        split += [part] * len(samples)
-    return FileSamples(paths, labels), names, split
+        split_names += [folder.name] * len(samples)
+        skipped += part_skipped
+    return Split(names, FileSamples(paths, labels), " + ".join(map(str, dict.fromkeys(folders.values()))),
+                 skipped, split_names)
 
 
-def _walk_files(folder: Path):
-    for directory, subdirs, files in os.walk(folder):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        for name in files:
-            yield os.path.join(directory, name)
+def _builtin_split(data: DataConfig, split: str, seed: int) -> Split:
+    if data.source != "digits" and split == "test":
+        samples, names = load_builtin(data.source, "test", data.data_dir)
+        return Split(names, samples, f"{data.source} test split")
+    if data.source == "digits":
+        full, names = _digits_samples()
+        origin = "scikit-learn digits (8x8)"
+    else:
+        full, names = load_builtin(data.source, "train", data.data_dir)
+        origin = f"{data.source} train split"
+    if split == "all":
+        return Split(names, full, origin)
+    train_idx, val_idx = stratified_split(full.labels, data.val_split, seed)
+    # digits has no test split: its test is the validation split, as for a plain folder's val
+    chosen = train_idx if split == "train" else val_idx
+    return Split(names, full.subset(chosen), f"{origin}, {data.val_split:g} held out for val")
 
 
+@functools.lru_cache(maxsize=1)
 def _digits_samples() -> tuple[ArraySamples, list[str]]:
     from sklearn.datasets import load_digits
 
@@ -142,13 +158,7 @@ def _digits_samples() -> tuple[ArraySamples, list[str]]:
     return ArraySamples("digits", pixels, [int(t) for t in digits.target]), [str(n) for n in digits.target_names]
 
 
-def _digits(val_split: float, seed: int) -> DatasetSplits:
-    full, names = _digits_samples()
-    train_idx, val_idx = stratified_split(full.labels, val_split, seed)
-    return DatasetSplits(names, full.subset(train_idx), full.subset(val_idx),
-                         f"scikit-learn digits (8x8), {val_split:g} held out for val")
-
-
+@functools.lru_cache(maxsize=2)
 def load_builtin(name: str, split: str, data_dir: str) -> tuple[ArraySamples, list[str]]:
     """CIFAR-10/100 through torchvision, downloaded to `data_dir` (one clear line offline)."""
     from torchvision import datasets
@@ -161,3 +171,4 @@ def load_builtin(name: str, split: str, data_dir: str) -> tuple[ArraySamples, li
                         f"network, place the extracted dataset there or pass --data FOLDER") from None
     samples = ArraySamples(f"{name}-{split}", np.asarray(dataset.data), [int(t) for t in dataset.targets])
     return samples, list(dataset.classes)
+
