@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py [--models efficientnet_lite0 resnet50] [--batch-size 128]
 
 Prints one JSON line per (model, precision, memory format): images/s of the backbone
-forward on random uint8 images already on the GPU, through tlearn's TorchEngine (which
+forward on random uint8 images already on the GPU, through tlearn's TorchBackend (which
 normalises them on the GPU).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 import torch
 
 import tlearn
-from tlearn.extraction import TorchEngine
+from tlearn.extraction import TorchBackend
 from tlearn.runtime import Runtime
 
 
@@ -34,7 +34,7 @@ def main() -> None:
         for dtype in (None, torch.bfloat16, torch.float16):
             for channels_last in (False, True):
                 model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-                engine = TorchEngine(model, model.info.preprocessing, Runtime(device, dtype, channels_last))
+                engine = TorchBackend(model, model.info.preprocessing, Runtime(device, dtype, channels_last))
                 for _ in range(3):
                     engine(images)
                 torch.cuda.synchronize()

@@ -26,8 +26,8 @@ from common import sample_cifar  # noqa: E402
 import tlearn  # noqa: E402
 from tlearn.data.folders import scan_class_folders  # noqa: E402
 from tlearn.data.transforms import normalize_batch  # noqa: E402
-from tlearn.extraction import make_engine  # noqa: E402
-from tlearn.features import extract_features  # noqa: E402
+from tlearn.extraction import make_backend  # noqa: E402
+from tlearn.features import FeatureExtractor  # noqa: E402
 from tlearn.runtime import setup_runtime  # noqa: E402
 from tlearn.small_images import adapt_preprocessing  # noqa: E402
 
@@ -63,30 +63,32 @@ def main() -> None:
     rates: dict[str, list[float]] = {"a": [], "b": [], "c": []}
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
-        engine = make_engine(model, model.info.preprocessing, runtime, cache, batch_size=batch)
+        backend = make_backend(model, model.info.preprocessing, runtime, cache, batch_size=batch)
         files = sample_cifar(Path(tmp) / "data", batch * args.batches, 0)
         samples, _, _ = scan_class_folders(files / "train")
         prep = adapt_preprocessing(model.info.preprocessing, samples, log=lambda _: None)
+        extractor = FeatureExtractor(runtime, batch_size=batch, cache_dir=cache, log=lambda _: None)
 
         def eager_forward(x):
             with torch.inference_mode():
                 return eager.forward_features(x.contiguous(memory_format=torch.channels_last))
 
         def from_files():
-            extract_features(model, samples, prep, runtime, batch_size=batch, cache_dir=cache, log=lambda _: None)
+            model.info.preprocessing = prep  # as tlearn trains on these images
+            extractor.extract(model, samples)
 
-        eager_forward(normalised[0]), engine(images[0])  # warm-up: allocations, ONNX session
+        eager_forward(normalised[0]), backend(images[0])  # warm-up: allocations, ONNX session
         from_files()
         for _ in range(args.rounds):
             rates["a"].append(rate(eager_forward, normalised))
-            rates["b"].append(rate(engine, images))
+            rates["b"].append(rate(backend, images))
             rates["c"].append(rate_of(from_files, len(samples)))
     a, b, c = (statistics.median(rates[k]) for k in "abc")
     # Ratios per round (measurements seconds apart), then their median: steadier than a ratio of medians.
     b_vs_a = statistics.median(rb / ra for ra, rb in zip(rates["a"], rates["b"]))
     c_vs_b = statistics.median(rc / rb for rb, rc in zip(rates["b"], rates["c"]))
     print(json.dumps({"model": args.model, "image_size": size, "batch_size": batch, "images": len(samples),
-                      "rounds": args.rounds, "threads": torch.get_num_threads(), "engine": engine.name,
+                      "rounds": args.rounds, "threads": torch.get_num_threads(), "engine": backend.name,
                       "jpeg_preprocessing": f"resize {prep.resize_size}, crop {prep.crop_size}, {prep.interpolation}",
                       "eager_channels_last": round(a, 1), "engine_in_memory": round(b, 1),
                       "tlearn_from_jpeg": round(c, 1), "engine_vs_eager": round(b_vs_a, 2),

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import tlearn.checkpoint as checkpoint
-import tlearn.engine as engine
+import tlearn.loops as loops
 import tlearn.features as features
 import tlearn.files as files
 import tlearn.training as training
@@ -67,7 +67,7 @@ for target in ("cache", "train_state.safetensors", "last.safetensors"):
     real_write = killing_writer(target, real_write)
 files.atomic_write_with = real_write
 
-wrap(engine, "compute_loss", after=lambda *a, **k: kill_if("step"))
+wrap(loops, "compute_loss", after=lambda *a, **k: kill_if("step"))
 wrap(training, "fit_linear_head_lbfgs", before=lambda *a, **k: kill_if("solve"))
 
 

@@ -1,4 +1,4 @@
-"""Feature cache keys, the onnxruntime engine's parity, the L-BFGS head vs scikit-learn."""
+"""Feature cache keys, the onnxruntime backend's parity, the L-BFGS head vs scikit-learn."""
 import os
 
 import numpy as np
@@ -8,7 +8,7 @@ import torch
 import tlearn
 import tlearn.features as features_mod
 from tlearn.data import load_splits
-from tlearn.features import cache_key, cached_features, extract_features
+from tlearn.features import FeatureExtractor, cache_key
 from tlearn.head_solver import fit_linear_head_lbfgs
 from tlearn.runtime import setup_runtime
 
@@ -45,17 +45,18 @@ def test_cache_key_follows_model_weights_preprocessing_and_files(tiny, image_fol
 def test_second_run_reads_the_cache_without_the_backbone(tiny, tmp_path, monkeypatch):
     model, data = tiny
     runtime = setup_runtime("cpu")
-    first = cached_features(model, data.train, model.info.preprocessing, runtime, cache_dir=tmp_path, log=print)
+    extractor = FeatureExtractor(runtime, cache_dir=tmp_path)
+    first = extractor.cached(model, data.train)
 
     def no_backbone(*args, **kwargs):
         raise AssertionError("the backbone ran although the cache was valid")
 
-    monkeypatch.setattr(features_mod, "make_engine", no_backbone)
-    second = cached_features(model, data.train, model.info.preprocessing, runtime, cache_dir=tmp_path, log=print)
+    monkeypatch.setattr(features_mod, "make_backend", no_backbone)
+    second = extractor.cached(model, data.train)
     assert torch.equal(first, second)
     (next(tmp_path.glob("features/*.safetensors"))).write_bytes(b"damaged")
     monkeypatch.undo()
-    third = cached_features(model, data.train, model.info.preprocessing, runtime, cache_dir=tmp_path, log=print)
+    third = extractor.cached(model, data.train)
     assert torch.allclose(first, third, atol=1e-4)
 
 
@@ -67,10 +68,9 @@ def test_onnxruntime_features_match_pytorch_and_leave_the_model_alone(tmp_path):
     runtime = setup_runtime("cpu")
     messages = []
     assert len(data.val) % 64  # the graph's batch is fixed at 64: the short last batch is padded
-    fast = extract_features(model, data.val, model.info.preprocessing, runtime, engine="auto", batch_size=64,
-                            cache_dir=tmp_path, log=messages.append)
+    fast = FeatureExtractor(runtime, batch_size=64, cache_dir=tmp_path, log=messages.append).extract(model, data.val)
     assert "onnxruntime" in messages[-1]
-    reference = extract_features(model, data.val, model.info.preprocessing, runtime, engine="torch", log=print)
+    reference = FeatureExtractor(runtime, backend="torch").extract(model, data.val)
     assert (fast - reference).abs().max().item() <= 1e-3
     assert not model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -89,9 +89,8 @@ def test_a_graph_that_disagrees_with_pytorch_falls_back_to_pytorch(tiny, tmp_pat
     monkeypatch.setattr(extraction, "_session", lambda path, threads: WrongSession())
     monkeypatch.setattr(extraction, "_VERIFIED", set())
     messages = []
-    features = extract_features(model, data.train, model.info.preprocessing, runtime, engine="auto",
-                                cache_dir=tmp_path, log=messages.append)
-    reference = extract_features(model, data.train, model.info.preprocessing, runtime, engine="torch")
+    features = FeatureExtractor(runtime, cache_dir=tmp_path, log=messages.append).extract(model, data.train)
+    reference = FeatureExtractor(runtime, backend="torch").extract(model, data.train)
     assert any("differ from PyTorch" in m for m in messages) and "(torch," in messages[-1]
     assert torch.allclose(features, reference, atol=1e-5)
     assert not extraction._VERIFIED  # a failed check is not remembered as a pass
@@ -103,8 +102,8 @@ def test_lbfgs_head_matches_scikit_learn():
     data = load_splits("digits", val_split=0.2, seed=0)
     model = tlearn.create_model("efficientnet_lite0", 10, image_size=32)
     runtime = setup_runtime("cpu")
-    train = extract_features(model, data.train, model.info.preprocessing, runtime, engine="torch")
-    val = extract_features(model, data.val, model.info.preprocessing, runtime, engine="torch")
+    extractor = FeatureExtractor(runtime, backend="torch")
+    train, val = extractor.extract(model, data.train), extractor.extract(model, data.val)
     train_y, val_y = torch.tensor(data.train.labels), torch.tensor(data.val.labels)
     ours = fit_linear_head_lbfgs(model.head, train, train_y, val, val_y, log=lambda _: None).val_top1
     head_top1 = (model.head(val).argmax(1) == val_y).float().mean().item()

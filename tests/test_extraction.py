@@ -6,7 +6,7 @@ import torch
 import tlearn
 import tlearn.features as features_mod
 from tlearn.data import load_splits
-from tlearn.features import extract_features
+from tlearn.features import FeatureExtractor
 from tlearn.runtime import setup_runtime
 
 from conftest import TINY_MODEL
@@ -19,13 +19,12 @@ def test_decoding_place_follows_the_measured_costs(image_folder, monkeypatch, sh
     samples = load_splits(str(image_folder), val_split=0.0001, seed=0).train
     assert len(samples) > 2 * 5  # two inline batches, then the rest from the loader
     runtime = setup_runtime("cpu")
-    reference = extract_features(model, samples, model.info.preprocessing, runtime, batch_size=5, workers=0,
-                                 engine="torch", log=lambda _: None)
+    reference = FeatureExtractor(runtime, batch_size=5, workers=0, backend="torch",
+                                 log=lambda _: None).extract(model, samples)
     monkeypatch.setattr(features_mod, "INLINE_DECODE_SHARE", share)
     monkeypatch.setattr(features_mod, "default_workers", lambda samples: 2)
     messages = []
-    features = extract_features(model, samples, model.info.preprocessing, runtime, batch_size=5,
-                                engine="torch", log=messages.append)
+    features = FeatureExtractor(runtime, batch_size=5, backend="torch", log=messages.append).extract(model, samples)
     assert where in messages[-1]
     assert len(features) == len(samples) and torch.equal(features, reference)
 
@@ -34,6 +33,6 @@ def test_explicit_workers_are_kept(image_folder):
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
     samples = load_splits(str(image_folder), val_split=0.0001, seed=0).train
     messages = []
-    extract_features(model, samples, model.info.preprocessing, setup_runtime("cpu"), batch_size=5, workers=1,
-                     engine="torch", log=messages.append)
+    FeatureExtractor(setup_runtime("cpu"), batch_size=5, workers=1, backend="torch",
+                     log=messages.append).extract(model, samples)
     assert "decoding in 1 worker process)" in messages[-1]

@@ -17,7 +17,7 @@ from .data.loaders import make_loader
 from .data.samples import Samples
 from .data.sources import BUILTIN, DatasetSplits, default_eval_split, load_data, resolve_split
 from .data.transforms import eval_transform
-from .engine import evaluate as evaluate_loader
+from .loops import evaluate_loader
 from .errors import ConfigError, DataError, RunFolderError
 from .models.classifier import Classifier
 from .models.factory import create_model

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--batch-size", type=int, default=64)
     features.add_argument("--device", choices=DEVICES, default="auto")
     features.add_argument("--workers", type=int, default=None)
-    features.add_argument("--engine", choices=("auto", "torch"), default="auto",
+    features.add_argument("--backend", "--engine", choices=("auto", "torch"), default="auto",
                           help="auto: onnxruntime on CPU when it matches PyTorch")
     features.add_argument("--no-cache", dest="use_cache", action="store_false")
     features.add_argument("--cache-dir", default=None)
@@ -333,7 +333,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     samples, names, split = found.samples, found.class_names, found.split_names
     from pathlib import Path
 
-    from .features import default_cache_dir, export_features
+    from .features import FeatureExtractor, default_cache_dir
     from .runtime import setup_runtime
 
     if args.run is not None:
@@ -351,8 +351,9 @@ def cmd_features(args: argparse.Namespace) -> int:
     runtime = setup_runtime(args.device)
     model.to(runtime.device)
     cache_dir = (Path(args.cache_dir) if args.cache_dir else default_cache_dir()) if args.use_cache else None
-    export_features(model, samples, names, args.out, runtime, batch_size=args.batch_size, workers=args.workers,
-                    split=split, engine=args.engine, cache_dir=cache_dir)
+    extractor = FeatureExtractor(runtime, batch_size=args.batch_size, workers=args.workers, backend=args.backend,
+                                 cache_dir=cache_dir)
+    extractor.export(model, samples, names, args.out, split_names=split)
     return 0
 
 

@@ -1,10 +1,10 @@
-"""The fastest backbone forward this machine allows, for feature extraction.
+"""Feature backends: the fastest backbone forward this machine allows, for feature extraction.
 
 On CPU: onnxruntime runs the exported backbone several times faster than PyTorch eager
 channels_last (measured: README, Performance). The graph is exported once per batch size with
 every shape fixed, cached beside the features, and checked against PyTorch on the first batch;
 any export or parity failure falls back to PyTorch with one log line. On CUDA: PyTorch with
-autocast and channels_last.
+autocast and channels_last. Every backend is a `FeatureBackend`: uint8 batch in, features out.
 
 Why fixed shapes: a dynamic batch axis keeps the traced shape arithmetic in the graph (timm's
 TF-"same" padding, for one, becomes Shape/Gather/Pad nodes), which stops onnxruntime from
@@ -12,7 +12,7 @@ folding the padding into the convolutions and from keeping its blocked NCHWc lay
 them. With every shape fixed the Lite0 graph optimises down to Conv + pooling only, and runs
 about twice as fast. A short last batch is padded to the fixed size and the padding dropped.
 
-Both engines take the decoded uint8 batch and normalise it themselves: inside the ONNX graph
+Both backends take the decoded uint8 batch and normalise it themselves: inside the ONNX graph
 (two element-wise ops on onnxruntime's threads instead of a serial pass in the main process)
 and on the device for PyTorch (a quarter of the bytes to copy to a GPU).
 """
@@ -23,7 +23,7 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
@@ -46,7 +46,17 @@ def backbone_fingerprint(model: Classifier) -> str:
     return digest.hexdigest()[:32]
 
 
-class TorchEngine:
+class FeatureBackend(Protocol):
+    """uint8 NCHW images (as the loader decodes them) -> float32 features on the CPU."""
+
+    @property
+    def name(self) -> str:
+        """The backend that computes the features now (a failed parity check changes it)."""
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchBackend:
     name = "torch"
 
     def __init__(self, model: Classifier, prep: Preprocessing, runtime: Runtime):
@@ -79,17 +89,19 @@ def _session(path: str, threads: int):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-class OnnxEngine:
+class OnnxBackend:
     """onnxruntime session over the exported backbone; verifies itself on the first batch."""
 
-    name = "onnxruntime"
-
-    def __init__(self, path: Path, batch_size: int, fallback: TorchEngine, log: Callable[[str], None]):
+    def __init__(self, path: Path, batch_size: int, fallback: TorchBackend, log: Callable[[str], None]):
         self.path = str(path)
         self.session = _session(self.path, torch.get_num_threads())
         self.batch_size, self.fallback, self.log = batch_size, fallback, log
         self.checked = self.path in _VERIFIED
         self.active = True
+
+    @property
+    def name(self) -> str:
+        return "onnxruntime" if self.active else self.fallback.name
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if not self.active:
@@ -114,28 +126,27 @@ class OnnxEngine:
         return torch.from_numpy(self.session.run(None, {"images": images.numpy()})[0][:count])
 
 
-def make_engine(model: Classifier, prep: Preprocessing, runtime: Runtime, cache_dir: Path | None,
-                engine: str = "auto", log: Callable[[str], None] = print,
-                batch_size: int = 64) -> TorchEngine | OnnxEngine:
-    """An engine for uint8 batches preprocessed with `prep`. `auto`: onnxruntime on CPU when it
+def make_backend(model: Classifier, prep: Preprocessing, runtime: Runtime, cache_dir: Path | None,
+                 backend: str = "auto", log: Callable[[str], None] = print, batch_size: int = 64) -> FeatureBackend:
+    """A backend for uint8 batches preprocessed with `prep`. `auto`: onnxruntime on CPU when it
     exports and matches, else PyTorch.
 
     `batch_size` is the graph's fixed batch: give the loader's, or the dataset size if smaller.
     """
     model.eval()
-    torch_engine = TorchEngine(model, prep, runtime)
-    if engine == "torch" or runtime.device.type != "cpu":
-        return torch_engine
+    torch_backend = TorchBackend(model, prep, runtime)
+    if backend == "torch" or runtime.device.type != "cpu":
+        return torch_backend
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        return torch_engine
+        return torch_backend
     try:
         path = _exported_backbone(model, prep, batch_size, cache_dir)
-        return OnnxEngine(path, batch_size, torch_engine, log)
+        return OnnxBackend(path, batch_size, torch_backend, log)
     except Exception as error:  # unsupported operator, odd output type...: PyTorch works anyway
         log(f"ONNX export of {model.info.name} failed ({type(error).__name__}); extracting with PyTorch")
-        return torch_engine
+        return torch_backend
 
 
 def _exported_backbone(model: Classifier, prep: Preprocessing, batch_size: int, cache_dir: Path | None) -> Path:

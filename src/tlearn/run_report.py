@@ -6,7 +6,7 @@ from pathlib import Path
 from . import checkpoint, run_folder
 from .data.loaders import make_loader
 from .data.samples import Samples
-from .engine import predict_probabilities
+from .loops import predict_probabilities
 from .files import read_json
 from .report_page import write_report
 from .runtime import Runtime

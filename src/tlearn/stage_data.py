@@ -13,7 +13,7 @@ from .config import RunConfig
 from .data.loaders import make_loader
 from .data.sources import DatasetSplits
 from .data.transforms import eval_transform, train_transform
-from .features import cached_features
+from .features import FeatureExtractor
 from .models.classifier import Classifier
 from .runtime import Runtime
 from .strategy import Stage
@@ -46,14 +46,13 @@ def build_stage_data(model: Classifier, stage: Stage, data: DatasetSplits, confi
 def _feature_data(model, data, config, runtime, cache_dir, log) -> StageData:
     # Frozen backbone in eval mode + fixed inputs = fixed features: compute them once.
     dc = config.data
+    extractor = FeatureExtractor(runtime, batch_size=max(dc.batch_size, 64), workers=dc.workers,
+                                 cache_dir=cache_dir, log=log if runtime.is_main else (lambda _: None))
     features = {}
     for split, samples in (("train", data.train), ("val", data.val)):
         if runtime.distributed and not runtime.is_main:
             runtime.barrier()  # rank 0 extracts and writes the cache first
-        features[split] = cached_features(model, samples, model.info.preprocessing, runtime, cache_dir=cache_dir,
-                                          batch_size=max(dc.batch_size, 64), workers=dc.workers,
-                                          description=f"{split} features",
-                                          log=log if runtime.is_main else (lambda _: None))
+        features[split] = extractor.cached(model, samples, description=f"{split} features")
         if runtime.distributed and runtime.is_main:
             runtime.barrier()
     generator = torch.Generator()

@@ -17,7 +17,7 @@ from torch import nn
 from . import checkpoint, run_folder
 from .config import RunConfig
 from .data.sources import DatasetSplits
-from .engine import evaluate, train_one_epoch
+from .loops import evaluate_loader, train_one_epoch
 from .features import default_cache_dir
 from .head_solver import fit_linear_head_lbfgs
 from .metrics import EpochStats, EvalResult
@@ -186,7 +186,7 @@ def _train_epochs(current: StageRun, run: Run) -> None:
                                     aux_weight=run.config.model.aux_weight,
                                     description=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
                                     prepare=stage_data.prepare, sharded=not stage_data.cached)
-        result = evaluate(stage_data.module, stage_data.val, runtime, model.info.num_classes, loss_fn,
+        result = evaluate_loader(stage_data.module, stage_data.val, runtime, model.info.num_classes, loss_fn,
                           prepare=stage_data.prepare, description="val", sharded=not stage_data.cached)
         run.log(f"  epoch {epoch + 1}/{stage.epochs}: train loss {stats.loss:.4f} acc {stats.top1:.4f} | "
                 f"val loss {result.loss:.4f} top1 {result.top1:.4f} top5 {result.top5:.4f} | "
@@ -200,7 +200,7 @@ def _solve_head(current: StageRun, run: Run) -> None:
     train_x, train_y = stage_data.train.dataset.tensors
     val_x, val_y = stage_data.val.dataset.tensors
     solved = fit_linear_head_lbfgs(model.head, train_x, train_y, val_x, val_y, log=run.log)
-    result = evaluate(model.head, stage_data.val, run.runtime, model.info.num_classes,
+    result = evaluate_loader(model.head, stage_data.val, run.runtime, model.info.num_classes,
                       nn.CrossEntropyLoss(label_smoothing=run.config.train.label_smoothing),
                       prepare=stage_data.prepare, description="val", sharded=False)
     run.log(f"  L-BFGS head: l2 {solved.l2:g}, val top1 {result.top1:.4f} top5 {result.top5:.4f}")

@@ -15,7 +15,8 @@ from .models.classifier import AuxOutput
 from .runtime import Runtime
 
 
-def compute_loss(output, targets: torch.Tensor, loss_fn: Callable, aux_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_loss(output, targets: torch.Tensor, loss_fn: Callable,
+                 aux_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, main logits). Inception/GoogLeNet add their auxiliary losses x aux_weight."""
     if isinstance(output, AuxOutput):
         loss = loss_fn(output.logits, targets)
@@ -69,7 +70,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: Iterable, runtime: Runtime, num_classes: int,
+def evaluate_loader(model: nn.Module, loader: Iterable, runtime: Runtime, num_classes: int,
              loss_fn: Callable | None = None, prepare: Callable | None = None,
              description: str = "eval", sharded: bool = True) -> EvalResult:
     """Top-1/top-5, per-class accuracy and confusion over `loader` (model in eval mode)."""
