@@ -313,9 +313,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not rows:
         raise UserError(f"no model matches {args.pattern!r}")
     width = max(len(name) for name, _, _ in rows)
-    print(f"{'name':<{width}}  {'source':<11}  offline weights")
-    for name, source, offline in rows:
-        print(f"{name:<{width}}  {source:<11}  {'yes' if offline else 'no'}")
+    print(f"{'name':<{width}}  {'library':<11}  offline weights")
+    for name, library, offline in rows:
+        print(f"{name:<{width}}  {library:<11}  {'yes' if offline else 'no'}")
     return 0
 
 

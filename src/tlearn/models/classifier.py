@@ -15,7 +15,7 @@ class ModelInfo:
     """Everything needed to rebuild the architecture without the original weights."""
 
     name: str  # as the user wrote it: resnet18, timm:convnext_tiny, efficientnet_lite0
-    source: str  # torchvision | timm | bundled
+    library: str  # torchvision | timm | bundled
     arch: str
     num_classes: int
     num_features: int
@@ -34,6 +34,8 @@ class ModelInfo:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelInfo":
         data = dict(data)
+        if "source" in data:  # model.json of runs before the field was renamed
+            data["library"] = data.pop("source")
         data["preprocessing"] = Preprocessing.from_dict(data["preprocessing"])
         return cls(**data)
 

@@ -30,20 +30,20 @@ def create_model(name: str, num_classes: int, weights: str = "default", *,
         raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
     spec = resolve(name)
     mode = _weights_mode(weights)
-    if spec.source == "torchvision":
+    if spec.library == "torchvision":
         model, weights_id, prep, kwargs = _build_torchvision(spec, mode, aux_logits, build_kwargs)
     else:
         model, weights_id, prep, kwargs = _build_timm(spec, mode)
     if mode == "file":
         state = weights_mod.read_state_dict(weights)
-        weights_mod.load_into(model, state, heads.original_head_keys(model, spec.source, spec.arch), weights)
+        weights_mod.load_into(model, state, heads.original_head_keys(model, spec.library, spec.arch), weights)
         weights_id = weights_mod.file_identity(weights)
-    if spec.source == "torchvision":
+    if spec.library == "torchvision":
         split = heads.split_torchvision(model, spec.arch, num_classes)
     else:
         split = heads.split_timm(model, num_classes)
     info = ModelInfo(
-        name=name, source=spec.source, arch=spec.arch, num_classes=num_classes,
+        name=name, library=spec.library, arch=spec.arch, num_classes=num_classes,
         num_features=split.num_features, weights=str(weights), weights_id=weights_id,
         preprocessing=prep.with_image_size(image_size), build_kwargs=kwargs,
         aux_modules=split.aux_modules,
@@ -112,7 +112,7 @@ def _build_torchvision(spec: ModelSpec, mode: str, aux_logits: bool,
 def _build_timm(spec: ModelSpec, mode: str):
     import timm
 
-    pretrained = mode == "default" and spec.source == "timm"
+    pretrained = mode == "default" and spec.library == "timm"
     try:
         model: nn.Module = timm.create_model(spec.arch, pretrained=pretrained)
     except Exception as error:

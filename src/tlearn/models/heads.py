@@ -20,9 +20,9 @@ class HeadSplit:
     aux_modules: list[str] = field(default_factory=list)  # backbone submodules that are new heads
 
 
-def original_head_keys(model: nn.Module, source: str, arch: str) -> set[str]:
+def original_head_keys(model: nn.Module, library: str, arch: str) -> set[str]:
     """State-dict keys of the layers that will be replaced: a weights file may lack them."""
-    if source != "torchvision":
+    if library != "torchvision":
         classifier = model.pretrained_cfg.get("classifier", "classifier")
         names = classifier if isinstance(classifier, (tuple, list)) else (classifier,)
         return {k for k in model.state_dict() if any(k.startswith(n + ".") for n in names)}

