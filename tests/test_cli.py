@@ -1,4 +1,4 @@
-"""The command line through a real subprocess: demo wiring, eval, resume, and bad input."""
+"""The command line: demo wiring, train and eval, bad input (in-process, and twice through a real subprocess)."""
 import json
 
 import pytest
@@ -69,38 +69,110 @@ BAD_INPUTS = [
     (["export", "no/such/run"], "run folder not found"),
     (["export", "no/such/run", "--format", "tflite"], "invalid choice"),
     (["features", "--data", "{images}", "--out", "x.npz"], "run folder or --model"),
+    # a file where a folder is expected (or a folder where a file is): one line before any work,
+    # never an OSError from deep inside training, prediction or export
+    (["train", "--data", "{images}", *TINY, "--out", "{file}"], "--out {file} is a file"),
+    (["train", "--data", "{images}", *TINY, "--out", "{file}/sub"], "--out {file}/sub cannot be created: {file} is"),
+    (["demo", "--out", "{file}"], "--out {file} is a file"),
+    (["train", "--resume", "{file}"], "run folder {file} is a file"),
+    (["train", "--data", "{images}", *TINY, "--cache-dir", "{file}"], "--cache-dir {file} is a file"),
+    (["train", "--data", "cifar10", *TINY, "--data-dir", "{file}"], "--data-dir {file} is a file"),  # no download
+    (["eval", "{file}", "--data", "{images}"], "run folder {file} is a file"),
+    (["eval", "{run}", "--data", "{file}"], "--data {file} is a file"),
+    (["predict", "{file}", "{image}"], "run folder {file} is a file"),
+    (["predict", "{run}", "{image}", "--output", "{file}/sub.csv"], "--output {file}/sub.csv cannot be created"),
+    (["export", "{file}"], "run folder {file} is a file"),
+    (["export", "{run}", "--output", "{file}/model.onnx"], "--output {file}/model.onnx cannot be created"),
+    (["features", *TINY, "--data", "{images}", "--out", "{file}/x.npz"], "--out {file}/x.npz cannot be created"),
+    (["features", *TINY, "--data", "{images}", "--out", "{images}"], "--out {images} is a folder"),
+    (["features", *TINY, "--data", "{file}", "--out", "x.npz"], "--data {file} is a file"),
+    (["features", *TINY, "--data", "{images}", "--out", "x.npz", "--cache-dir", "{file}"], "--cache-dir {file} is a file"),
 ]
 
 
-@pytest.fixture
-def bad_data(tmp_path):
-    images = make_folder(tmp_path / "images", per_class=4)
-    empty = make_folder(tmp_path / "empty_class", per_class=4)
+@pytest.fixture(scope="module")
+def bad_data(tmp_path_factory):
+    """Read-only inputs shared by every case (the cases write only under their own tmp_path)."""
+    root = tmp_path_factory.mktemp("bad")
+    images = make_folder(root / "images", per_class=4)
+    empty = make_folder(root / "empty_class", per_class=4)
     (empty / "owl").mkdir()
-    no_images = tmp_path / "no_images"
+    no_images = root / "no_images"
     no_images.mkdir()
     (no_images / "readme.txt").write_text("nothing")
-    one = make_folder(tmp_path / "one_class", classes=("cat",), per_class=4)
-    mismatch = make_folder(tmp_path / "mismatch", per_class=8, split_dirs=True)
+    one = make_folder(root / "one_class", classes=("cat",), per_class=4)
+    mismatch = make_folder(root / "mismatch", per_class=8, split_dirs=True)
     (mismatch / "val" / "fox").rename(mismatch / "val" / "wolf")
-    bad_weights = tmp_path / "bad.pth"
+    bad_weights = root / "bad.pth"
     import torch
     torch.save({"conv.weight": torch.zeros(3)}, bad_weights)
-    strict = make_folder(tmp_path / "strict", per_class=4)
+    strict = make_folder(root / "strict", per_class=4)
     (strict / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    file = root / "a-file"
+    file.write_text("a file, not a folder")
     return {"images": images, "empty_class": empty, "no_images": no_images, "one_class": one,
-            "mismatch": mismatch, "bad_weights": bad_weights, "strict": strict}
+            "mismatch": mismatch, "bad_weights": bad_weights, "strict": strict, "file": file,
+            "image": images / "cat" / "0.png"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(bad_data, tmp_path_factory):
+    """A real run folder, for the cases that need one: a linear probe, in-process."""
+    from tlearn.cli import main
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    args = ["train", "--data", str(bad_data["images"]), *TINY, "--strategy", "linear-probe", "--epochs", "1",
+            "--no-report", "--cache-dir", str(root / "cache"), "--out", str(root / "run")]
+    assert main(args) == 0
+    return root / "run"
+
+
+def _filled(args, message, paths, out):
+    """The case with its {placeholders} filled in; a training case writes under `out`."""
+    if "--strict-images" in args:
+        args = [a.replace("{images}", "{strict}") for a in args]
+    args = [a.format(**paths) for a in args]
+    if args[0] == "train" and "--resume" not in args and "--out" not in args:
+        args += ["--out", str(out)]
+    return args, message.format(**paths)
+
+
+def _run_main(args):
+    """tlearn.cli.main in this process: its exit code, or argparse's (SystemExit)."""
+    from tlearn.cli import main
+
+    try:
+        return main(args)
+    except SystemExit as exit:
+        return exit.code
 
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a[:1] + a[2:3]) + " " + m for a, m in BAD_INPUTS])
-def test_bad_input_is_one_line_and_exit_2(args, message, bad_data, tmp_path):
-    if "--strict-images" in args:
-        args = [a.replace("{images}", "{strict}") for a in args]
-    args = [a.format(**bad_data) if "{" in a else a for a in args]
-    result = run_cli(*args, "--out", str(tmp_path / "out")) if args[0] == "train" and "--resume" not in args \
-        else run_cli(*args)
+def test_bad_input_is_one_line_and_exit_2(args, message, bad_data, request, tmp_path, capsys):
+    paths = dict(bad_data)
+    if "{run}" in args:
+        paths["run"] = request.getfixturevalue("tiny_run")
+    args, message = _filled(args, message, paths, tmp_path / "out")
+    capsys.readouterr()  # drop what the fixtures printed
+    code = _run_main(args)
+    err = capsys.readouterr().err
+    assert code == 2, (code, err[-2000:])
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--data", "{images}", "--model", "resnet18", "--weights", "{bad_weights}"], "do not fit"),
+    (["train", "--data", "{images}", *TINY, "--out", "{file}"], "--out {file} is a file"),
+])
+def test_bad_input_in_a_real_process(args, message, bad_data, tmp_path):
+    """The same promise from `python -m tlearn`: no warning, usage text or traceback around the line."""
+    args, message = _filled(args, message, bad_data, tmp_path / "out")
+    result = run_cli(*args)
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert message in lines[0], lines[0]
-    assert "Traceback" not in result.stderr
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+

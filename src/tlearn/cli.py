@@ -12,6 +12,8 @@ import sys
 from .config import AMP_DTYPES, AUGMENTS, DEVICES, HEAD_SOLVERS, OPTIMIZERS, SMALL_IMAGES, STRATEGIES
 from .errors import UserError
 
+BUILTIN_DATA = ("digits", "cifar10", "cifar100")
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
@@ -168,17 +170,27 @@ def _run_config(args: argparse.Namespace, source: str, model: str, weights: str)
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
-        if not os.path.isdir(args.resume):
-            raise UserError(f"run folder not found: {args.resume}")
+        _require_folder(args.resume, "run folder", exists=True)
         from . import api
 
         summary, run_dir = api.resume(args.resume, log=_log)
     elif not args.data:
         raise UserError("train needs --data (a folder, digits, cifar10 or cifar100) or --resume RUN")
     else:
+        _check_train_paths(args, args.data)
         summary, run_dir = _train(_run_config(args, args.data, args.model, args.weights), args.out)
     _print_summary(summary, run_dir)
     return 0
+
+
+def _check_train_paths(args: argparse.Namespace, source: str) -> None:
+    """Folders training writes into, checked before any data, download or model is touched."""
+    if args.out:
+        _require_folder(args.out, "--out")
+    if args.cache_dir:
+        _require_folder(args.cache_dir, "--cache-dir")
+    if source in ("cifar10", "cifar100"):  # downloaded into --data-dir
+        _require_folder(args.data_dir, "--data-dir")
 
 
 def _train(config, out):
@@ -194,6 +206,7 @@ def _train(config, out):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    _check_train_paths(args, "digits")
     config = _run_config(args, "digits", "efficientnet_lite0", "default")
     summary, run_dir = _train(config, args.out)
     _print_summary(summary, run_dir)
@@ -222,8 +235,9 @@ def _print_summary(summary: dict, run_dir) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    if not os.path.isdir(args.run):
-        raise UserError(f"run folder not found: {args.run}")
+    _require_folder(args.run, "run folder", exists=True)
+    if args.data not in BUILTIN_DATA:
+        _require_folder(args.data, "--data", exists=True)
     from . import api
 
     result = api.evaluate(args.run, args.data, split=args.split, batch_size=args.batch_size,
@@ -256,14 +270,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    if not os.path.isdir(args.run):
-        raise UserError(f"run folder not found: {args.run}")
+    _require_folder(args.run, "run folder", exists=True)
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.output and not args.output.lower().endswith((".csv", ".json")):
         raise UserError(f"--output must end in .csv or .json, got {args.output}")
+    if args.output:
+        _require_file_target(args.output, "--output")
     from .predict import collect_paths, predict_files, write_predictions
 
     paths, missing = collect_paths(args.paths)
@@ -294,8 +309,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    if not os.path.isdir(args.run):
-        raise UserError(f"run folder not found: {args.run}")
+    _require_folder(args.run, "run folder", exists=True)
+    if args.output:
+        _require_file_target(args.output, "--output")
     from .export import TOLERANCE, export_run
 
     report = export_run(args.run, args.format, args.output)
@@ -322,8 +338,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_features(args: argparse.Namespace) -> int:
     if (args.run is None) == (args.model is None):
         raise UserError("features needs a run folder or --model NAME (one of them)")
-    if args.run is not None and not os.path.isdir(args.run):
-        raise UserError(f"run folder not found: {args.run}")
+    if args.run is not None:
+        _require_folder(args.run, "run folder", exists=True)
+    if args.data not in BUILTIN_DATA:
+        _require_folder(args.data, "--data", exists=True)
+    _require_file_target(args.out, "--out")
+    if args.cache_dir:
+        _require_folder(args.cache_dir, "--cache-dir")
     if args.image_size is not None and args.image_size < 16:
         raise UserError(f"--image-size must be at least 16, got {args.image_size}")
     from .config import DataConfig
@@ -355,6 +376,34 @@ def cmd_features(args: argparse.Namespace) -> int:
                                  cache_dir=cache_dir)
     extractor.export(model, samples, names, args.out, split_names=split)
     return 0
+
+
+def _require_folder(path: str, what: str, exists: bool = False) -> None:
+    """`path` is a folder, or (unless it must exist) can be made one. A file there or above it
+    would otherwise surface as an OSError deep inside training, prediction or export."""
+    if os.path.isdir(path):
+        return
+    if os.path.exists(path):
+        raise UserError(f"{what} {path} is a file; a folder is expected")
+    if exists:
+        raise UserError(f"{what} not found: {path}")
+    _require_parent_folder(path, what)
+
+
+def _require_file_target(path: str, what: str) -> None:
+    """`path` is a file to write: not an existing folder, and its folder can be made."""
+    if os.path.isdir(path):
+        raise UserError(f"{what} {path} is a folder; a file name is expected")
+    _require_parent_folder(path, what)
+
+
+def _require_parent_folder(path: str, what: str) -> None:
+    """The closest existing path above `path` must be a folder, or `path` cannot be created."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"{what} {path} cannot be created: {parent} is a file, not a folder")
 
 
 COMMANDS = {"train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "models": cmd_models,
