@@ -31,10 +31,16 @@ def test_head_replaced_and_only_head_trainable(name, size):
     assert trainable == {id(p) for p in model.head_parameters()}
     assert trainable, name
     model.eval()
+    images = torch.randn(2, 3, size, size)
     with torch.no_grad():
-        out = model(torch.randn(2, 3, size, size))
+        out = model(images)
+        features = model.forward_features(images)
+        logits = model.head(features)
     assert out.shape == (2, 7)
-    assert model.forward_features(torch.randn(1, 3, size, size)).shape[0] == 1
+    # forward_features is what the feature cache stores: pre-logits features (SqueezeNet's 1x1-conv
+    # head takes a feature map) that the new head alone turns into the model's logits
+    assert features.shape[:2] == (2, model.info.num_features), (name, tuple(features.shape))
+    assert torch.allclose(logits, out, atol=1e-5), name
 
 
 @pytest.mark.parametrize("name,aux_count", [("inception_v3", 1), ("googlenet", 2)])

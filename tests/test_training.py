@@ -1,6 +1,8 @@
 """fit end to end on tiny data: run folder contents, reload, predict, cache equivalence."""
+import csv
 import json
 
+import pytest
 import torch
 import yaml
 
@@ -18,20 +20,27 @@ def _is_pickle(path) -> bool:
     return head[:1] == b"\x80" or head == b"PK"  # raw pickle, or torch.save's zip of pickles
 
 
-def test_two_stage_run_folder_is_complete_and_reloads(image_folder, tmp_path):
+def test_two_stage_run_folder_is_complete_and_reloads(split_folder, tmp_path):
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
     out = tmp_path / "run"
-    summary = tlearn.fit(model, str(image_folder), out=out, strategy="two-stage", head_epochs=2, epochs=2,
-                         val_split=0.25, head_solver="sgd", lr=0.01, log=lambda _: None)
+    summary = tlearn.fit(model, str(split_folder), out=out, strategy="two-stage", head_epochs=2, epochs=2,
+                         head_solver="sgd", lr=0.01, log=lambda _: None)
     assert RUN_FILES <= {p.name for p in out.iterdir()}
     assert not any(_is_pickle(p) for p in out.iterdir() if p.is_file())
-    for key in ("val_top1", "val_top5", "train_seconds"):
-        assert key in summary
+    assert json.loads((out / "summary.json").read_text()) == summary
     assert [(s["name"], s["epochs"]) for s in summary["stages"]] == [("linear-probe", 2), ("finetune", 2)]
     assert summary["stages"][0]["cached_features"] and not summary["stages"][1]["cached_features"]
     assert summary["stages"][0]["trainable_params"] < summary["stages"][1]["trainable_params"]
-    rows = (out / "metrics.csv").read_text().strip().splitlines()
-    assert len(rows) == 1 + 4 and rows[0].startswith("stage,stage_epoch,epoch")
+    assert (summary["num_train"], summary["num_val"], summary["epochs_completed"]) == (18, 6, 4)
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert len(rows) == 4 and [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    # the summary's score is the best epoch's (the first to reach it: only a gain replaces the model)
+    val_top1 = [float(r["val_top1"]) for r in rows]
+    assert summary["val_top1"] == pytest.approx(max(val_top1), abs=1e-6)
+    assert summary["best_epoch"] == 1 + val_top1.index(max(val_top1))
+    # train_seconds is the epochs' own time: each row's seconds, summed (rounded to 0.01 s)
+    assert summary["train_seconds"] > 0
+    assert summary["train_seconds"] == pytest.approx(sum(float(r["seconds"]) for r in rows), abs=0.01)
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["train"]["strategy"] == "two-stage" and "torch" in config["versions"]
     info = json.loads((out / "model.json").read_text())
@@ -39,11 +48,13 @@ def test_two_stage_run_folder_is_complete_and_reloads(image_folder, tmp_path):
 
     trained = tlearn.load(out)
     assert trained.class_names == ["cat", "dog", "fox"]
-    best = json.loads((out / "summary.json").read_text())["val_top1"]
-    assert tlearn.evaluate(out, str(image_folder), split="val")["top1"] >= 0.0
-    predictions = trained.predict([next((image_folder / "dog").iterdir())], top_k=2)
+    # model.safetensors is the model the summary scored: the same val/ images give the same top-1
+    evaluated = tlearn.evaluate(out, str(split_folder), split="val")
+    assert evaluated["count"] == 6
+    assert evaluated["top1"] == pytest.approx(summary["val_top1"], abs=1e-6)
+    predictions = trained.predict([next((split_folder / "val" / "dog").iterdir())], top_k=2)
     assert predictions[0]["label"] in trained.class_names and len(predictions[0]["labels"]) == 2
-    assert 0 <= best <= 1
+    assert predictions[0]["probs"][0] >= predictions[0]["probs"][1]
 
 
 def test_linear_probe_on_images_with_augmentation_trains_uncached(image_folder, tmp_path):

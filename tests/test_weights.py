@@ -39,7 +39,11 @@ def test_wrapped_checkpoint_with_model_prefix_loads(tmp_path):
     state = {f"model.{k}": v for k, v in _source_state().items()}
     path = tmp_path / "ckpt.pt"
     torch.save({"state_dict": state, "epoch": 3}, path)
-    create_model("resnet18", 3, str(path))
+    model = create_model("resnet18", 3, str(path))
+    # unwrapped and unprefixed: every backbone tensor is the file's, down to the last BatchNorm
+    backbone = model.backbone.state_dict()
+    assert backbone and all(torch.equal(v, state[f"model.{k}"]) for k, v in backbone.items())
+    assert model.head.out_features == 3 and model.info.weights_id.startswith("file:sha256:")
 
 
 def test_weights_that_do_not_fit_name_the_keys(tmp_path):
