@@ -9,10 +9,16 @@ import json
 import os
 import sys
 
-from .config import AMP_DTYPES, AUGMENTS, DEVICES, HEAD_SOLVERS, OPTIMIZERS, SMALL_IMAGES, STRATEGIES
+from .cli_flags import add_config_flags, config_from_flags
+from .config import DEVICES, SMALL_IMAGES
 from .errors import UserError
 
 BUILTIN_DATA = ("digits", "cifar10", "cifar100")
+
+# The demo: the bundled Lite0 on the embedded digits, small and quick (README, Quick start).
+DEMO_FIXED = {"source": "digits", "name": "efficientnet_lite0", "weights": "default", "strategy": "two-stage",
+              "unfreeze_last": 0}
+DEMO_DEFAULTS = {"epochs": 4, "head_epochs": 1, "image_size": 64, "augment": "none"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,73 +26,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _add_train_flags(parser: argparse.ArgumentParser, demo: bool = False) -> None:
-    if not demo:
-        parser.add_argument("--data", default=None,
-                            help="folder with train/ and val/ (or test/) class folders, one folder of class "
-                                 "folders, or digits | cifar10 | cifar100")
-        parser.add_argument("--model", default="efficientnet_lite0",
-                            help="torchvision name, timm:NAME, or efficientnet_lite0 (bundled, offline)")
-        parser.add_argument("--weights", default="default", help="default | none | PATH to a state dict")
-        parser.add_argument("--strategy", choices=STRATEGIES, default="two-stage")
-        parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs (probe epochs for linear-probe)")
-        parser.add_argument("--head-epochs", type=int, default=3, help="linear-probe epochs before fine-tuning")
-        parser.add_argument("--unfreeze-last", type=int, default=0,
-                            help="linear-probe / two-stage's probe: also train the last N backbone blocks")
-        parser.add_argument("--image-size", type=int, default=None, help="crop size; default: the weights'")
-        parser.add_argument("--augment", choices=AUGMENTS, default="default")
-        parser.add_argument("--lr", type=float, default=None, help="head LR (default 1e-3 AdamW, 0.01 SGD)")
-        parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
-    parser.add_argument("--data-dir", default="data", help="download folder for cifar10/cifar100")
-    parser.add_argument("--val-split", type=float, default=0.1)
-    parser.add_argument("--small-images", choices=SMALL_IMAGES, default="auto",
-                        help="images smaller than the input: auto resizes them whole (bilinear); "
-                             "weights keeps the weights' resize + center-crop")
-    parser.add_argument("--probe-augment", choices=AUGMENTS, default="none",
-                        help="augmentation in frozen-backbone stages (none: features are cached)")
-    parser.add_argument("--backbone-lr-mult", type=float, default=0.1)
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight-decay", type=float, default=None)
-    parser.add_argument("--label-smoothing", type=float, default=0.0)
-    parser.add_argument("--bn-train", action="store_true",
-                        help="fine-tuning: update BatchNorm running statistics (default: keep the pretrained ones)")
-    parser.add_argument("--warmup-epochs", type=float, default=0.0)
-    parser.add_argument("--head-solver", choices=HEAD_SOLVERS, default="lbfgs",
-                        help="cached-feature head: lbfgs (full-batch, L2 chosen on val) or sgd (mini-batch)")
-    parser.add_argument("--aux-weight", type=float, default=0.4, help="Inception/GoogLeNet aux loss weight; 0: off")
-    parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
-    parser.add_argument("--amp-dtype", choices=AMP_DTYPES, default=None)
-    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--deterministic", action="store_true")
-    parser.add_argument("--no-cache", dest="use_cache", action="store_false", help="never use the feature cache")
-    parser.add_argument("--cache-dir", default=None, help="feature cache (default ~/.cache/tlearn)")
-    parser.add_argument("--strict-images", action="store_true", help="unreadable images are an error")
-    parser.add_argument("--detect-anomaly", action="store_true", help="debug NaNs: autograd anomaly detection")
-    parser.add_argument("--no-report", dest="report", action="store_false", help="skip report.html")
-    parser.add_argument("--tensorboard", action="store_true", help="write TensorBoard scalars to the run folder")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tlearn", description="Transfer learning for PyTorch image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="offline demo: bundled EfficientNet-Lite0 on scikit-learn digits")
-    _add_train_flags(demo, demo=True)
-    demo.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs")
-    demo.add_argument("--head-epochs", type=int, default=1, help="linear-probe epochs (one L-BFGS solve)")
-    demo.add_argument("--image-size", type=int, default=64)
-    demo.add_argument("--batch-size", type=int, default=32)
-    demo.add_argument("--lr", type=float, default=None)
-    demo.add_argument("--augment", choices=AUGMENTS, default="none")
+    demo.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
+    add_config_flags(demo, skip=DEMO_FIXED, defaults=DEMO_DEFAULTS)
 
     train = sub.add_parser("train", help="train a classifier on a folder of images or a dataset")
-    _add_train_flags(train)
+    train.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
     train.add_argument("--resume", default=None, metavar="RUN", help="continue an interrupted run")
+    add_config_flags(train)
 
     evaluate = sub.add_parser("eval", help="evaluate a run folder's model on a dataset")
     evaluate.add_argument("run")
@@ -146,28 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _run_config(args: argparse.Namespace, source: str, model: str, weights: str):
-    from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
-
-    return RunConfig(
-        data=DataConfig(source=source, data_dir=args.data_dir, val_split=args.val_split,
-                        image_size=args.image_size, augment=args.augment, probe_augment=args.probe_augment,
-                        batch_size=args.batch_size, workers=args.workers, strict_images=args.strict_images,
-                        small_images=args.small_images),
-        model=ModelConfig(name=model, weights=weights, aux_weight=args.aux_weight),
-        train=TrainConfig(strategy=getattr(args, "strategy", "two-stage"), epochs=args.epochs,
-                          head_epochs=args.head_epochs, unfreeze_last=getattr(args, "unfreeze_last", 0),
-                          lr=args.lr, backbone_lr_mult=args.backbone_lr_mult,
-                          optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
-                          label_smoothing=args.label_smoothing, bn_train=args.bn_train, warmup_epochs=args.warmup_epochs,
-                          head_solver=args.head_solver, device=args.device, amp=args.amp,
-                          amp_dtype=args.amp_dtype, channels_last=args.channels_last, seed=args.seed,
-                          deterministic=args.deterministic, use_cache=args.use_cache,
-                          cache_dir=args.cache_dir, detect_anomaly=args.detect_anomaly, report=args.report,
-                          tensorboard=args.tensorboard),
-    ).validate()
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         _require_folder(args.resume, "run folder", exists=True)
@@ -178,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError("train needs --data (a folder, digits, cifar10 or cifar100) or --resume RUN")
     else:
         _check_train_paths(args, args.data)
-        summary, run_dir = _train(_run_config(args, args.data, args.model, args.weights), args.out)
+        summary, run_dir = _train(config_from_flags(args), args.out)
     _print_summary(summary, run_dir)
     return 0
 
@@ -207,7 +136,7 @@ def _train(config, out):
 
 def cmd_demo(args: argparse.Namespace) -> int:
     _check_train_paths(args, "digits")
-    config = _run_config(args, "digits", "efficientnet_lite0", "default")
+    config = config_from_flags(args, **DEMO_FIXED)
     summary, run_dir = _train(config, args.out)
     _print_summary(summary, run_dir)
     return 0

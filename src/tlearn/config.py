@@ -1,6 +1,7 @@
-"""Resolved settings of a run: data, model, training. Frozen dataclasses, validated once.
+"""Resolved settings of a run: data, model, training. Frozen dataclasses, validated on construction.
 
-Defaults are documented where they are defined, so `config.yaml` in a run folder plus
+Defaults and their command-line help are written once, where each field is defined
+(`option`); cli_flags.py builds the flags from them. So `config.yaml` in a run folder plus
 this file explain every number a run used.
 """
 from __future__ import annotations
@@ -20,25 +21,45 @@ AMP_DTYPES = ("bf16", "fp16")
 SMALL_IMAGES = ("auto", "weights")
 
 
+def option(default: Any, help: str, *, group: str, choices: tuple[str, ...] | None = None,
+           flag: str | None = None, dest: str | None = None, cli: bool = True) -> Any:
+    """A setting with its command-line description beside its default (cli_flags.py reads it).
+
+    `flag`: the flag when it is not --field-name (a True default becomes --no-...); `dest`: the
+    argparse name when it differs from the field's; `cli=False`: no flag.
+    """
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "flag": flag,
+                                            "dest": dest, "cli": cli})
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    source: str  # a folder, or one of: digits, cifar10, cifar100
-    data_dir: str = "data"  # where torchvision datasets are downloaded to
-    val_split: float = 0.1  # fraction carved out of train when no val/ or test/ exists
-    image_size: int | None = None  # None: the size the weights were trained at
-    augment: str = "default"  # fine-tuning stages: random-resized-crop + flip
-    probe_augment: str = "none"  # frozen-backbone stages: none lets features be cached
-    batch_size: int = 32
-    workers: int | None = None  # None: min(4, cores) for image files, 0 in memory
-    strict_images: bool = False  # unreadable images: error instead of skip + warning
-    # Images smaller than the input: auto resizes them whole (bilinear) instead of the weights'
-    # resize + center-crop; weights keeps the weights' recipe. See small_images.py.
-    small_images: str = "auto"
+    source: str = option(None, "folder with train/ and val/ (or test/) class folders, one folder of class "
+                               "folders, or digits | cifar10 | cifar100", group="data", flag="--data", dest="data")
+    data_dir: str = option("data", "download folder for cifar10/cifar100", group="data")
+    val_split: float = option(0.1, "fraction held out for validation when there is no val/ or test/ folder",
+                              group="data")
+    image_size: int | None = option(None, "input (crop) size; default: the weights'", group="data")
+    augment: str = option("default", "fine-tuning augmentation: random-resized-crop + flip, or none",
+                          group="data", choices=AUGMENTS)
+    probe_augment: str = option("none", "augmentation in frozen-backbone stages (none: features are cached)",
+                                group="data", choices=AUGMENTS)
+    batch_size: int = option(32, "images per batch", group="data")
+    workers: int | None = option(None, "decoding processes; default: min(4, cores) for files, 0 in memory",
+                                 group="data")
+    strict_images: bool = option(False, "unreadable images are an error instead of skipped with a warning",
+                                 group="data")
+    # See small_images.py: the weights' resize + center-crop throws away content of thumbnails.
+    small_images: str = option("auto", "images smaller than the input: auto resizes them whole (bilinear); "
+                                       "weights keeps the weights' resize + center-crop",
+                               group="data", choices=SMALL_IMAGES)
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
+        if not isinstance(self.source, str) or not self.source:
+            raise ConfigError("--data is required: a folder, digits, cifar10 or cifar100")
         if not 0.0 < self.val_split < 1.0:
             raise ConfigError(f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}")
         if self.image_size is not None and self.image_size < 16:
@@ -54,9 +75,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "efficientnet_lite0"  # torchvision name, timm:NAME, or efficientnet_lite0
-    weights: str = "default"  # default | none | path to a state dict
-    aux_weight: float = 0.4  # Inception/GoogLeNet auxiliary loss weight; 0 turns it off
+    name: str = option("efficientnet_lite0", "torchvision name, timm:NAME, or efficientnet_lite0 (bundled, offline)",
+                       group="model", flag="--model", dest="model")
+    weights: str = option("default", "default | none | PATH to a state dict", group="model")
+    aux_weight: float = option(0.4, "Inception/GoogLeNet auxiliary loss weight; 0 turns the aux heads off",
+                               group="model")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -68,34 +91,42 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    strategy: str = "two-stage"
-    epochs: int = 5  # fine-tuning epochs (two-stage, finetune) or probe epochs (linear-probe)
-    head_epochs: int = 3  # linear-probe epochs before fine-tuning in two-stage
-    # linear-probe / two-stage's probe: also train the last N top-level backbone blocks
-    # (the probe then trains on images, not cached features). as-is: the model's own flags.
-    unfreeze_last: int = 0
-    lr: float | None = None  # head LR; None: 1e-3 for AdamW, 0.01 for SGD
-    backbone_lr_mult: float = 0.1  # backbone LR = head LR x this, when fine-tuning
-    optimizer: str = "adamw"
-    momentum: float = 0.9  # SGD only
-    weight_decay: float | None = None  # None: 0.01 for AdamW, 1e-4 for SGD
-    label_smoothing: float = 0.0
-    bn_train: bool = False  # fine-tuning: update BatchNorm running statistics (default: keep them)
-    warmup_epochs: float = 0.0  # linear warm-up before the cosine decay, per stage
+    strategy: str = option("two-stage", "linear-probe, finetune, two-stage (probe, then everything), or as-is "
+                                        "(the model's own trainable flags)", group="strategy", choices=STRATEGIES)
+    epochs: int = option(5, "fine-tuning epochs (probe epochs for linear-probe)", group="strategy")
+    head_epochs: int = option(3, "linear-probe epochs before fine-tuning in two-stage", group="strategy")
+    # The probe then trains on images, not cached features.
+    unfreeze_last: int = option(0, "linear-probe / two-stage's probe: also train the last N backbone blocks",
+                                group="strategy")
+    bn_train: bool = option(False, "fine-tuning: update BatchNorm running statistics (default: keep the "
+                                   "pretrained ones)", group="strategy")
     # Cached-feature head: full-batch L-BFGS logistic regression with an L2 sweep on val
-    # (no LR to tune, matches scikit-learn) or mini-batch training with the optimiser above.
-    head_solver: str = "lbfgs"
-    device: str = "auto"
-    amp: bool = False  # CUDA only: bf16 where supported, else fp16 with a grad scaler
-    amp_dtype: str | None = None  # None: bf16 if the GPU supports it, else fp16
-    channels_last: bool = True
-    seed: int = 0
-    deterministic: bool = False
-    use_cache: bool = True  # feature cache for frozen, non-augmented stages
-    cache_dir: str | None = None  # None: $TLEARN_CACHE or ~/.cache/tlearn
-    detect_anomaly: bool = False
-    report: bool = True  # write report.html (curves, confusion, mistakes) at the end
-    tensorboard: bool = False  # per-epoch scalars for `tensorboard --logdir RUN`
+    # (no LR to tune, matches scikit-learn) or mini-batch training with the optimiser below.
+    head_solver: str = option("lbfgs", "cached-feature head: lbfgs (full-batch, L2 chosen on val) or sgd "
+                                       "(mini-batch, the optimiser's settings)", group="strategy",
+                              choices=HEAD_SOLVERS)
+    lr: float | None = option(None, "head LR (default 1e-3 AdamW, 0.01 SGD)", group="optimizer")
+    backbone_lr_mult: float = option(0.1, "backbone LR = head LR x this, when fine-tuning", group="optimizer")
+    optimizer: str = option("adamw", "optimiser", group="optimizer", choices=OPTIMIZERS)
+    momentum: float = option(0.9, "SGD momentum", group="optimizer")
+    weight_decay: float | None = option(None, "default 0.01 AdamW, 1e-4 SGD (none on norms and biases)",
+                                        group="optimizer")
+    label_smoothing: float = option(0.0, "cross-entropy label smoothing", group="optimizer")
+    warmup_epochs: float = option(0.0, "linear warm-up before the cosine decay, per stage", group="optimizer")
+    device: str = option("auto", "where to train", group="runtime", choices=DEVICES)
+    amp: bool = option(False, "mixed precision (CUDA): bf16 where supported, else fp16 with a grad scaler",
+                       group="runtime")
+    amp_dtype: str | None = option(None, "default: bf16 if the GPU supports it, else fp16", group="runtime",
+                                   choices=AMP_DTYPES)
+    channels_last: bool = option(True, "channels_last memory format", group="runtime",
+                                 flag="--no-channels-last")
+    seed: int = option(0, "seed of the split, the head's initialisation and the data order", group="runtime")
+    deterministic: bool = option(False, "deterministic algorithms (bit-identical resume on CPU)", group="runtime")
+    detect_anomaly: bool = option(False, "debug NaNs: autograd anomaly detection", group="runtime")
+    use_cache: bool = option(True, "never use the feature cache", group="output", flag="--no-cache")
+    cache_dir: str | None = option(None, "feature cache (default $TLEARN_CACHE or ~/.cache/tlearn)", group="output")
+    report: bool = option(True, "skip report.html", group="output", flag="--no-report")
+    tensorboard: bool = option(False, "write TensorBoard scalars to the run folder", group="output")
 
     def __post_init__(self) -> None:
         self.validate()
