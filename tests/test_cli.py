@@ -39,19 +39,20 @@ def test_demo_wiring_shortened(tmp_path, monkeypatch, capsys):
 
 
 def test_train_then_eval_json(tmp_path, split_folder, capsys):
+    from tlearn.cli import main
+
     out = tmp_path / "run"
-    result = run_cli("train", "--data", str(split_folder), *TINY, "--strategy", "linear-probe",
-                     "--epochs", "1", "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    assert "trainable params" in result.stdout and "frozen params" in result.stdout
+    assert main(["train", "--data", str(split_folder), *TINY, "--strategy", "linear-probe", "--epochs", "1",
+                 "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "trainable params" in stdout and "frozen params" in stdout
+    # eval --json through a real subprocess: stdout must be the JSON object and nothing else
     result = run_cli("eval", str(out), "--data", str(split_folder), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert {"top1", "top5", "per_class", "confusion"} <= set(report)
     assert set(report["per_class"]) == {"cat", "dog", "fox"} and len(report["confusion"]) == 3
-    from tlearn.cli import main  # the text table, in-process (the subprocess path is proven above)
-
-    assert main(["eval", str(out), "--data", str(split_folder / "val")]) == 0
+    assert main(["eval", str(out), "--data", str(split_folder / "val")]) == 0  # the text table
     text = capsys.readouterr().out
     assert "confusion matrix" in text and "top-5" in text and "per-class accuracy" in text
 
