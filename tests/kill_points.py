@@ -19,9 +19,8 @@ import sys
 from pathlib import Path
 
 import tlearn.checkpoint as checkpoint
-import tlearn.loops as loops
-import tlearn.features as features
 import tlearn.files as files
+import tlearn.loops as loops
 import tlearn.training as training
 
 event, count = sys.argv[1].split(":")

@@ -60,23 +60,24 @@ def test_second_run_reads_the_cache_without_the_backbone(tiny, tmp_path, monkeyp
     assert torch.allclose(first, third, atol=1e-4)
 
 
-def test_onnxruntime_features_match_pytorch_and_leave_the_model_alone(tmp_path):
+def test_onnxruntime_features_match_pytorch_and_leave_the_model_alone(tmp_path, caplog):
+    caplog.set_level("INFO", logger="tlearn")
     # Every row is compared, so the zero-padded last batch must give the same features as PyTorch.
     data = load_splits("digits", val_split=0.1, seed=0)
     model = tlearn.create_model("efficientnet_lite0", 10, image_size=64).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     runtime = setup_runtime("cpu")
-    messages = []
     assert len(data.val) % 64  # the graph's batch is fixed at 64: the short last batch is padded
-    fast = FeatureExtractor(runtime, batch_size=64, cache_dir=tmp_path, log=messages.append).extract(model, data.val)
-    assert "onnxruntime" in messages[-1]
+    fast = FeatureExtractor(runtime, batch_size=64, cache_dir=tmp_path).extract(model, data.val)
+    assert "onnxruntime" in caplog.messages[-1]
     reference = FeatureExtractor(runtime, backend="torch").extract(model, data.val)
     assert (fast - reference).abs().max().item() <= 1e-3
     assert not model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_a_graph_that_disagrees_with_pytorch_falls_back_to_pytorch(tiny, tmp_path, monkeypatch):
+def test_a_graph_that_disagrees_with_pytorch_falls_back_to_pytorch(tiny, tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="tlearn")
     import tlearn.extraction as extraction
 
     model, data = tiny
@@ -88,10 +89,9 @@ def test_a_graph_that_disagrees_with_pytorch_falls_back_to_pytorch(tiny, tmp_pat
 
     monkeypatch.setattr(extraction, "_session", lambda path, threads: WrongSession())
     monkeypatch.setattr(extraction, "_VERIFIED", set())
-    messages = []
-    features = FeatureExtractor(runtime, cache_dir=tmp_path, log=messages.append).extract(model, data.train)
+    features = FeatureExtractor(runtime, cache_dir=tmp_path).extract(model, data.train)
     reference = FeatureExtractor(runtime, backend="torch").extract(model, data.train)
-    assert any("differ from PyTorch" in m for m in messages) and "(torch," in messages[-1]
+    assert any("differ from PyTorch" in m for m in caplog.messages) and "(torch," in caplog.messages[-2]
     assert torch.allclose(features, reference, atol=1e-5)
     assert not extraction._VERIFIED  # a failed check is not remembered as a pass
 
@@ -111,7 +111,7 @@ def test_lbfgs_head_matches_scikit_learn():
     extractor = FeatureExtractor(runtime)
     train, val = extractor.extract(model, data.train), extractor.extract(model, data.val)
     train_y, val_y = torch.tensor(data.train.labels), torch.tensor(data.val.labels)
-    ours = fit_linear_head_lbfgs(model.head, train, train_y, val, val_y, log=lambda _: None).val_top1
+    ours = fit_linear_head_lbfgs(model.head, train, train_y, val, val_y).val_top1
     head_top1 = (model.head(val).argmax(1) == val_y).float().mean().item()
     reference = LogisticRegression(max_iter=3000).fit(train.numpy(), train_y.numpy()).score(val.numpy(), val_y.numpy())
     assert abs(ours - head_top1) < 1e-6

@@ -26,7 +26,7 @@ def trained_run(tmp_path_factory):
         data=tlearn.DataConfig(source=str(data), image_size=32, batch_size=8),
         model=tlearn.ModelConfig(name=TINY_MODEL, weights="none"),
         train=tlearn.TrainConfig(strategy="two-stage", head_epochs=1, epochs=2, tensorboard=tensorboard,
-                                 cache_dir=str(root / "cache"))), out, log=lambda _: None)
+                                 cache_dir=str(root / "cache"))), out)
     return out, data
 
 
@@ -182,8 +182,9 @@ def test_report_renders_in_chromium(trained_run, tmp_path):
 
 
 def test_report_with_100_classes_stays_readable(tmp_path):
-    from tlearn.report_page import write_report
     from PIL import Image
+
+    from tlearn.report_page import write_report
 
     rng = np.random.default_rng(0)
     names = [f"class_{i:03d}_name" for i in range(100)]

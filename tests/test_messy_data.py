@@ -1,8 +1,8 @@
 """A scraped-together dataset trains; every skipped file is named once; unsafe files never run code."""
 import io
-import re
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest

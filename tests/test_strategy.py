@@ -6,8 +6,15 @@ from torch import nn
 import tlearn
 from tlearn.config import DataConfig, RunConfig, TrainConfig
 from tlearn.errors import ConfigError
-from tlearn.strategy import (freeze, parameter_counts, parameter_groups, plan_stages, set_train_mode,
-                             trainable_names, unfreeze)
+from tlearn.strategy import (
+    freeze,
+    parameter_counts,
+    parameter_groups,
+    plan_stages,
+    set_train_mode,
+    trainable_names,
+    unfreeze,
+)
 
 from conftest import TINY_MODEL
 

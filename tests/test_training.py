@@ -24,7 +24,7 @@ def test_two_stage_run_folder_is_complete_and_reloads(split_folder, tmp_path):
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
     out = tmp_path / "run"
     summary = tlearn.fit(model, str(split_folder), out=out, strategy="two-stage", head_epochs=2, epochs=2,
-                         head_solver="sgd", lr=0.01, log=lambda _: None)
+                         head_solver="sgd", lr=0.01)
     assert RUN_FILES <= {p.name for p in out.iterdir()}
     assert not any(_is_pickle(p) for p in out.iterdir() if p.is_file())
     assert json.loads((out / "summary.json").read_text()) == summary
@@ -60,15 +60,14 @@ def test_two_stage_run_folder_is_complete_and_reloads(split_folder, tmp_path):
 def test_linear_probe_on_images_with_augmentation_trains_uncached(image_folder, tmp_path):
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
     summary = tlearn.fit(model, str(image_folder), out=tmp_path / "r", strategy="linear-probe", epochs=1,
-                         probe_augment="default", log=lambda _: None)
+                         probe_augment="default")
     assert summary["stages"][0]["cached_features"] is False
 
 
 def test_learns_a_separable_problem(image_folder, tmp_path):
     """Class colour decides the label: a probe on random features must get well above chance."""
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
-    summary = tlearn.fit(model, str(image_folder), strategy="linear-probe", epochs=1, val_split=0.25,
-                         log=lambda _: None)
+    summary = tlearn.fit(model, str(image_folder), strategy="linear-probe", epochs=1, val_split=0.25)
     assert summary["val_top1"] >= 0.8
 
 
@@ -76,7 +75,7 @@ def _probe(data, tmp_path, use_cache, name):
     torch.manual_seed(0)
     model = tlearn.create_model("efficientnet_lite0", len(data.class_names), image_size=96)
     return tlearn.fit(model, data, out=tmp_path / name, strategy="linear-probe", epochs=3, head_solver="sgd",
-                      use_cache=use_cache, augment="none", seed=0, log=lambda _: None)
+                      use_cache=use_cache, augment="none", seed=0)
 
 
 def test_bundled_lite0_probe_on_cifar10_mini(tmp_path):
@@ -87,6 +86,6 @@ def test_bundled_lite0_probe_on_cifar10_mini(tmp_path):
     uncached = _probe(data, tmp_path, False, "uncached")
     assert abs(cached["val_top1"] - uncached["val_top1"]) <= 0.01
     model = tlearn.create_model("efficientnet_lite0", 10, image_size=96)
-    lbfgs = tlearn.fit(model, data, strategy="linear-probe", epochs=1, log=lambda _: None)
+    lbfgs = tlearn.fit(model, data, strategy="linear-probe", epochs=1)
     assert lbfgs["val_top1"] >= 0.55, lbfgs["val_top1"]
     assert cached["val_top1"] >= 0.55, cached["val_top1"]

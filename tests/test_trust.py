@@ -60,14 +60,14 @@ def test_read_only_run_folder_is_one_line(tmp_path, monkeypatch, capsys):
     assert code == 2 and len(err) == 1 and "Read-only file system" in err[0], err
 
 
-def test_unwritable_cache_is_a_warning_and_training_goes_on(tmp_path):
+def test_unwritable_cache_is_a_warning_and_training_goes_on(tmp_path, caplog):
     blocker = tmp_path / "a-file"
     blocker.write_text("the cache folder cannot be made under a file")
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
-    lines = []
     summary = tlearn.fit(model, str(make_folder(tmp_path / "data", per_class=6)), strategy="linear-probe",
-                         epochs=1, cache_dir=str(blocker / "cache"), report=False, log=lines.append)
-    warnings = [line for line in lines if line.startswith("warning: cannot write the feature cache")]
+                         epochs=1, cache_dir=str(blocker / "cache"), report=False)
+    warnings = [r.message for r in caplog.records
+                if r.levelname == "WARNING" and r.message.startswith("cannot write the feature cache")]
     assert len(warnings) == 2 and summary["stages"][0]["cached_features"]  # train and val features
     assert summary["val_top1"] > 0
 
@@ -97,18 +97,17 @@ def test_as_is_trains_exactly_what_the_user_left_trainable(image_folder):
     freeze(model, unfreeze_last=2)
     given = parameter_counts(model)[0]
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    summary = tlearn.fit(model, str(image_folder), strategy="as-is", epochs=1, report=False, log=lambda _: None)
+    summary = tlearn.fit(model, str(image_folder), strategy="as-is", epochs=1, report=False)
     assert summary["stages"][0]["name"] == "as-is" and summary["stages"][0]["trainable_params"] == given
     assert all(torch.equal(p, frozen_before[n]) for n, p in model.named_parameters() if n in frozen_before)
 
 
-def test_a_strategy_that_resets_the_users_flags_says_so(image_folder):
+def test_a_strategy_that_resets_the_users_flags_says_so(image_folder, caplog):
+    caplog.set_level("INFO", logger="tlearn")
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
     freeze(model, unfreeze_last=2)
-    lines = []
-    summary = tlearn.fit(model, str(image_folder), strategy="linear-probe", epochs=1, report=False,
-                         log=lines.append)
-    assert any("strategy='as-is' keeps" in line for line in lines)
+    summary = tlearn.fit(model, str(image_folder), strategy="linear-probe", epochs=1, report=False)
+    assert any("strategy='as-is' keeps" in line for line in caplog.messages)
     assert summary["stages"][0]["trainable_params"] < sum(p.numel() for p in model.parameters())
 
 

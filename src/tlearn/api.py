@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 from PIL import Image
@@ -17,13 +18,15 @@ from .data.loaders import make_loader
 from .data.samples import Samples
 from .data.sources import BUILTIN, DatasetSplits, default_eval_split, load_data, resolve_split
 from .data.transforms import eval_transform
-from .loops import evaluate_loader
 from .errors import ConfigError, DataError, RunFolderError
+from .loops import evaluate_loader
 from .models.classifier import Classifier
 from .models.factory import create_model
 from .preprocessing import Preprocessing
 from .runtime import seed_everything, setup_runtime
 from .train_state import ResumePoint
+
+logger = logging.getLogger(__name__)
 
 
 def build_model(config: RunConfig, num_classes: int) -> Classifier:
@@ -32,8 +35,7 @@ def build_model(config: RunConfig, num_classes: int) -> Classifier:
                         image_size=config.data.image_size)
 
 
-def train(config: RunConfig, out: str | Path | None = None, log: Callable[[str], None] = print,
-          data: DatasetSplits | None = None) -> tuple[dict, Path]:
+def train(config: RunConfig, out: str | Path | None = None, data: DatasetSplits | None = None) -> tuple[dict, Path]:
     """Load data (unless given), build the model, fit; returns (summary, run folder)."""
     config = config.validate()
     data = data if data is not None else load_data(config.data, config.train.seed)
@@ -41,23 +43,23 @@ def train(config: RunConfig, out: str | Path | None = None, log: Callable[[str],
         raise DataError(f"need at least 2 classes, found {len(data.class_names)}")
     if data.skipped:
         shown = ", ".join(f"{p} ({r})" for p, r in data.skipped[:3])
-        log(f"warning: skipped {len(data.skipped)} unusable file(s): {shown}"
+        logger.warning(f"skipped {len(data.skipped)} unusable file(s): {shown}"
             + (" ..." if len(data.skipped) > 3 else "") + " (full list in skipped_files.txt)")
     seed_everything(config.train.seed)  # the new head's initialisation follows the seed too
     model = build_model(config, len(data.class_names))
     run_dir = Path(out) if out is not None else run_folder.default_run_dir()
-    log(f"{config.model.name} ({model.info.weights_id}), {len(data.class_names)} classes, "
+    logger.info(f"{config.model.name} ({model.info.weights_id}), {len(data.class_names)} classes, "
         f"{len(data.train)} train / {len(data.val)} val images, input {model.info.preprocessing.crop_size}px; "
         f"run folder {run_dir}")
     try:
-        summary = training.run_stages(model, data, config, run_dir, log=log)
+        summary = training.run_stages(model, data, config, run_dir)
     except KeyboardInterrupt:
-        log(f"interrupted: the last completed epoch is saved; continue with: tlearn train --resume {run_dir}")
+        logger.info(f"interrupted: the last completed epoch is saved; continue with: tlearn train --resume {run_dir}")
         raise
     return summary, run_dir
 
 
-def resume(run_dir: str | Path, log: Callable[[str], None] = print) -> tuple[dict, Path]:
+def resume(run_dir: str | Path) -> tuple[dict, Path]:
     """Continue an interrupted run from its last committed epoch (from the start if none was)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -66,23 +68,22 @@ def resume(run_dir: str | Path, log: Callable[[str], None] = print) -> tuple[dic
         raise RunFolderError(f"run {run_dir} already finished (summary.json exists); nothing to resume")
     config = run_folder.read_config(run_dir)
     if not checkpoint.has_train_state(run_dir):
-        log(f"run {run_dir} stopped before its first epoch was committed: starting it again")
-        return train(config, run_dir, log=log)
+        logger.info(f"run {run_dir} stopped before its first epoch was committed: starting it again")
+        return train(config, run_dir)
     point = ResumePoint.read(run_dir)
     data = load_data(config.data, config.train.seed)
     model = checkpoint.build_model(checkpoint.read_model_info(run_dir))
     checkpoint.load_weights(model, point.weights, run_dir / checkpoint.STATE_FILE)
-    log(f"resuming {run_dir} after epoch {len(point.progress.rows)}")
+    logger.info(f"resuming {run_dir} after epoch {len(point.progress.rows)}")
     try:
-        summary = training.run_stages(model.train(), data, config, run_dir, resume=point, log=log)
+        summary = training.run_stages(model.train(), data, config, run_dir, resume=point)
     except KeyboardInterrupt:
-        log(f"interrupted: the last completed epoch is saved; continue with: tlearn train --resume {run_dir}")
+        logger.info(f"interrupted: the last completed epoch is saved; continue with: tlearn train --resume {run_dir}")
         raise
     return summary, run_dir
 
 
-def fit(model: Classifier, data: str | DatasetSplits, out: str | Path | None = None,
-        log: Callable[[str], None] = print, **options: Any) -> dict:
+def fit(model: Classifier, data: str | DatasetSplits, out: str | Path | None = None, **options: Any) -> dict:
     """Train `model` on a data source ("digits", a folder...) or loaded splits.
 
     `options` are any DataConfig/TrainConfig field (strategy, epochs, head_epochs, lr, ...)
@@ -102,7 +103,7 @@ def fit(model: Classifier, data: str | DatasetSplits, out: str | Path | None = N
         train=TrainConfig(**{k: v for k, v in options.items() if k in train_fields}),
     ).validate()
     splits = load_data(config.data, config.train.seed) if isinstance(data, str) else data
-    return training.run_stages(model, splits, config, out, log=log)
+    return training.run_stages(model, splits, config, out)
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -29,17 +30,24 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tlearn", description="Transfer learning for PyTorch image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only")
+    verbosity.add_argument("-v", "--verbose", action="count", default=0, help="debug messages too")
 
-    demo = sub.add_parser("demo", help="offline demo: bundled EfficientNet-Lite0 on scikit-learn digits")
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[verbosity], **kwargs)
+
+
+    demo = command("demo", help="offline demo: bundled EfficientNet-Lite0 on scikit-learn digits")
     demo.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
     add_config_flags(demo, skip=DEMO_FIXED, defaults=DEMO_DEFAULTS)
 
-    train = sub.add_parser("train", help="train a classifier on a folder of images or a dataset")
+    train = command("train", help="train a classifier on a folder of images or a dataset")
     train.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
     train.add_argument("--resume", default=None, metavar="RUN", help="continue an interrupted run")
     add_config_flags(train)
 
-    evaluate = sub.add_parser("eval", help="evaluate a run folder's model on a dataset")
+    evaluate = command("eval", help="evaluate a run folder's model on a dataset")
     evaluate.add_argument("run")
     evaluate.add_argument("--data", required=True, help="folder of class folders, dataset root, or digits/cifar10")
     evaluate.add_argument("--split", default=None, choices=("val", "test", "train", "all"),
@@ -50,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--report", action="store_true", help="write report.html for this data into RUN")
 
-    predict = sub.add_parser("predict", help="predict labels of image files, folders or globs")
+    predict = command("predict", help="predict labels of image files, folders or globs")
     predict.add_argument("run")
     predict.add_argument("paths", nargs="+", metavar="PATH")
     predict.add_argument("--top-k", type=int, default=1)
@@ -58,12 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--device", choices=DEVICES, default="cpu")
 
-    export = sub.add_parser("export", help="export a run's model to ONNX or TorchScript, parity-checked")
+    export = command("export", help="export a run's model to ONNX or TorchScript, parity-checked")
     export.add_argument("run")
     export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     export.add_argument("--output", default=None, help="default: RUN/export/model.onnx or model.torchscript.pt")
 
-    features = sub.add_parser("features", help="write backbone embeddings of a dataset to an .npz")
+    features = command("features", help="write backbone embeddings of a dataset to an .npz")
     features.add_argument("run", nargs="?", default=None, help="a run folder (instead of --model)")
     features.add_argument("--model", default=None, help="model name, when no run folder is given")
     features.add_argument("--weights", default="default")
@@ -80,13 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--no-cache", dest="use_cache", action="store_false")
     features.add_argument("--cache-dir", default=None)
 
-    models = sub.add_parser("models", help="list model names; marks weights usable offline")
+    models = command("models", help="list model names; marks weights usable offline")
     models.add_argument("pattern", nargs="?", default=None, help="glob or substring, e.g. 'resnet*' or timm:vit")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose - args.quiet)
     try:
         return COMMANDS[args.command](args)
     except UserError as error:
@@ -102,7 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _require_folder(args.resume, "run folder", exists=True)
         from . import api
 
-        summary, run_dir = api.resume(args.resume, log=_log)
+        summary, run_dir = api.resume(args.resume)
     elif not args.data:
         raise UserError("train needs --data (a folder, digits, cifar10 or cifar100) or --resume RUN")
     else:
@@ -131,7 +140,7 @@ def _train(config, out):
     data = None if config.data.source in BUILTIN else load_data(config.data, config.train.seed)
     from . import api
 
-    return api.train(config, out, data=data, log=_log)
+    return api.train(config, out, data=data)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -147,9 +156,33 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _log(message: str) -> None:
-    if _is_main_process():
-        print(message, flush=True)
+class _Stdout(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time (a redirected or captured stdout included)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+class _Format(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return f"warning: {message}" if record.levelno >= logging.WARNING else message
+
+
+def _configure_logging(verbosity: int) -> None:
+    """The library logs to the "tlearn" logger; the command line shows it on stdout, plain, at
+    INFO (-q: warnings only, -v: debug too). Under torchrun only rank 0 talks."""
+    handler = _Stdout()
+    handler.setFormatter(_Format())
+    logger = logging.getLogger("tlearn")
+    logger.handlers[:] = [handler]
+    level = logging.DEBUG if verbosity > 0 else logging.INFO if verbosity == 0 else logging.WARNING
+    logger.setLevel(level if _is_main_process() else logging.ERROR)
 
 
 def _print_summary(summary: dict, run_dir) -> None:

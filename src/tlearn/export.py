@@ -8,19 +8,21 @@ preprocessed images, max abs difference <= 1e-4 and the same top-1 for every sam
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from .checkpoint import load_model
-from .files import atomic_write
 from .data.transforms import eval_transform
 from .errors import UserError, first_line
+from .files import atomic_write
 from .models.classifier import Classifier
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
@@ -49,7 +51,7 @@ def sidecar(model: Classifier) -> dict:
 
 
 def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None, *, num_samples: int = 16,
-               log: Callable[[str], None] = print) -> ParityReport:
+               ) -> ParityReport:
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     run_dir = Path(run_dir)
@@ -57,7 +59,7 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None, 
     suffix = ".onnx" if fmt == "onnx" else ".torchscript.pt"
     output = Path(output) if output else run_dir / "export" / f"model{suffix}"
     output.parent.mkdir(parents=True, exist_ok=True)
-    inputs, description = parity_inputs(run_dir, model, num_samples, log)
+    inputs, description = parity_inputs(run_dir, model, num_samples)
     with torch.inference_mode():
         reference = model(inputs).float()
     try:
@@ -71,7 +73,7 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None, 
     return report
 
 
-def parity_inputs(run_dir: Path, model: Classifier, count: int, log) -> tuple[torch.Tensor, str]:
+def parity_inputs(run_dir: Path, model: Classifier, count: int) -> tuple[torch.Tensor, str]:
     """Preprocessed validation images of the run's own data; random pixels if it is gone."""
     transform = eval_transform(model.info.preprocessing)
     try:
@@ -83,7 +85,7 @@ def parity_inputs(run_dir: Path, model: Classifier, count: int, log) -> tuple[to
         picked = list(range(min(count, len(samples))))
         return torch.stack([transform(samples.load(i)) for i in picked]), f"{len(picked)} validation images"
     except Exception as error:  # data moved or offline: still check, on images of noise
-        log(f"run data unavailable ({str(error)[:80]}); parity runs on random images")
+        logger.warning(f"run data unavailable ({str(error)[:80]}); parity runs on random images")
         from PIL import Image
 
         rng = np.random.default_rng(0)

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -31,6 +32,8 @@ from .data.transforms import normalize_batch
 from .models.classifier import Classifier
 from .preprocessing import Preprocessing
 from .runtime import Runtime
+
+logger = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-3  # max abs difference of features, ONNX vs PyTorch, on the first batch
 PARITY_IMAGES = 4
@@ -92,10 +95,10 @@ def _session(path: str, threads: int):
 class OnnxBackend:
     """onnxruntime session over the exported backbone; verifies itself on the first batch."""
 
-    def __init__(self, path: Path, batch_size: int, fallback: TorchBackend, log: Callable[[str], None]):
+    def __init__(self, path: Path, batch_size: int, fallback: TorchBackend):
         self.path = str(path)
         self.session = _session(self.path, torch.get_num_threads())
-        self.batch_size, self.fallback, self.log = batch_size, fallback, log
+        self.batch_size, self.fallback = batch_size, fallback
         self.checked = self.path in _VERIFIED
         self.active = True
 
@@ -112,7 +115,7 @@ class OnnxBackend:
             reference = self.fallback(images[:PARITY_IMAGES])
             difference = (features[:PARITY_IMAGES] - reference).abs().max().item()
             if not difference <= PARITY_TOLERANCE:
-                self.log(f"onnxruntime features differ from PyTorch by {difference:.2e}; using PyTorch")
+                logger.warning(f"onnxruntime features differ from PyTorch by {difference:.2e}; using PyTorch")
                 self.active = False
                 return self.fallback(images)
             _VERIFIED.add(self.path)
@@ -127,7 +130,7 @@ class OnnxBackend:
 
 
 def make_backend(model: Classifier, prep: Preprocessing, runtime: Runtime, cache_dir: Path | None,
-                 backend: str = "auto", log: Callable[[str], None] = print, batch_size: int = 64) -> FeatureBackend:
+                 backend: str = "auto", batch_size: int = 64) -> FeatureBackend:
     """A backend for uint8 batches preprocessed with `prep`. `auto`: onnxruntime on CPU when it
     exports and matches, else PyTorch.
 
@@ -143,9 +146,9 @@ def make_backend(model: Classifier, prep: Preprocessing, runtime: Runtime, cache
         return torch_backend
     try:
         path = _exported_backbone(model, prep, batch_size, cache_dir)
-        return OnnxBackend(path, batch_size, torch_backend, log)
+        return OnnxBackend(path, batch_size, torch_backend)
     except Exception as error:  # unsupported operator, odd output type...: PyTorch works anyway
-        log(f"ONNX export of {model.info.name} failed ({type(error).__name__}); extracting with PyTorch")
+        logger.info(f"ONNX export of {model.info.name} failed ({type(error).__name__}); extracting with PyTorch")
         return torch_backend
 
 

@@ -9,25 +9,28 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from .files import atomic_save_tensors, atomic_write
 from .data.loaders import default_workers, make_loader
 from .data.samples import Samples
 from .data.transforms import eval_transform_uint8
 from .extraction import FeatureBackend, backbone_fingerprint, make_backend
+from .files import atomic_save_tensors, atomic_write
 from .models.classifier import Classifier
 from .preprocessing import Preprocessing
 from .runtime import Runtime
+
+logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2  # 2: resizing moved from Pillow to torchvision tensors; older features differ slightly
 
@@ -63,15 +66,13 @@ class FeatureExtractor:
     workers: int | None = None  # None: decide by measuring (see _forward_batches)
     backend: str = "auto"  # auto: onnxruntime on CPU when it matches PyTorch | torch
     cache_dir: Path | None = None  # None: no cache
-    log: Callable[[str], None] = print
 
     def extract(self, model: Classifier, samples: Samples, description: str = "features") -> torch.Tensor:
         """Backbone outputs for every sample, in order, as float32 on the CPU (eval mode)."""
         start = time.perf_counter()
         prep = model.info.preprocessing
         graph_batch = max(1, min(self.batch_size, len(samples)))  # the ONNX graph's fixed batch
-        backend = make_backend(model, prep, self.runtime, self.cache_dir, self.backend, self.log,
-                               batch_size=graph_batch)
+        backend = make_backend(model, prep, self.runtime, self.cache_dir, self.backend, batch_size=graph_batch)
         chunks, where = [], "inline"
         batches = _forward_batches(backend, samples, eval_transform_uint8(prep), self.batch_size, self.workers,
                                    self.runtime.device)
@@ -80,7 +81,7 @@ class FeatureExtractor:
                                         leave=False, disable=None if self.runtime.is_main else True):
                 chunks.append(features)
         seconds = time.perf_counter() - start
-        self.log(f"{description}: {len(samples)} images through the backbone ({backend.name}, decoding {where}) "
+        logger.info(f"{description}: {len(samples)} images through the backbone ({backend.name}, decoding {where}) "
                  f"in {seconds:.1f} s ({len(samples) / max(seconds, 1e-9):.0f} images/s)")
         return torch.cat(chunks).clone()  # a normal tensor (not an inference tensor) for autograd
 
@@ -94,7 +95,7 @@ class FeatureExtractor:
         path = Path(self.cache_dir) / "features" / f"{key}.safetensors"
         stored = _read_cached(path, len(samples))
         if stored is not None:
-            self.log(f"{description}: {len(samples)} cached features loaded from {path}")
+            logger.info(f"{description}: {len(samples)} cached features loaded from {path}")
             return stored
         features = self.extract(model, samples, description)
         if runtime.is_main:
@@ -107,7 +108,7 @@ class FeatureExtractor:
             atomic_save_tensors(path, {"features": features}, {"model": model.info.name,
                                                                "weights": model.info.weights_id})
         except OSError as error:  # read-only or full: the features are in memory, go on without the cache
-            self.log(f"warning: cannot write the feature cache in {self.cache_dir} ({error.strerror or error}); "
+            logger.warning(f"cannot write the feature cache in {self.cache_dir} ({error.strerror or error}); "
                      "going on without it")
 
     def export(self, model: Classifier, samples: Samples, class_names: list[str], out: str | Path,
@@ -127,7 +128,7 @@ class FeatureExtractor:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, buffer.getvalue())
-        self.log(f"wrote {len(samples)} embeddings of size {arrays['embeddings'].shape[1]} to {out}")
+        logger.info(f"wrote {len(samples)} embeddings of size {arrays['embeddings'].shape[1]} to {out}")
         return out
 
 

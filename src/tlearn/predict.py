@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from .api import TrainedModel
-from .files import atomic_write
 from .data.images import is_image_name
 from .errors import UserError, first_line
+from .files import atomic_write
 
 
 @dataclass

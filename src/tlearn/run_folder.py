@@ -11,9 +11,9 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .files import atomic_write, read_json, write_json
 from .config import RunConfig
 from .errors import RunFolderError, first_line
+from .files import atomic_write, read_json, write_json
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.csv"

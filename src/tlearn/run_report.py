@@ -6,8 +6,8 @@ from pathlib import Path
 from . import checkpoint, run_folder
 from .data.loaders import make_loader
 from .data.samples import Samples
-from .loops import predict_probabilities
 from .files import read_json
+from .loops import predict_probabilities
 from .report_page import write_report
 from .runtime import Runtime
 

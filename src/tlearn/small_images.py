@@ -8,11 +8,13 @@ all follow it. `weights` keeps the weights' recipe whatever the images.
 """
 from __future__ import annotations
 
+import logging
 import statistics
-from typing import Callable
 
 from .data.samples import Samples
 from .preprocessing import Preprocessing
+
+logger = logging.getLogger(__name__)
 
 PROBED_IMAGES = 64  # evenly spaced over the dataset: sizes read from file headers, cheap
 
@@ -24,8 +26,7 @@ def typical_shorter_side(samples: Samples, probes: int = PROBED_IMAGES) -> int:
     return int(statistics.median(min(samples.image_size(i)) for i in indices))
 
 
-def adapt_preprocessing(prep: Preprocessing, samples: Samples, policy: str = "auto",
-                        log: Callable[[str], None] = print) -> Preprocessing:
+def adapt_preprocessing(prep: Preprocessing, samples: Samples, policy: str = "auto") -> Preprocessing:
     """The preprocessing to train with on `samples` (unchanged unless they are small)."""
     if policy == "weights" or len(samples) == 0:
         return prep
@@ -35,7 +36,7 @@ def adapt_preprocessing(prep: Preprocessing, samples: Samples, policy: str = "au
     side = typical_shorter_side(samples)
     if side >= prep.crop_size:
         return prep
-    log(f"images are smaller than the {prep.crop_size} px input (median shorter side {side} px): "
+    logger.info(f"images are smaller than the {prep.crop_size} px input (median shorter side {side} px): "
         f"resizing whole images ({small.interpolation}) instead of resize {prep.resize_size} + center crop "
         f"({prep.interpolation}); --small-images weights keeps the weights' recipe")
     return small

@@ -37,17 +37,17 @@ class StageData:
 
 
 def build_stage_data(model: Classifier, stage: Stage, data: DatasetSplits, config: RunConfig, runtime: Runtime,
-                     cache_dir: Path | None, log: Callable[[str], None]) -> StageData:
+                     cache_dir: Path | None) -> StageData:
     if stage.on_features:
-        return _feature_data(model, data, config, runtime, cache_dir, log)
+        return _feature_data(model, data, config, runtime, cache_dir)
     return _image_data(model, data, config, runtime, stage.augment)
 
 
-def _feature_data(model, data, config, runtime, cache_dir, log) -> StageData:
+def _feature_data(model, data, config, runtime, cache_dir) -> StageData:
     # Frozen backbone in eval mode + fixed inputs = fixed features: compute them once.
     dc = config.data
     extractor = FeatureExtractor(runtime, batch_size=max(dc.batch_size, 64), workers=dc.workers,
-                                 cache_dir=cache_dir, log=log if runtime.is_main else (lambda _: None))
+                                 cache_dir=cache_dir)
     features = {}
     for split, samples in (("train", data.train), ("val", data.val)):
         if runtime.distributed and not runtime.is_main:

@@ -6,10 +6,11 @@ one committed, resumable state (train_state.py), written atomically.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,9 +18,9 @@ from torch import nn
 from . import checkpoint, run_folder
 from .config import RunConfig
 from .data.sources import DatasetSplits
-from .loops import evaluate_loader, train_one_epoch
 from .features import default_cache_dir
 from .head_solver import fit_linear_head_lbfgs
+from .loops import evaluate_loader, train_one_epoch
 from .metrics import EpochStats, EvalResult
 from .models.classifier import Classifier
 from .optim import make_optimizer, make_scheduler
@@ -27,8 +28,9 @@ from .runtime import Runtime, seed_everything, setup_runtime
 from .small_images import adapt_preprocessing
 from .stage_data import StageData, build_stage_data
 from .strategy import Stage, parameter_counts, parameter_groups, plan_stages, set_train_mode, trainable_names
-from .train_state import (Progress, ResumePoint, TrainState, commit_epoch, repair_run_folder,
-                          run_folder_writes)
+from .train_state import Progress, ResumePoint, TrainState, commit_epoch, repair_run_folder, run_folder_writes
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,7 +43,6 @@ class Run:
     run_dir: Path | None
     progress: Progress
     cache_dir: Path | None
-    log: Callable[[str], None]
     tensorboard: Any = None  # SummaryWriter when --tensorboard
 
     @property
@@ -61,8 +62,7 @@ class StageRun:
 
 
 def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_dir: str | Path | None = None,
-               *, runtime: Runtime | None = None, resume: ResumePoint | None = None,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
+               *, runtime: Runtime | None = None, resume: ResumePoint | None = None) -> dict[str, Any]:
     """Train `model` on `data` by `config`'s strategy; returns the summary (also in run_dir)."""
     tc = config.train
     runtime = runtime or setup_runtime(tc.device, tc.amp, tc.amp_dtype, tc.channels_last)
@@ -71,14 +71,14 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
     progress = resume.progress if resume else Progress()
     if resume is None:  # a resumed run keeps the preprocessing and the flags it started with
         model.info.preprocessing = adapt_preprocessing(model.info.preprocessing, data.train,
-                                                       config.data.small_images, log)
+                                                       config.data.small_images)
         if tc.strategy == "as-is":
             progress.as_is_trainable = list(trainable_names(model))
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     cache_dir = (Path(tc.cache_dir) if tc.cache_dir else default_cache_dir()) if tc.use_cache else None
-    run = Run(config, data, runtime, Path(run_dir) if run_dir is not None else None, progress, cache_dir, log)
+    run = Run(config, data, runtime, Path(run_dir) if run_dir is not None else None, progress, cache_dir)
     if run.writes and resume is None:
         _start_run_folder(run, model)
     if run.writes and resume is not None:
@@ -93,7 +93,7 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
         if progress.stage_epoch >= stages[start].epochs:  # committed at a stage boundary
             start, progress.stage_epoch, stage_state = start + 1, 0, None
     elif stages:
-        _note_changed_flags(model, stages[0], log)
+        _note_changed_flags(model, stages[0])
     try:
         for index in range(start, len(stages)):
             progress.stage_index = index
@@ -105,7 +105,7 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
     return _finish_run(model, run)
 
 
-def _note_changed_flags(model: Classifier, stage: Stage, log: Callable[[str], None]) -> None:
+def _note_changed_flags(model: Classifier, stage: Stage) -> None:
     """The user froze parts of the model themselves and the strategy is about to redo it: say so."""
     before = trainable_names(model)
     if stage.trains == "as-is" or len(before) == len(list(model.parameters())):
@@ -113,7 +113,7 @@ def _note_changed_flags(model: Classifier, stage: Stage, log: Callable[[str], No
     given = sum(p.numel() for p in model.parameters() if p.requires_grad)
     stage.apply(model)
     if trainable_names(model) != before:
-        log(f"note: strategy {stage.name} sets which parameters train ({given:,} trainable as given, "
+        logger.info(f"note: strategy {stage.name} sets which parameters train ({given:,} trainable as given, "
             f"{parameter_counts(model)[0]:,} now); strategy='as-is' keeps the model's own flags")
 
 
@@ -129,7 +129,7 @@ def _finish_run(model: Classifier, run: Run) -> dict[str, Any]:
 
             path = report_run(run.run_dir, run.data.val, run.runtime,
                               batch_size=max(run.config.data.batch_size, 64), workers=run.config.data.workers)
-            run.log(f"report: {path}")
+            logger.info(f"report: {path}")
     return summary
 
 
@@ -153,9 +153,9 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
     mark = time.perf_counter()
     stage.apply(model)
     trainable, frozen = parameter_counts(model)
-    stage_data = build_stage_data(model, stage, run.data, run.config, runtime, run.cache_dir, run.log)
+    stage_data = build_stage_data(model, stage, run.data, run.config, runtime, run.cache_dir)
     how = {"lbfgs": ", L-BFGS head on cached features", "sgd": ", head on cached features"}
-    run.log(f"stage {index + 1} {stage.name}: {stage.epochs} epoch{'s' if stage.epochs != 1 else ''}, "
+    logger.info(f"stage {index + 1} {stage.name}: {stage.epochs} epoch{'s' if stage.epochs != 1 else ''}, "
             f"trainable params {trainable:,}, frozen params {frozen:,}"
             + (how[stage.solver] if stage.on_features else ""))
     if stage.solver == "lbfgs":
@@ -188,7 +188,7 @@ def _train_epochs(current: StageRun, run: Run) -> None:
                                     prepare=stage_data.prepare, sharded=not stage_data.cached)
         result = evaluate_loader(stage_data.module, stage_data.val, runtime, model.info.num_classes, loss_fn,
                           prepare=stage_data.prepare, description="val", sharded=not stage_data.cached)
-        run.log(f"  epoch {epoch + 1}/{stage.epochs}: train loss {stats.loss:.4f} acc {stats.top1:.4f} | "
+        logger.info(f"  epoch {epoch + 1}/{stage.epochs}: train loss {stats.loss:.4f} acc {stats.top1:.4f} | "
                 f"val loss {result.loss:.4f} top1 {result.top1:.4f} top5 {result.top5:.4f} | "
                 f"{stats.images_per_s:.0f} img/s")
         _finish_epoch(current, stats, result, run)
@@ -199,11 +199,11 @@ def _solve_head(current: StageRun, run: Run) -> None:
     model, stage_data = current.model, current.data
     train_x, train_y = stage_data.train.dataset.tensors
     val_x, val_y = stage_data.val.dataset.tensors
-    solved = fit_linear_head_lbfgs(model.head, train_x, train_y, val_x, val_y, log=run.log)
+    solved = fit_linear_head_lbfgs(model.head, train_x, train_y, val_x, val_y)
     result = evaluate_loader(model.head, stage_data.val, run.runtime, model.info.num_classes,
                       nn.CrossEntropyLoss(label_smoothing=run.config.train.label_smoothing),
                       prepare=stage_data.prepare, description="val", sharded=False)
-    run.log(f"  L-BFGS head: l2 {solved.l2:g}, val top1 {result.top1:.4f} top5 {result.top5:.4f}")
+    logger.info(f"  L-BFGS head: l2 {solved.l2:g}, val top1 {result.top1:.4f} top5 {result.top5:.4f}")
     _finish_epoch(current, EpochStats(solved.train_loss, solved.train_top1), result, run)
 
 

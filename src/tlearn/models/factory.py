@@ -10,7 +10,8 @@ from torch import nn
 
 from ..errors import ConfigError, ModelError, first_line
 from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from . import heads, weights as weights_mod
+from . import heads
+from . import weights as weights_mod
 from .classifier import Classifier, ModelInfo
 from .registry import ModelSpec, resolve
 
