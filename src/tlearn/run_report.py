@@ -1,7 +1,13 @@
-"""Write a run folder's report.html from its best model and a set of labelled images."""
+"""Write a run folder's report.html from its best model and a set of labelled images.
+
+A probe run's report needs no pass through the backbone: its validation features are
+already computed, and the caller hands in the best head's probabilities.
+"""
 from __future__ import annotations
 
 from pathlib import Path
+
+import torch
 
 from . import checkpoint, run_folder
 from .data.loaders import make_loader
@@ -13,12 +19,17 @@ from .runtime import Runtime
 
 
 def report_run(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size: int = 64,
-               workers: int | None = None, title: str | None = None) -> Path:
-    """Predict `samples` with the run's best model and write report.html and the PNG plots."""
-    model = checkpoint.load_model(run_dir).to(runtime.device)
-    loader = make_loader(samples, _transform(model), batch_size=batch_size, shuffle=False, workers=workers,
-                         device=runtime.device)
-    probs, labels = predict_probabilities(model, loader, runtime)
+               workers: int | None = None, title: str | None = None, probs: torch.Tensor | None = None) -> Path:
+    """Predict `samples` with the run's best model (unless `probs` are given) and write
+    report.html and the PNG plots."""
+    if probs is None:
+        model = checkpoint.load_model(run_dir).to(runtime.device)
+        loader = make_loader(samples, _transform(model), batch_size=batch_size, shuffle=False, workers=workers,
+                             device=runtime.device)
+        probs, labels = predict_probabilities(model, loader, runtime)
+        info = model.info
+    else:
+        info, labels = checkpoint.read_model_info(run_dir), torch.tensor(samples.labels)
     config_path = run_dir / run_folder.CONFIG_FILE
     settings = {}
     if config_path.is_file():
@@ -28,9 +39,9 @@ def report_run(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size:
         settings.pop("resolved", None)
     summary_path = run_dir / run_folder.SUMMARY_FILE
     summary = read_json(summary_path) if summary_path.is_file() else None
-    return write_report(run_dir, probs=probs.numpy(), labels=labels.numpy(), class_names=model.info.class_names,
+    return write_report(run_dir, probs=probs.numpy(), labels=labels.numpy(), class_names=info.class_names,
                         describe=samples.describe, load_image=samples.load, settings=settings, summary=summary,
-                        title=title or f"tlearn report: {model.info.name} in {run_dir.name}")
+                        title=title or f"tlearn report: {info.name} in {run_dir.name}")
 
 
 def _transform(model):

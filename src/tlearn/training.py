@@ -6,9 +6,10 @@ one committed, resumable state (train_state.py), written atomically.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,10 @@ class Run:
     progress: Progress
     cache_dir: Path | None
     tensorboard: Any = None  # SummaryWriter when --tensorboard
+    # The validation features of a stage on cached features, and the epochs trained on them:
+    # when the best epoch is one of those, the report needs only the best head on them.
+    val_features: torch.Tensor | None = None
+    feature_epochs: set[int] = field(default_factory=set)
 
     @property
     def writes(self) -> bool:
@@ -128,9 +133,22 @@ def _finish_run(model: Classifier, run: Run) -> dict[str, Any]:
             from .run_report import report_run
 
             path = report_run(run.run_dir, run.data.val, run.runtime,
-                              batch_size=max(run.config.data.batch_size, 64), workers=run.config.data.workers)
+                              batch_size=max(run.config.data.batch_size, 64), workers=run.config.data.workers,
+                              probs=_best_head_probabilities(model, run))
             logger.info(f"report: {path}")
     return summary
+
+
+@torch.inference_mode()
+def _best_head_probabilities(model: Classifier, run: Run) -> torch.Tensor | None:
+    """Validation probabilities of the best model from the cached features, when its backbone is
+    the one those features came from (the best epoch trained on them); else None."""
+    if run.val_features is None or run.progress.best_epoch not in run.feature_epochs:
+        return None
+    head = copy.deepcopy(model.head).cpu().float().eval()
+    best = checkpoint.read_tensors(run.run_dir / checkpoint.MODEL_FILE)
+    head.load_state_dict({k[len("head."):]: v for k, v in best.items() if k.startswith("head.")})
+    return head(run.val_features.float()).softmax(dim=1)
 
 
 def _start_run_folder(run: Run, model: Classifier) -> None:
@@ -154,6 +172,8 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
     stage.apply(model)
     trainable, frozen = parameter_counts(model)
     stage_data = build_stage_data(model, stage, run.data, run.config, runtime, run.cache_dir)
+    if stage_data.cached:
+        run.val_features = stage_data.val.dataset.tensors[0]
     how = {"lbfgs": ", L-BFGS head on cached features", "sgd": ", head on cached features"}
     logger.info(f"stage {index + 1} {stage.name}: {stage.epochs} epoch{'s' if stage.epochs != 1 else ''}, "
             f"trainable params {trainable:,}, frozen params {frozen:,}"
@@ -220,6 +240,8 @@ def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run:
            "lr_head": lrs.get("head", lrs.get("head_no_decay", "")), "lr_backbone": lrs.get("backbone", ""),
            "seconds": now - current.mark, "images_per_s": stats.images_per_s, "cached_features": current.data.cached}
     progress.rows.append(row)
+    if current.data.cached:
+        run.feature_epochs.add(row["epoch"])
     improved = result.top1 > progress.best_top1
     if improved:
         progress.best_top1, progress.best_top5, progress.best_epoch = result.top1, result.top5, row["epoch"]

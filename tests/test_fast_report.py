@@ -1,0 +1,52 @@
+"""A probe run's report comes from the cached features and the best head, not a second pass
+through the backbone, and says the same as that pass would."""
+import pytest
+import torch
+
+import tlearn
+import tlearn.run_report as run_report
+import tlearn.training as training
+from tlearn.data.loaders import make_loader
+from tlearn.data.transforms import eval_transform
+from tlearn.loops import predict_probabilities
+from tlearn.runtime import setup_runtime
+
+from conftest import TINY_MODEL
+
+
+@pytest.mark.parametrize("solver, epochs", [("lbfgs", 1), ("sgd", 3)])
+def test_probe_report_uses_the_cached_features(image_folder, tmp_path, monkeypatch, solver, epochs):
+    seen = {}
+    real = training._best_head_probabilities
+
+    def spy(model, run):
+        seen["probs"] = real(model, run)
+        return seen["probs"]
+
+    monkeypatch.setattr(training, "_best_head_probabilities", spy)
+    monkeypatch.setattr(run_report, "predict_probabilities",
+                        lambda *a, **k: pytest.fail("the report ran the backbone again"))
+    model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
+    run = tmp_path / "run"
+    tlearn.fit(model, str(image_folder), out=run, strategy="linear-probe", epochs=epochs, head_solver=solver,
+               val_split=0.25, lr=0.05)
+    assert (run / "report.html").is_file() and seen["probs"] is not None
+    monkeypatch.undo()
+    best = tlearn.load(run)
+    samples = tlearn.api.eval_samples(run, str(image_folder), "val")
+    runtime = setup_runtime("cpu")
+    loader = make_loader(samples, eval_transform(best.preprocessing), batch_size=64, shuffle=False, workers=0,
+                         device=runtime.device)
+    eager, _ = predict_probabilities(best.model, loader, runtime)
+    assert torch.allclose(seen["probs"], eager, atol=1e-4)  # onnxruntime features agree with PyTorch's
+
+
+def test_fine_tuned_best_epoch_is_reported_from_images(image_folder, tmp_path, monkeypatch):
+    calls = []
+    real = run_report.predict_probabilities
+    monkeypatch.setattr(run_report, "predict_probabilities", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
+    summary = tlearn.fit(model, str(image_folder), out=tmp_path / "run", strategy="two-stage", head_epochs=1,
+                         epochs=2, val_split=0.25, lr=0.05)
+    fine_tuned_best = summary["best_epoch"] > 1
+    assert calls == ([1] if fine_tuned_best else [])
