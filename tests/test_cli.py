@@ -163,8 +163,8 @@ def _run_main(args):
 
     try:
         return main(args)
-    except SystemExit as exit:
-        return exit.code
+    except SystemExit as stop:
+        return stop.code
 
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a[:1] + a[2:3]) + " " + m for a, m in BAD_INPUTS])
