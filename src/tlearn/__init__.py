@@ -18,7 +18,7 @@ _EXPORTS = {
     "TrainedModel": "api", "evaluate": "api", "fit": "api", "load": "api", "train": "api",
     "DataConfig": "config", "ModelConfig": "config", "RunConfig": "config", "TrainConfig": "config",
     "UserError": "errors", "Classifier": "models", "create_model": "models", "list_models": "models",
-    "freeze": "strategy", "unfreeze": "strategy",
+    "freeze": "strategy", "unfreeze": "strategy", "configure_allocator": "allocator",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 
+from .allocator import configure_allocator
 from .cli_flags import add_config_flags, config_from_flags
 from .config import DEVICES, SMALL_IMAGES
 from .errors import UserError
@@ -94,8 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First, before PyTorch allocates anything: keep freed memory instead of re-faulting every
+    # step's activations (allocator.py; about 1.5x fine-tuning and 1.7-1.9x eval on 2 cores).
+    allocator = configure_allocator()
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose - args.quiet)
+    logging.getLogger("tlearn").log(logging.INFO if args.command in ("train", "demo") else logging.DEBUG, allocator)
     try:
         return COMMANDS[args.command](args)
     except UserError as error:
@@ -104,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tlearn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `tlearn models | head`: the reader has gone, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
