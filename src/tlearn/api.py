@@ -44,13 +44,13 @@ def train(config: RunConfig, out: str | Path | None = None, data: DatasetSplits 
     if data.skipped:
         shown = ", ".join(f"{p} ({r})" for p, r in data.skipped[:3])
         logger.warning(f"skipped {len(data.skipped)} unusable file(s): {shown}"
-            + (" ..." if len(data.skipped) > 3 else "") + " (full list in skipped_files.txt)")
+                       + (" ..." if len(data.skipped) > 3 else "") + " (full list in skipped_files.txt)")
     seed_everything(config.train.seed)  # the new head's initialisation follows the seed too
     model = build_model(config, len(data.class_names))
     run_dir = Path(out) if out is not None else run_folder.default_run_dir()
     logger.info(f"{config.model.name} ({model.info.weights_id}), {len(data.class_names)} classes, "
-        f"{len(data.train)} train / {len(data.val)} val images, input {model.info.preprocessing.crop_size}px; "
-        f"run folder {run_dir}")
+                f"{len(data.train)} train / {len(data.val)} val images, input {model.info.preprocessing.crop_size}px; "
+                f"run folder {run_dir}")
     try:
         summary = training.run_stages(model, data, config, run_dir)
     except KeyboardInterrupt:

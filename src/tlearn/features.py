@@ -82,7 +82,7 @@ class FeatureExtractor:
                 chunks.append(features)
         seconds = time.perf_counter() - start
         logger.info(f"{description}: {len(samples)} images through the backbone ({backend.name}, decoding {where}) "
-                 f"in {seconds:.1f} s ({len(samples) / max(seconds, 1e-9):.0f} images/s)")
+                    f"in {seconds:.1f} s ({len(samples) / max(seconds, 1e-9):.0f} images/s)")
         return torch.cat(chunks).clone()  # a normal tensor (not an inference tensor) for autograd
 
     def cached(self, model: Classifier, samples: Samples, description: str = "features") -> torch.Tensor:
@@ -109,7 +109,7 @@ class FeatureExtractor:
                                                                "weights": model.info.weights_id})
         except OSError as error:  # read-only or full: the features are in memory, go on without the cache
             logger.warning(f"cannot write the feature cache in {self.cache_dir} ({error.strerror or error}); "
-                     "going on without it")
+                           "going on without it")
 
     def export(self, model: Classifier, samples: Samples, class_names: list[str], out: str | Path,
                split_names: list[str] | None = None) -> Path:

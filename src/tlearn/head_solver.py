@@ -56,7 +56,7 @@ def fit_linear_head_lbfgs(head: nn.Linear, train_x: torch.Tensor, train_y: torch
         with torch.no_grad():
             result = SolverResult(l2, *_scores(train_x, train_y, weight, bias), *_scores(val_x, val_y, weight, bias))
         logger.info(f"  L-BFGS l2={l2:g}: train top1 {result.train_top1:.4f} | val loss {result.val_loss:.4f} "
-            f"top1 {result.val_top1:.4f}")
+                    f"top1 {result.val_top1:.4f}")
         key = (result.val_top1, -result.val_loss)
         if best is None or key > best[0]:
             best = (key, result, weight.detach().clone(), bias.detach().clone())

@@ -37,6 +37,6 @@ def adapt_preprocessing(prep: Preprocessing, samples: Samples, policy: str = "au
     if side >= prep.crop_size:
         return prep
     logger.info(f"images are smaller than the {prep.crop_size} px input (median shorter side {side} px): "
-        f"resizing whole images ({small.interpolation}) instead of resize {prep.resize_size} + center crop "
-        f"({prep.interpolation}); --small-images weights keeps the weights' recipe")
+                f"resizing whole images ({small.interpolation}) instead of resize {prep.resize_size} + center crop "
+                f"({prep.interpolation}); --small-images weights keeps the weights' recipe")
     return small

@@ -119,7 +119,7 @@ def _note_changed_flags(model: Classifier, stage: Stage) -> None:
     stage.apply(model)
     if trainable_names(model) != before:
         logger.info(f"note: strategy {stage.name} sets which parameters train ({given:,} trainable as given, "
-            f"{parameter_counts(model)[0]:,} now); strategy='as-is' keeps the model's own flags")
+                    f"{parameter_counts(model)[0]:,} now); strategy='as-is' keeps the model's own flags")
 
 
 def _finish_run(model: Classifier, run: Run) -> dict[str, Any]:
@@ -176,8 +176,8 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
         run.val_features = stage_data.val.dataset.tensors[0]
     how = {"lbfgs": ", L-BFGS head on cached features", "sgd": ", head on cached features"}
     logger.info(f"stage {index + 1} {stage.name}: {stage.epochs} epoch{'s' if stage.epochs != 1 else ''}, "
-            f"trainable params {trainable:,}, frozen params {frozen:,}"
-            + (how[stage.solver] if stage.on_features else ""))
+                f"trainable params {trainable:,}, frozen params {frozen:,}"
+                + (how[stage.solver] if stage.on_features else ""))
     if stage.solver == "lbfgs":
         _solve_head(StageRun(model, stage, stage_data, None, mark), run)
         return
@@ -209,8 +209,8 @@ def _train_epochs(current: StageRun, run: Run) -> None:
         result = evaluate_loader(stage_data.module, stage_data.val, runtime, model.info.num_classes, loss_fn,
                           prepare=stage_data.prepare, description="val", sharded=not stage_data.cached)
         logger.info(f"  epoch {epoch + 1}/{stage.epochs}: train loss {stats.loss:.4f} acc {stats.top1:.4f} | "
-                f"val loss {result.loss:.4f} top1 {result.top1:.4f} top5 {result.top5:.4f} | "
-                f"{stats.images_per_s:.0f} img/s")
+                    f"val loss {result.loss:.4f} top1 {result.top1:.4f} top5 {result.top5:.4f} | "
+                    f"{stats.images_per_s:.0f} img/s")
         _finish_epoch(current, stats, result, run)
 
 
