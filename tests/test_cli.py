@@ -11,18 +11,16 @@ TINY = ["--model", TINY_MODEL, "--weights", "none", "--image-size", "32", "--bat
 def test_demo_wiring_shortened(tmp_path, monkeypatch, capsys):
     """`tlearn demo` end to end, in-process, on the first 300 digits: the whole 1,797 cost minutes
     of L-BFGS and fine-tuning on 2 cores and would prove nothing more about the wiring."""
-    import sklearn.datasets
-    from sklearn.utils import Bunch
-
     from tlearn.cli import main
+    from tlearn.data import sources
 
-    load_digits = sklearn.datasets.load_digits
+    digits = sources._digits_samples  # the loader itself (memoised), so earlier tests cannot defeat the cut
 
-    def first_300(*args, **kwargs):
-        digits = load_digits(*args, **kwargs)
-        return Bunch(images=digits.images[:300], target=digits.target[:300], target_names=digits.target_names)
+    def first_300():
+        samples, names = digits()
+        return samples.subset(list(range(300))), names
 
-    monkeypatch.setattr(sklearn.datasets, "load_digits", first_300)
+    monkeypatch.setattr(sources, "_digits_samples", first_300)
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--epochs", "1", "--image-size", "32"]) == 0
     stdout = capsys.readouterr().out
