@@ -12,10 +12,8 @@ import sys
 
 from .allocator import configure_allocator
 from .cli_flags import add_config_flags, config_from_flags
-from .config import DEVICES, SMALL_IMAGES
+from .config import BUILTIN_DATASETS, DEVICES, SMALL_IMAGES
 from .errors import UserError
-
-BUILTIN_DATA = ("digits", "cifar10", "cifar100")
 
 # The demo: the bundled Lite0 on the embedded digits, small and quick (README, Quick start).
 DEMO_FIXED = {"source": "digits", "name": "efficientnet_lite0", "weights": "default", "strategy": "two-stage",
@@ -141,11 +139,11 @@ def _check_train_paths(args: argparse.Namespace, source: str) -> None:
 
 def _train(config, out):
     """Data first (cheap, fails fast on bad folders), then PyTorch, the model and the run."""
-    from .data.sources import BUILTIN, load_data
+    from .data.sources import load_data
 
-    if config.data.source not in BUILTIN and not os.path.exists(config.data.source):
-        raise UserError(f"data folder not found: {config.data.source} (or use {', '.join(BUILTIN)})")
-    data = None if config.data.source in BUILTIN else load_data(config.data, config.train.seed)
+    if config.data.source not in BUILTIN_DATASETS and not os.path.exists(config.data.source):
+        raise UserError(f"data folder not found: {config.data.source} (or use {', '.join(BUILTIN_DATASETS)})")
+    data = None if config.data.source in BUILTIN_DATASETS else load_data(config.data, config.train.seed)
     from . import api
 
     return api.train(config, out, data=data)
@@ -206,7 +204,7 @@ def _print_summary(summary: dict, run_dir) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     _require_folder(args.run, "run folder", exists=True)
-    if args.data not in BUILTIN_DATA:
+    if args.data not in BUILTIN_DATASETS:
         _require_folder(args.data, "--data", exists=True)
     from . import api
 
@@ -310,7 +308,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         raise UserError("features needs a run folder or --model NAME (one of them)")
     if args.run is not None:
         _require_folder(args.run, "run folder", exists=True)
-    if args.data not in BUILTIN_DATA:
+    if args.data not in BUILTIN_DATASETS:
         _require_folder(args.data, "--data", exists=True)
     _require_file_target(args.out, "--out")
     if args.cache_dir:

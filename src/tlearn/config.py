@@ -19,6 +19,7 @@ AUGMENTS = ("default", "none")
 HEAD_SOLVERS = ("sgd", "lbfgs")
 AMP_DTYPES = ("bf16", "fp16")
 SMALL_IMAGES = ("auto", "weights")
+BUILTIN_DATASETS = ("digits", "cifar10", "cifar100")  # --data names that are not folders
 
 
 def option(default: Any, help: str, *, group: str, choices: tuple[str, ...] | None = None,

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import BUILTIN_DATASETS as BUILTIN
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from .folders import keep_usable, list_class_folders, require_every_class, scan_class_folders
 from .samples import ArraySamples, FileSamples, Samples, stratified_split
 
-BUILTIN = ("digits", "cifar10", "cifar100")
 SPLITS = ("train", "val", "test", "all")
 VAL_FOLDERS = ("val", "valid", "validation", "test")  # the first present is the validation split
 TEST_FOLDERS = ("test", "val", "valid", "validation")  # the first present is the test split
