@@ -92,6 +92,28 @@ def test_onnx_runs_with_onnxruntime_alone(trained_run, tmp_path):
     assert label == expected["label"] and abs(float(prob) - expected["prob"]) < 1e-3
 
 
+def test_the_recipe_follows_a_whole_image_run(tmp_path):
+    """Images smaller than the input: the sidecar says whole_image, and the recipe stretches
+    the whole (non-square) image to the input instead of cropping it, as tlearn does."""
+    data = make_folder(tmp_path / "data", per_class=6)  # 40-54 x 30-35 px, below the 64 px input
+    run = tmp_path / "run"
+    tlearn.fit(tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=64), str(data), out=run,
+               strategy="linear-probe", epochs=1, report=False)
+    output = tmp_path / "m.onnx"
+    assert run_cli("export", str(run), "--output", str(output)).returncode == 0
+    assert json.loads(output.with_name("m.onnx.json").read_text())["whole_image"] is True
+    script = tmp_path / "standalone.py"
+    script.write_text(STANDALONE)
+    trained = tlearn.load(run)
+    for image in sorted((data / "fox").iterdir())[:3]:
+        result = subprocess.run([sys.executable, str(script), str(output), str(image)], capture_output=True,
+                                text=True)
+        assert result.returncode == 0, result.stderr
+        label, prob = result.stdout.split()
+        expected = trained.predict(image)[0]
+        assert label == expected["label"] and abs(float(prob) - expected["prob"]) < 1e-3
+
+
 STANDALONE = '''
 import json, sys
 import numpy as np, onnxruntime as ort
@@ -100,11 +122,14 @@ sys.modules["torch"] = None  # prove torch is not needed
 model_path, image_path = sys.argv[1], sys.argv[2]
 meta = json.load(open(model_path + ".json"))
 image = Image.open(image_path).convert("RGB")
-scale = meta["resize_size"] / min(image.size)
 resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[meta["interpolation"]]
-image = image.resize((round(image.width * scale), round(image.height * scale)), resample)
-left, top = (image.width - meta["crop_size"]) // 2, (image.height - meta["crop_size"]) // 2
-image = image.crop((left, top, left + meta["crop_size"], top + meta["crop_size"]))
+if meta["whole_image"]:
+    image = image.resize((meta["crop_size"], meta["crop_size"]), resample)
+else:
+    scale = meta["resize_size"] / min(image.size)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), resample)
+    left, top = (image.width - meta["crop_size"]) // 2, (image.height - meta["crop_size"]) // 2
+    image = image.crop((left, top, left + meta["crop_size"], top + meta["crop_size"]))
 x = (np.asarray(image, dtype=np.float32) / 255 - meta["mean"]) / meta["std"]
 x = x.transpose(2, 0, 1)[None].astype(np.float32)
 logits = ort.InferenceSession(model_path).run(None, {"images": x})[0][0]
