@@ -101,15 +101,17 @@ def repair_run_folder(run_dir: Path, point: ResumePoint) -> None:
 
 
 @contextmanager
-def run_folder_writes(run_dir: Path, what: str):
+def run_folder_writes(run_dir: Path, what: str, *, committed: bool = True):
     """A full disk or a read-only folder is the user's to fix: one line, exit 2. The files
-    already committed stay intact (every write is atomic), so the run resumes once it is fixed."""
+    already committed stay intact (every write is atomic), so the run resumes once it is fixed;
+    before the first commit (`committed=False`) there is nothing to resume yet."""
     try:
         yield
     except OSError as error:
         reason = error.strerror or type(error).__name__
-        raise RunFolderError(f"could not write {what} to {run_dir} ({reason}); the last committed epoch is "
-                             f"intact: fix this, then tlearn train --resume {run_dir}") from None
+        then = (f"the last committed epoch is intact: fix this, then tlearn train --resume {run_dir}" if committed
+                else "nothing was trained yet: fix this and start the run again")
+        raise RunFolderError(f"could not write {what} to {run_dir} ({reason}); {then}") from None
 
 
 @contextmanager

@@ -159,7 +159,7 @@ def _start_run_folder(run: Run, model: Classifier) -> None:
                 "preprocessing": model.info.preprocessing.to_dict(), "weights_id": model.info.weights_id,
                 "data": data.description, "num_train": len(data.train), "num_val": len(data.val),
                 "class_names": list(data.class_names), "run_dir": str(run.run_dir)}
-    with run_folder_writes(run.run_dir, "the run folder"):
+    with run_folder_writes(run.run_dir, "the run folder", committed=False):
         run.run_dir.mkdir(parents=True, exist_ok=True)
         run_folder.write_config(run.run_dir, config, resolved)
         run_folder.write_skipped(run.run_dir, data.skipped)
