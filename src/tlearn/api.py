@@ -37,7 +37,6 @@ def build_model(config: RunConfig, num_classes: int) -> Classifier:
 
 def train(config: RunConfig, out: str | Path | None = None, data: DatasetSplits | None = None) -> tuple[dict, Path]:
     """Load data (unless given), build the model, fit; returns (summary, run folder)."""
-    config = config.validate()
     data = data if data is not None else load_data(config.data, config.train.seed)
     if len(data.class_names) < 2:
         raise DataError(f"need at least 2 classes, found {len(data.class_names)}")
@@ -101,7 +100,7 @@ def fit(model: Classifier, data: str | DatasetSplits, out: str | Path | None = N
         model=ModelConfig(name=model.info.name, weights=model.info.weights,
                           **{k: v for k, v in options.items() if k in model_fields}),
         train=TrainConfig(**{k: v for k, v in options.items() if k in train_fields}),
-    ).validate()
+    )
     splits = load_data(config.data, config.train.seed) if isinstance(data, str) else data
     return training.run_stages(model, splits, config, out)
 

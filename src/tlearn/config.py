@@ -181,10 +181,6 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def validate(self) -> "RunConfig":
-        """Each part validated itself when it was made; kept so callers can chain it."""
-        return self
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
