@@ -36,7 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, **kwargs) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[verbosity], **kwargs)
 
-
     demo = command("demo", help="offline demo: bundled EfficientNet-Lite0 on scikit-learn digits")
     demo.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
     add_config_flags(demo, skip=DEMO_FIXED, defaults=DEMO_DEFAULTS)
