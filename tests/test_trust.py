@@ -68,7 +68,7 @@ def test_unwritable_cache_is_a_warning_and_training_goes_on(tmp_path, caplog):
                          epochs=1, cache_dir=str(blocker / "cache"), report=False)
     warnings = [r.message for r in caplog.records
                 if r.levelname == "WARNING" and r.message.startswith("cannot write the feature cache")]
-    assert len(warnings) == 2 and summary["stages"][0]["cached_features"]  # train and val features
+    assert len(warnings) == 1 and summary["stages"][0]["cached_features"]  # one warning for train and val
     assert summary["val_top1"] > 0
 
 

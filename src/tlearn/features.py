@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -66,6 +66,7 @@ class FeatureExtractor:
     workers: int | None = None  # None: decide by measuring (see _forward_batches)
     backend: str = "auto"  # auto: onnxruntime on CPU when it matches PyTorch | torch
     cache_dir: Path | None = None  # None: no cache
+    cache_failed: bool = field(default=False, init=False)  # warned once; stores are skipped since
 
     def extract(self, model: Classifier, samples: Samples, description: str = "features") -> torch.Tensor:
         """Backbone outputs for every sample, in order, as float32 on the CPU (eval mode)."""
@@ -103,11 +104,14 @@ class FeatureExtractor:
         return features
 
     def _store(self, path: Path, features: torch.Tensor, model: Classifier) -> None:
+        if self.cache_failed:
+            return
         try:  # written under a unique temporary name, then renamed: a concurrent run never sees half
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_save_tensors(path, {"features": features}, {"model": model.info.name,
                                                                "weights": model.info.weights_id})
         except OSError as error:  # read-only or full: the features are in memory, go on without the cache
+            self.cache_failed = True
             logger.warning(f"cannot write the feature cache in {self.cache_dir} ({error.strerror or error}); "
                            "going on without it")
 
