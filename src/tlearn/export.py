@@ -50,8 +50,8 @@ def sidecar(model: Classifier) -> dict:
             "model": model.info.name}
 
 
-def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None, *, num_samples: int = 16,
-               ) -> ParityReport:
+def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None, *,
+               num_samples: int = 16) -> ParityReport:
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     run_dir = Path(run_dir)
