@@ -19,7 +19,8 @@ from conftest import TINY_MODEL, make_folder, run_cli
 TINY = ["--model", TINY_MODEL, "--weights", "none", "--image-size", "32", "--batch-size", "4", "--workers", "0",
         "--deterministic", "--no-report", "--seed", "3"]
 KILLER = Path(__file__).with_name("kill_points.py")
-TIMING_COLUMNS = ("seconds", "images_per_s")
+TIMING_COLUMNS = ("seconds", "images_per_s", "data_seconds", "compute_seconds", "optimizer_seconds",
+                  "eval_seconds")
 
 # Kill points, in order, each in a new process that resumes the last; together they cover
 # the probe (on images, or cached features with the L-BFGS solve), a stage boundary, every

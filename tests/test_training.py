@@ -89,3 +89,18 @@ def test_bundled_lite0_probe_on_cifar10_mini(tmp_path):
     lbfgs = tlearn.fit(model, data, strategy="linear-probe", epochs=1)
     assert lbfgs["val_top1"] >= 0.55, lbfgs["val_top1"]
     assert cached["val_top1"] >= 0.55, cached["val_top1"]
+
+
+def test_metrics_split_each_epochs_time(image_folder, tmp_path):
+    """Where an epoch's time went: data, forward + backward, optimiser, validation; parts of the whole."""
+    model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
+    tlearn.fit(model, str(image_folder), out=tmp_path / "run", strategy="two-stage", head_epochs=1, epochs=1,
+               val_split=0.25, report=False)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    parts = ("data_seconds", "compute_seconds", "optimizer_seconds", "eval_seconds")
+    for row in rows:
+        assert sum(float(row[p]) for p in parts) <= float(row["seconds"]) + 1e-3, row
+        assert float(row["compute_seconds"]) > 0 and float(row["eval_seconds"]) > 0, row
+    probe, finetune = rows
+    assert float(probe["data_seconds"]) == 0 and float(probe["optimizer_seconds"]) == 0  # one L-BFGS solve
+    assert float(finetune["optimizer_seconds"]) > 0 and float(finetune["data_seconds"]) > 0

@@ -30,7 +30,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     scheduler, runtime: Runtime, loss_fn: Callable, *, num_classes: int,
                     scaler: torch.amp.GradScaler | None = None, aux_weight: float = 0.0,
                     description: str = "train", prepare: Callable | None = None, sharded: bool = True) -> EpochStats:
-    """One pass over `loader`; the LR schedule steps per batch. Returns loss, top1, images/s.
+    """One pass over `loader`; the LR schedule steps per batch. Returns loss, top1, images/s and
+    where the time went: waiting for data, forward + backward, the optimiser step (on CUDA the
+    split is approximate: kernels run asynchronously).
 
     `prepare(batch_inputs)` moves inputs to the device; images by default, features too.
     `sharded`: each torchrun process saw a different part of the data (sum the metrics).
@@ -38,9 +40,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     prepare = prepare or runtime.to_device
     meter = ClassificationMeter(num_classes)
     start, seen = time.perf_counter(), 0
+    waited = computed = stepped = 0.0
     progress = tqdm(loader, desc=description, leave=False, disable=None if runtime.is_main else True,
                     dynamic_ncols=True)
+    mark = time.perf_counter()
     for step, (inputs, targets) in enumerate(progress):
+        began = time.perf_counter()
+        waited += began - mark
         inputs, targets = prepare(inputs), targets.to(runtime.device, non_blocking=True)
         with runtime.autocast():
             loss, logits = compute_loss(model(inputs), targets, loss_fn, aux_weight)
@@ -48,31 +54,36 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             raise TrainingError(f"non-finite loss ({loss.item()}) in {description}, step {step + 1}; "
                                 "the last good checkpoint is kept; try a lower --lr")
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
+        scaled = scaler is not None and scaler.is_enabled()
+        (scaler.scale(loss) if scaled else loss).backward()
+        backward_done = time.perf_counter()
+        computed += backward_done - began
+        if scaled:
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
         scheduler.step()
+        stepped += time.perf_counter() - backward_done
         meter.update(logits, targets, loss.item())
         seen += len(targets)
         if progress.disable is False and step % 5 == 0:
             rate = seen / max(time.perf_counter() - start, 1e-9)
             progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{meter.result().top1:.3f}", img_s=f"{rate:.0f}")
+        mark = time.perf_counter()
     processes = runtime.world_size if sharded else 1
     if sharded:
         meter.reduce(runtime)
     result = meter.result()
     seconds = time.perf_counter() - start
-    return EpochStats(result.loss, result.top1, seen * processes / max(seconds, 1e-9), seconds)
+    return EpochStats(result.loss, result.top1, seen * processes / max(seconds, 1e-9), seconds,
+                      data_seconds=waited, compute_seconds=computed, optimizer_seconds=stepped)
 
 
 @torch.inference_mode()
 def evaluate_loader(model: nn.Module, loader: Iterable, runtime: Runtime, num_classes: int,
-             loss_fn: Callable | None = None, prepare: Callable | None = None,
-             description: str = "eval", sharded: bool = True) -> EvalResult:
+                    loss_fn: Callable | None = None, prepare: Callable | None = None,
+                    description: str = "eval", sharded: bool = True) -> EvalResult:
     """Top-1/top-5, per-class accuracy and confusion over `loader` (model in eval mode)."""
     prepare = prepare or runtime.to_device
     model.eval()  # the caller sets the training mode again (see strategy.set_train_mode)

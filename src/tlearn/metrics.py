@@ -14,6 +14,10 @@ class EpochStats:
     top1: float
     images_per_s: float = 0.0
     seconds: float = 0.0
+    data_seconds: float = 0.0  # waiting for the next batch (decoding, unless workers kept up)
+    compute_seconds: float = 0.0  # forward and backward passes (an L-BFGS solve: all of it)
+    optimizer_seconds: float = 0.0  # optimiser and LR schedule steps
+    eval_seconds: float = 0.0  # the validation pass after the epoch
 
 
 @dataclass

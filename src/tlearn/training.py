@@ -206,8 +206,10 @@ def _train_epochs(current: StageRun, run: Run) -> None:
                                     aux_weight=run.config.model.aux_weight,
                                     description=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
                                     prepare=stage_data.prepare, sharded=not stage_data.cached)
+        evaluated = time.perf_counter()
         result = evaluate_loader(stage_data.module, stage_data.val, runtime, model.info.num_classes, loss_fn,
-                          prepare=stage_data.prepare, description="val", sharded=not stage_data.cached)
+                                 prepare=stage_data.prepare, description="val", sharded=not stage_data.cached)
+        stats.eval_seconds = time.perf_counter() - evaluated
         logger.info(f"  epoch {epoch + 1}/{stage.epochs}: train loss {stats.loss:.4f} acc {stats.top1:.4f} | "
                     f"val loss {result.loss:.4f} top1 {result.top1:.4f} top5 {result.top5:.4f} | "
                     f"{stats.images_per_s:.0f} img/s")
@@ -219,12 +221,16 @@ def _solve_head(current: StageRun, run: Run) -> None:
     model, stage_data = current.model, current.data
     train_x, train_y = stage_data.train.dataset.tensors
     val_x, val_y = stage_data.val.dataset.tensors
+    began = time.perf_counter()
     solved = fit_linear_head_lbfgs(model.head, train_x, train_y, val_x, val_y)
+    solved_at = time.perf_counter()
     result = evaluate_loader(model.head, stage_data.val, run.runtime, model.info.num_classes,
-                      nn.CrossEntropyLoss(label_smoothing=run.config.train.label_smoothing),
-                      prepare=stage_data.prepare, description="val", sharded=False)
+                             nn.CrossEntropyLoss(label_smoothing=run.config.train.label_smoothing),
+                             prepare=stage_data.prepare, description="val", sharded=False)
     logger.info(f"  L-BFGS head: l2 {solved.l2:g}, val top1 {result.top1:.4f} top5 {result.top5:.4f}")
-    _finish_epoch(current, EpochStats(solved.train_loss, solved.train_top1), result, run)
+    stats = EpochStats(solved.train_loss, solved.train_top1, compute_seconds=solved_at - began)
+    stats.eval_seconds = time.perf_counter() - solved_at
+    _finish_epoch(current, stats, result, run)
 
 
 def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run: Run) -> None:
@@ -238,7 +244,9 @@ def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run:
            "train_loss": stats.loss, "train_top1": stats.top1, "val_loss": result.loss,
            "val_top1": result.top1, "val_top5": result.top5,
            "lr_head": lrs.get("head", lrs.get("head_no_decay", "")), "lr_backbone": lrs.get("backbone", ""),
-           "seconds": now - current.mark, "images_per_s": stats.images_per_s, "cached_features": current.data.cached}
+           "seconds": now - current.mark, "images_per_s": stats.images_per_s, "cached_features": current.data.cached,
+           "data_seconds": stats.data_seconds, "compute_seconds": stats.compute_seconds,
+           "optimizer_seconds": stats.optimizer_seconds, "eval_seconds": stats.eval_seconds}
     progress.rows.append(row)
     if current.data.cached:
         run.feature_epochs.add(row["epoch"])
