@@ -24,9 +24,9 @@ def add_config_flags(parser: argparse.ArgumentParser, *, defaults: dict[str, Any
             meta = item.metadata
             if not meta.get("cli", True) or item.name in skip:
                 continue
-            group = groups.get(meta["group"]) or groups.setdefault(
-                meta["group"], parser.add_argument_group(GROUP_TITLES[meta["group"]]))
-            _add_flag(group, item, defaults.get(item.name, item.default))
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_argument_group(GROUP_TITLES[meta["group"]])
+            _add_flag(groups[meta["group"]], item, defaults.get(item.name, item.default))
 
 
 def _add_flag(group, item: dataclasses.Field, default: Any) -> None:

@@ -92,10 +92,6 @@ class Stage:
     unfreeze_last: int = 0
     trainable: tuple[str, ...] = ()  # as-is: the parameters the user left trainable
 
-    @property
-    def train_backbone(self) -> bool:
-        return self.trains == "all"
-
     def apply(self, model: Classifier) -> None:
         if self.trains == "all":
             unfreeze(model)
@@ -137,7 +133,8 @@ def _as_is_stage(model: Classifier, epochs: int, trainable: tuple[str, ...], pro
                  augment: str) -> Stage:
     """The user's own flags; a frozen backbone under a fully trainable head still uses the cache."""
     keep = set(trainable)
-    head_names = {name for name, p in model.named_parameters() if any(p is q for q in model.head_parameters())}
+    head_ids = {id(p) for p in model.head_parameters()}
+    head_names = {name for name, p in model.named_parameters() if id(p) in head_ids}
     backbone_frozen = not (keep - head_names)
     head_trains = head_names <= keep
     on_features = backbone_frozen and head_trains and probe_augment == "none"
