@@ -123,6 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _check_train_paths(args, args.data)
         summary, run_dir = _train(config_from_flags(args), args.out)
     _print_summary(summary, run_dir)
+    _close_process_group()
     return 0
 
 
@@ -153,7 +154,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = config_from_flags(args, **DEMO_FIXED)
     summary, run_dir = _train(config, args.out)
     _print_summary(summary, run_dir)
+    _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    from .runtime import close_process_group
+
+    close_process_group()
 
 
 def _is_main_process() -> bool:

@@ -97,6 +97,14 @@ def setup_runtime(device: str = "auto", amp: bool = False, amp_dtype: str | None
     return Runtime(resolved, dtype, channels_last, rank, world_size)
 
 
+def close_process_group() -> None:
+    """Leave the torchrun process group together: a rank that exits while another still talks
+    to it can abort inside gloo's threads ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed)
