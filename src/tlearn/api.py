@@ -144,7 +144,7 @@ class TrainedModel:
         """One input as the model's preprocessed CHW tensor."""
         if isinstance(item, torch.Tensor):
             return item if item.ndim == 3 else item.squeeze(0)
-        image = item if isinstance(item, Image.Image) else open_rgb(item)
+        image = item if isinstance(item, Image.Image) else open_rgb(item, self.transform.decode_size)
         return self.transform(image.convert("RGB"))
 
 

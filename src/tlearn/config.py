@@ -48,6 +48,10 @@ class DataConfig:
     batch_size: int = option(32, "images per batch", group="data")
     workers: int | None = option(None, "decoding processes; default: min(4, cores) for files, 0 in memory",
                                  group="data")
+    # See data/image_cache.py: fine-tuning then decodes each image once, not once per epoch.
+    image_cache_gb: float | None = option(None, "keep decoded images (uint8, presized, memory-mapped) for "
+                                                "fine-tuning when they fit this many GB; 0: off; default: a "
+                                                "quarter of the memory, at most 4", group="data")
     strict_images: bool = option(False, "unreadable images are an error instead of skipped with a warning",
                                  group="data")
     # See small_images.py: the weights' resize + center-crop throws away content of thumbnails.
@@ -69,6 +73,8 @@ class DataConfig:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
+        if self.image_cache_gb is not None and self.image_cache_gb < 0:
+            raise ConfigError(f"--image-cache-gb must be 0 or more, got {self.image_cache_gb}")
         _check_choice("--augment", self.augment, AUGMENTS)
         _check_choice("--probe-augment", self.probe_augment, AUGMENTS)
         _check_choice("--small-images", self.small_images, SMALL_IMAGES)

@@ -14,12 +14,13 @@ class ImageDataset(Dataset):
     def __init__(self, samples: Samples, transform: Callable):
         self.samples = samples
         self.transform = transform
+        self.decode_size = getattr(transform, "decode_size", None)  # transforms.Pipeline says
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        return self.transform(self.samples.load(index)), self.samples.labels[index]
+        return self.transform(self.samples.load(index, self.decode_size)), self.samples.labels[index]
 
 
 def default_workers(samples: Samples) -> int:

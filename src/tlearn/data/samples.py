@@ -20,7 +20,8 @@ class Samples:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def load(self, index: int) -> Image.Image:
+    def load(self, index: int, decode_size: int | None = None) -> Image.Image:
+        """Sample `index` as an RGB image; `decode_size`: see images.open_rgb (a hint)."""
         raise NotImplementedError
 
     def image_size(self, index: int) -> tuple[int, int]:
@@ -44,9 +45,9 @@ class FileSamples(Samples):
     paths: list[str]
     labels: list[int]
 
-    def load(self, index: int) -> Image.Image:
+    def load(self, index: int, decode_size: int | None = None) -> Image.Image:
         try:
-            return open_rgb(self.paths[index])
+            return open_rgb(self.paths[index], decode_size)
         except Exception as error:  # the pre-scan passed, so the file changed since
             raise DataError(f"cannot read image {self.paths[index]}: {error}") from None
 
@@ -84,7 +85,7 @@ class ArraySamples(Samples):
         if not self.indices:
             self.indices = list(range(len(self.labels)))
 
-    def load(self, index: int) -> Image.Image:
+    def load(self, index: int, decode_size: int | None = None) -> Image.Image:
         pixels = self.array[index]
         image = Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB")
         return image.convert("RGB")

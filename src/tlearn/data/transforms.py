@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as TF
 
 from ..preprocessing import Preprocessing
 
@@ -28,24 +29,67 @@ def _to_float(prep: Preprocessing) -> list:
     return [T.ToDtype(torch.float32, scale=True), T.Normalize(prep.mean, prep.std)]
 
 
-def eval_transform(prep: Preprocessing) -> T.Compose:
+class Pipeline(T.Compose):
+    """A transform that also says how large the decoder must make the image (`decode_size`):
+    the loader asks a JPEG for a DCT-scaled draft no smaller than that (see data/images.py)."""
+
+    def __init__(self, transforms: list, decode_size: int):
+        super().__init__(transforms)
+        self.decode_size = decode_size
+
+
+class Presize:
+    """Shrink a uint8 image to the largest size any pipeline of `prep` needs, never enlarge it.
+
+    Shorter side to `resize_size` (or both sides to `crop_size` for whole images) when it is
+    larger, with the pipelines' own interpolation: the evaluation resize that follows is then a
+    no-op, so presizing changes no evaluation pixel, and training's random-resized-crop samples
+    the presized image (fastai's presizing) at a fraction of the cost of the full photo. It is
+    also what the decoded-image cache stores (data/image_cache.py), so cached and uncached
+    pipelines give the same pixels.
+    """
+
+    def __init__(self, prep: Preprocessing):
+        self.whole_image, self.resize_size, self.crop_size = prep.whole_image, prep.resize_size, prep.crop_size
+        self.interpolation = interpolation_mode(prep.interpolation)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        if self.whole_image:
+            if height <= self.crop_size and width <= self.crop_size:
+                return image
+            return TF.resize(image, [self.crop_size, self.crop_size], self.interpolation, antialias=True)
+        if min(height, width) <= self.resize_size:
+            return image
+        return TF.resize(image, self.resize_size, self.interpolation, antialias=True)
+
+
+def decode_size(prep: Preprocessing) -> int:
+    """The smallest square a decoded image must cover for `prep` (before presizing)."""
+    return prep.crop_size if prep.whole_image else prep.resize_size
+
+
+def presize_transform(prep: Preprocessing) -> Pipeline:
+    """Decoded image -> presized uint8 tensor: what the decoded-image cache stores."""
+    return Pipeline([T.PILToTensor(), Presize(prep)], decode_size(prep))
+
+
+def eval_transform(prep: Preprocessing) -> Pipeline:
     """Resize the shorter side, center-crop, normalise (or resize the whole image to the input
     size, for images smaller than it): works for any size and aspect ratio."""
-    return T.Compose([*eval_transform_uint8(prep).transforms, *_to_float(prep)])
+    return Pipeline([*eval_transform_uint8(prep).transforms, *_to_float(prep)], decode_size(prep))
 
 
-def eval_transform_uint8(prep: Preprocessing) -> T.Compose:
+def eval_transform_uint8(prep: Preprocessing) -> Pipeline:
     """`eval_transform` without the float conversion, for feature extraction: batches stay 4x
     smaller, and the engine normalises each whole batch itself (`normalize_batch`)."""
     interpolation = interpolation_mode(prep.interpolation)
     if prep.whole_image:
-        return T.Compose([T.PILToTensor(),
-                          T.Resize((prep.crop_size, prep.crop_size), interpolation=interpolation, antialias=True)])
-    return T.Compose([
-        T.PILToTensor(),
-        T.Resize(prep.resize_size, interpolation=interpolation, antialias=True),
-        T.CenterCrop(prep.crop_size),
-    ])
+        resize = [T.Resize((prep.crop_size, prep.crop_size), interpolation=interpolation, antialias=True)]
+    else:
+        resize = [T.Resize(prep.resize_size, interpolation=interpolation, antialias=True),
+                  T.CenterCrop(prep.crop_size)]
+    return Pipeline([T.PILToTensor(), Presize(prep), *resize], decode_size(prep))
 
 
 def normalize_batch(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
@@ -56,13 +100,15 @@ def normalize_batch(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     return torch.addcmul(-mean / std, images.float(), scale)
 
 
-def train_transform(prep: Preprocessing, augment: str) -> T.Compose:
-    """`default`: random-resized-crop + horizontal flip (torchvision's reference recipe)."""
+def train_transform(prep: Preprocessing, augment: str) -> Pipeline:
+    """`default`: random-resized-crop + horizontal flip (torchvision's reference recipe), of the
+    presized image."""
     if augment == "none":
         return eval_transform(prep)
-    return T.Compose([
+    return Pipeline([
         T.PILToTensor(),
+        Presize(prep),
         T.RandomResizedCrop(prep.crop_size, interpolation=interpolation_mode(prep.interpolation), antialias=True),
         T.RandomHorizontalFlip(),
         *_to_float(prep),
-    ])
+    ], decode_size(prep))
