@@ -1,5 +1,5 @@
-"""A probe run's report comes from the cached features and the best head, not a second pass
-through the backbone, and says the same as that pass would."""
+"""A run's report needs no pass of its own: a probe's comes from the cached features and the best
+head, a fine-tuned run's from its best epoch's validation, and each says what that pass would."""
 import pytest
 import torch
 
@@ -17,13 +17,13 @@ from conftest import TINY_MODEL
 @pytest.mark.parametrize("solver, epochs", [("lbfgs", 1), ("sgd", 3)])
 def test_probe_report_uses_the_cached_features(image_folder, tmp_path, monkeypatch, solver, epochs):
     seen = {}
-    real = training._best_head_probabilities
+    real = training._best_val_probabilities
 
     def spy(model, run):
         seen["probs"] = real(model, run)
         return seen["probs"]
 
-    monkeypatch.setattr(training, "_best_head_probabilities", spy)
+    monkeypatch.setattr(training, "_best_val_probabilities", spy)
     monkeypatch.setattr(run_report, "predict_probabilities",
                         lambda *a, **k: pytest.fail("the report ran the backbone again"))
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
@@ -41,12 +41,22 @@ def test_probe_report_uses_the_cached_features(image_folder, tmp_path, monkeypat
     assert torch.allclose(seen["probs"], eager, atol=1e-4)  # onnxruntime features agree with PyTorch's
 
 
-def test_fine_tuned_best_epoch_is_reported_from_images(image_folder, tmp_path, monkeypatch):
-    calls = []
-    real = run_report.predict_probabilities
-    monkeypatch.setattr(run_report, "predict_probabilities", lambda *a, **k: calls.append(1) or real(*a, **k))
+def test_fine_tuned_run_is_reported_from_its_best_epochs_validation(image_folder, tmp_path, monkeypatch):
+    seen = {}
+    real = training._best_val_probabilities
+    monkeypatch.setattr(training, "_best_val_probabilities",
+                        lambda model, run: seen.setdefault("probs", real(model, run)))
+    monkeypatch.setattr(run_report, "predict_probabilities",
+                        lambda *a, **k: pytest.fail("the report ran the model again"))
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
-    summary = tlearn.fit(model, str(image_folder), out=tmp_path / "run", strategy="two-stage", head_epochs=1,
-                         epochs=2, val_split=0.25, lr=0.05)
-    fine_tuned_best = summary["best_epoch"] > 1
-    assert calls == ([1] if fine_tuned_best else [])
+    run = tmp_path / "run"
+    tlearn.fit(model, str(image_folder), out=run, strategy="finetune", epochs=2, val_split=0.25, lr=0.05)
+    assert (run / "report.html").is_file() and seen["probs"] is not None
+    monkeypatch.undo()
+    best = tlearn.load(run)
+    samples = tlearn.api.eval_samples(run, str(image_folder), "val")
+    runtime = setup_runtime("cpu")
+    loader = make_loader(samples, eval_transform(best.preprocessing), batch_size=64, shuffle=False, workers=0,
+                         device=runtime.device)
+    eager, _ = predict_probabilities(best.model, loader, runtime)
+    assert torch.allclose(seen["probs"], eager, atol=1e-5)  # the saved model, evaluated again, agrees

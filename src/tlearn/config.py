@@ -130,8 +130,10 @@ class TrainConfig:
     seed: int = option(0, "seed of the split, the head's initialisation and the data order", group="runtime")
     deterministic: bool = option(False, "deterministic algorithms (bit-identical resume on CPU)", group="runtime")
     detect_anomaly: bool = option(False, "debug NaNs: autograd anomaly detection", group="runtime")
-    use_cache: bool = option(True, "never use the feature cache", group="output", flag="--no-cache")
-    cache_dir: str | None = option(None, "feature cache (default $TLEARN_CACHE or ~/.cache/tlearn)", group="output")
+    use_cache: bool = option(True, "never use the feature and decoded-image caches", group="output",
+                             flag="--no-cache")
+    cache_dir: str | None = option(None, "feature and decoded-image caches (default $TLEARN_CACHE or "
+                                         "~/.cache/tlearn)", group="output")
     report: bool = option(True, "skip report.html", group="output", flag="--no-report")
     tensorboard: bool = option(False, "write TensorBoard scalars to the run folder", group="output")
 

@@ -83,12 +83,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
 @torch.inference_mode()
 def evaluate_loader(model: nn.Module, loader: Iterable, runtime: Runtime, num_classes: int,
                     loss_fn: Callable | None = None, prepare: Callable | None = None,
-                    description: str = "eval", sharded: bool = True) -> EvalResult:
-    """Top-1/top-5, per-class accuracy and confusion over `loader` (model in eval mode)."""
+                    description: str = "eval", sharded: bool = True, keep_probs: bool = False) -> EvalResult:
+    """Top-1/top-5, per-class accuracy and confusion over `loader` (model in eval mode); with
+    `keep_probs`, the softmax of every sample too, in loader order (this process's only)."""
     prepare = prepare or runtime.to_device
     model.eval()  # the caller sets the training mode again (see strategy.set_train_mode)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
-    meter = ClassificationMeter(num_classes)
+    meter = ClassificationMeter(num_classes, keep_probs)
     for inputs, targets in tqdm(loader, desc=description, leave=False,
                                 disable=None if runtime.is_main else True, dynamic_ncols=True):
         inputs, targets = prepare(inputs), targets.to(runtime.device, non_blocking=True)

@@ -1,7 +1,7 @@
 """Top-k accuracy, per-class accuracy and the confusion matrix, accumulated batch by batch."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +28,7 @@ class EvalResult:
     count: int
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     per_class: list[float]  # recall of each class (accuracy on its images)
+    probs: torch.Tensor | None = field(default=None, repr=False)  # softmax rows in loader order, when kept
 
     def to_dict(self, class_names: list[str] | None = None) -> dict:
         per_class = (dict(zip(class_names, self.per_class)) if class_names else self.per_class)
@@ -36,8 +37,9 @@ class EvalResult:
 
 
 class ClassificationMeter:
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, keep_probs: bool = False):
         self.num_classes = num_classes
+        self.probs: list[torch.Tensor] | None = [] if keep_probs else None
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
         self.topk_correct = torch.zeros(1, dtype=torch.int64)
         self.loss_sum = torch.zeros(1, dtype=torch.float64)
@@ -53,6 +55,8 @@ class ClassificationMeter:
         self.topk_correct += (topk == targets[:, None]).any(dim=1).sum()
         if loss is not None:
             self.loss_sum += loss * len(targets)
+        if self.probs is not None:
+            self.probs.append(logits.softmax(dim=1))
 
     def reduce(self, runtime) -> None:
         """Sum across torchrun processes (each evaluated a disjoint shard)."""
@@ -72,4 +76,5 @@ class ClassificationMeter:
             count=count,
             confusion=self.confusion.tolist(),
             per_class=per_class,
+            probs=torch.cat(self.probs) if self.probs else None,
         )

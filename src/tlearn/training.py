@@ -50,6 +50,9 @@ class Run:
     # when the best epoch is one of those, the report needs only the best head on them.
     val_features: torch.Tensor | None = None
     feature_epochs: set[int] = field(default_factory=set)
+    # The best epoch's validation probabilities, when that epoch ran in this process and this
+    # process saw every validation image: the report then needs no pass of its own.
+    best_val_probs: torch.Tensor | None = None
 
     @property
     def writes(self) -> bool:
@@ -156,15 +159,18 @@ def _finish_run(model: Classifier, run: Run) -> dict[str, Any]:
 
             path = report_run(run.run_dir, run.data.val, run.runtime,
                               batch_size=max(run.config.data.batch_size, 64), workers=run.config.data.workers,
-                              probs=_best_head_probabilities(model, run))
+                              probs=_best_val_probabilities(model, run))
             logger.info(f"report: {path}")
     return summary
 
 
 @torch.inference_mode()
-def _best_head_probabilities(model: Classifier, run: Run) -> torch.Tensor | None:
-    """Validation probabilities of the best model from the cached features, when its backbone is
-    the one those features came from (the best epoch trained on them); else None."""
+def _best_val_probabilities(model: Classifier, run: Run) -> torch.Tensor | None:
+    """Validation probabilities of the best model without a pass of its own: kept from the best
+    epoch's validation, or, after a resume, from the cached features when its backbone is the one
+    those features came from (the best epoch trained on them); else None."""
+    if run.best_val_probs is not None:
+        return run.best_val_probs
     if run.val_features is None or run.progress.best_epoch not in run.feature_epochs:
         return None
     head = copy.deepcopy(model.head).cpu().float().eval()
@@ -230,7 +236,8 @@ def _train_epochs(current: StageRun, run: Run) -> None:
                                     prepare=stage_data.prepare, sharded=not stage_data.cached)
         evaluated = time.perf_counter()
         result = evaluate_loader(stage_data.module, stage_data.val, runtime, model.info.num_classes, loss_fn,
-                                 prepare=stage_data.prepare, description="val", sharded=not stage_data.cached)
+                                 prepare=stage_data.prepare, description="val", sharded=not stage_data.cached,
+                                 keep_probs=stage_data.cached or not runtime.distributed)
         stats.eval_seconds = time.perf_counter() - evaluated
         logger.info(f"  epoch {epoch + 1}/{stage.epochs}: train loss {stats.loss:.4f} acc {stats.top1:.4f} | "
                     f"val loss {result.loss:.4f} top1 {result.top1:.4f} top5 {result.top5:.4f} | "
@@ -248,7 +255,7 @@ def _solve_head(current: StageRun, run: Run) -> None:
     solved_at = time.perf_counter()
     result = evaluate_loader(model.head, stage_data.val, run.runtime, model.info.num_classes,
                              nn.CrossEntropyLoss(label_smoothing=run.config.train.label_smoothing),
-                             prepare=stage_data.prepare, description="val", sharded=False)
+                             prepare=stage_data.prepare, description="val", sharded=False, keep_probs=True)
     logger.info(f"  L-BFGS head: l2 {solved.l2:g}, val top1 {result.top1:.4f} top5 {result.top5:.4f}")
     stats = EpochStats(solved.train_loss, solved.train_top1, compute_seconds=solved_at - began)
     stats.eval_seconds = time.perf_counter() - solved_at
@@ -275,6 +282,7 @@ def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run:
     improved = result.top1 > progress.best_top1
     if improved:
         progress.best_top1, progress.best_top5, progress.best_epoch = result.top1, result.top5, row["epoch"]
+        run.best_val_probs = result.probs
     if progress.stage_epoch == stage.epochs:
         trainable, frozen = parameter_counts(model)
         progress.stage_results.append({"name": stage.name, "epochs": stage.epochs, "val_top1": result.top1,
