@@ -4,15 +4,24 @@ The same objective as scikit-learn's LogisticRegression (mean cross-entropy + L2
 weights), solved in float32 (float64 with fast=False) with strong-Wolfe line search, over a
 7-point L2 sweep chosen on the validation split. Warm-started from the strongest penalty
 down, so the sweep is cheap.
+
+Full-batch, but streamed: every loss and gradient is summed over row chunks, so memory is
+O(chunk rows x classes + weights), never O(rows x classes), and the features may be a
+memory-mapped store (tlearn.feature_store) larger than RAM. Data that fits in one chunk is
+one matrix product per evaluation, as before.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .feature_store import FeatureMatrix, TensorFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +31,13 @@ L2_GRID = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
 # 500 x 1280 Lite0 features, the 7-point sweep): idle 0.67-0.80 s on one thread vs 0.79-0.91 s
 # on two; beside two busy processes 1.25-1.45 s vs 3.85-4.25 s.
 ONE_THREAD_BELOW = 1 << 25
+# Rows per chunk of a loss and gradient evaluation; a chunk's logits, log-softmax and gradient are
+# 3 x CHUNK_ROWS x classes floats (1,000 classes: 100 MB). Measured on 2 cores shared with other
+# jobs (load 7, so +-30%), one evaluation of 65,536 x 1280 features, 1,000 classes
+# (benchmarks/head_at_scale.py chunks): 1,024 rows 20.1 s, 4,096 11.6 s, 8,192 6.8 s, 16,384 9.9 s,
+# 65,536 8.8 s; peak RssAnon 0.5-0.7 GB up to 8,192 rows (0.28 GB of it torch at import), then
+# growing with the chunk (1.7 GB at 65,536).
+CHUNK_ROWS = 8192
 
 
 @dataclass
@@ -33,44 +49,61 @@ class SolverResult:
     val_top1: float
 
 
-def fit_linear_head_lbfgs(head: nn.Linear, train_x: torch.Tensor, train_y: torch.Tensor,
-                          val_x: torch.Tensor, val_y: torch.Tensor, *, grid=L2_GRID,
-                          max_iter: int = 300, fast: bool = True) -> SolverResult:
+def fit_linear_head_lbfgs(head: nn.Linear, train_x: torch.Tensor | FeatureMatrix, train_y: torch.Tensor,
+                          val_x: torch.Tensor | FeatureMatrix, val_y: torch.Tensor, *, grid=L2_GRID,
+                          max_iter: int = 300, fast: bool = True, chunk_rows: int = CHUNK_ROWS) -> SolverResult:
     """Fit `head` in place; keeps the L2 strength with the best val top-1 (then lowest val loss).
 
+    `train_x`, `val_x`: in-RAM tensors or FeatureMatrix stores (read `chunk_rows` rows at a time).
     `fast`: float32 (about twice as fast; the same accuracy on the cases measured) or float64.
     """
     threads = torch.get_num_threads()
-    if train_x.numel() < ONE_THREAD_BELOW:
+    if _numel(train_x) < ONE_THREAD_BELOW:
         torch.set_num_threads(1)
     try:
-        return _sweep(head, train_x, train_y, val_x, val_y, grid, max_iter, fast)
+        dtype = torch.float32 if fast else torch.float64
+        train, val = _Chunks(train_x, train_y, dtype, chunk_rows), _Chunks(val_x, val_y, dtype, chunk_rows)
+        return _sweep(head, train, val, grid, max_iter, fast)
     finally:
         torch.set_num_threads(threads)
 
 
-def _sweep(head: nn.Linear, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
-           val_y: torch.Tensor, grid, max_iter: int, fast: bool) -> SolverResult:
-    dtype = torch.float32 if fast else torch.float64
-    train_x, val_x = train_x.to(dtype).flatten(1), val_x.to(dtype).flatten(1)
-    num_classes = head.out_features
-    weight = torch.zeros(num_classes, train_x.shape[1], dtype=dtype, requires_grad=True)
-    bias = torch.zeros(num_classes, dtype=dtype, requires_grad=True)
+def _numel(x: torch.Tensor | FeatureMatrix) -> int:
+    return x.numel() if isinstance(x, torch.Tensor) else len(x) * x.dim
+
+
+class _Chunks:
+    """(features, labels) row chunks in the solve's dtype, iterable again for every evaluation."""
+
+    def __init__(self, x: torch.Tensor | FeatureMatrix, y: torch.Tensor, dtype: torch.dtype, rows: int):
+        if isinstance(x, torch.Tensor):
+            x = TensorFeatures(x.to(dtype))  # converted once, as the in-RAM solve always did
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} feature rows but {len(y)} labels")
+        self.x, self.y, self.dtype, self.rows, self.dim = x, y, dtype, rows, x.dim
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        start = 0
+        for chunk in self.x.iter_chunks(self.rows):
+            yield chunk.to(self.dtype), self.y[start:start + len(chunk)]
+            start += len(chunk)
+
+
+def _sweep(head: nn.Linear, train: _Chunks, val: _Chunks, grid, max_iter: int, fast: bool) -> SolverResult:
+    dtype = train.dtype
+    weight = torch.zeros(head.out_features, train.dim, dtype=dtype, requires_grad=True)
+    bias = torch.zeros(head.out_features, dtype=dtype, requires_grad=True)
     best: tuple | None = None
     for l2 in grid:
         optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=20,
                                       tolerance_grad=1e-5 if fast else 1e-6, tolerance_change=1e-9,
                                       line_search_fn="strong_wolfe")
-
-        def closure():
-            optimizer.zero_grad()
-            loss = F.cross_entropy(train_x @ weight.T + bias, train_y) + 0.5 * l2 * weight.pow(2).sum()
-            loss.backward()
-            return loss
-
-        optimizer.step(closure)
+        optimizer.step(partial(_loss_and_grad, train, weight, bias, l2))
         with torch.no_grad():
-            result = SolverResult(l2, *_scores(train_x, train_y, weight, bias), *_scores(val_x, val_y, weight, bias))
+            result = SolverResult(l2, *_scores(train, weight, bias), *_scores(val, weight, bias))
         logger.info(f"  L-BFGS l2={l2:g}: train top1 {result.train_top1:.4f} | val loss {result.val_loss:.4f} "
                     f"top1 {result.val_top1:.4f}")
         key = (result.val_top1, -result.val_loss)
@@ -83,6 +116,27 @@ def _sweep(head: nn.Linear, train_x: torch.Tensor, train_y: torch.Tensor, val_x:
     return result
 
 
-def _scores(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tuple[float, float]:
-    logits = x @ weight.T + bias
-    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).double().mean().item()
+def _loss_and_grad(train: _Chunks, weight: torch.Tensor, bias: torch.Tensor, l2: float) -> torch.Tensor:
+    """The L-BFGS closure: mean cross-entropy + L2, its gradient accumulated chunk by chunk.
+
+    Each chunk's backward runs before the next chunk's forward, so only one chunk's logits
+    and their gradient are alive at a time.
+    """
+    weight.grad = bias.grad = None
+    total = torch.zeros((), dtype=weight.dtype)
+    for x, y in train:
+        loss = F.cross_entropy(x @ weight.T + bias, y, reduction="sum") / len(train)
+        loss.backward()
+        total += loss.detach()
+    penalty = 0.5 * l2 * weight.pow(2).sum()
+    penalty.backward()
+    return total + penalty.detach()
+
+
+def _scores(data: _Chunks, weight: torch.Tensor, bias: torch.Tensor) -> tuple[float, float]:
+    loss_sum, correct = 0.0, 0
+    for x, y in data:
+        logits = x @ weight.T + bias
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    return loss_sum / len(data), correct / len(data)
