@@ -60,3 +60,20 @@ def test_fine_tuned_run_is_reported_from_its_best_epochs_validation(image_folder
                          device=runtime.device)
     eager, _ = predict_probabilities(best.model, loader, runtime)
     assert torch.allclose(seen["probs"], eager, atol=1e-5)  # the saved model, evaluated again, agrees
+
+
+def test_report_scores_match_scikit_learn():
+    import numpy as np
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from tlearn.report_page import confusion_matrix as numpy_confusion
+    from tlearn.report_page import per_class_scores
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 6, 200)
+    predictions = np.where(rng.random(200) < 0.6, labels, rng.integers(0, 5, 200))  # class 5 never predicted
+    matrix = numpy_confusion(labels, predictions, 7)  # class 6 has no images
+    assert np.array_equal(matrix, confusion_matrix(labels, predictions, labels=list(range(7))))
+    expected = precision_recall_fscore_support(labels, predictions, labels=list(range(7)), zero_division=0)
+    for ours, theirs in zip(per_class_scores(matrix), expected):
+        assert np.allclose(ours, theirs)
