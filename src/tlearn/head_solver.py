@@ -35,8 +35,10 @@ ONE_THREAD_BELOW = 1 << 25
 # 3 x CHUNK_ROWS x classes floats (1,000 classes: 100 MB). Measured on 2 cores shared with other
 # jobs (load 7, so +-30%), one evaluation of 65,536 x 1280 features, 1,000 classes
 # (benchmarks/head_at_scale.py chunks): 1,024 rows 20.1 s, 4,096 11.6 s, 8,192 6.8 s, 16,384 9.9 s,
-# 65,536 8.8 s; peak RssAnon 0.5-0.7 GB up to 8,192 rows (0.28 GB of it torch at import), then
-# growing with the chunk (1.7 GB at 65,536).
+# 65,536 8.8 s; re-measured interleaved, twice each: 4,096 12.0-12.9 s, 8,192 9.8-11.4 s, 16,384
+# 10.2-13.3 s, 32,768 10.6-12.2 s. Below 8,192 rows is slower; above it no size is reliably faster
+# and memory grows: peak RssAnon 0.5-0.7 GB up to 8,192 rows (0.28 GB of it torch at import),
+# 1.7 GB at 65,536.
 CHUNK_ROWS = 8192
 
 
