@@ -8,7 +8,7 @@ import tlearn.run_report as run_report
 import tlearn.training as training
 from tlearn.data.loaders import make_loader
 from tlearn.data.transforms import eval_transform
-from tlearn.loops import predict_probabilities
+from tlearn.loops import predict_logits
 from tlearn.runtime import setup_runtime
 
 from conftest import TINY_MODEL
@@ -24,7 +24,7 @@ def test_probe_report_uses_the_cached_features(image_folder, tmp_path, monkeypat
         return seen["probs"]
 
     monkeypatch.setattr(training, "_best_val_probabilities", spy)
-    monkeypatch.setattr(run_report, "predict_probabilities",
+    monkeypatch.setattr(run_report, "classify",
                         lambda *a, **k: pytest.fail("the report ran the backbone again"))
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
     run = tmp_path / "run"
@@ -37,7 +37,7 @@ def test_probe_report_uses_the_cached_features(image_folder, tmp_path, monkeypat
     runtime = setup_runtime("cpu")
     loader = make_loader(samples, eval_transform(best.preprocessing), batch_size=64, shuffle=False, workers=0,
                          device=runtime.device)
-    eager, _ = predict_probabilities(best.model, loader, runtime)
+    eager = predict_logits(best.model, loader, runtime).softmax(dim=1)
     assert torch.allclose(seen["probs"], eager, atol=1e-4)  # onnxruntime features agree with PyTorch's
 
 
@@ -46,7 +46,7 @@ def test_fine_tuned_run_is_reported_from_its_best_epochs_validation(image_folder
     real = training._best_val_probabilities
     monkeypatch.setattr(training, "_best_val_probabilities",
                         lambda model, run: seen.setdefault("probs", real(model, run)))
-    monkeypatch.setattr(run_report, "predict_probabilities",
+    monkeypatch.setattr(run_report, "classify",
                         lambda *a, **k: pytest.fail("the report ran the model again"))
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
     run = tmp_path / "run"
@@ -58,7 +58,7 @@ def test_fine_tuned_run_is_reported_from_its_best_epochs_validation(image_folder
     runtime = setup_runtime("cpu")
     loader = make_loader(samples, eval_transform(best.preprocessing), batch_size=64, shuffle=False, workers=0,
                          device=runtime.device)
-    eager, _ = predict_probabilities(best.model, loader, runtime)
+    eager = predict_logits(best.model, loader, runtime).softmax(dim=1)
     assert torch.allclose(seen["probs"], eager, atol=1e-5)  # the saved model, evaluated again, agrees
 
 

@@ -14,12 +14,13 @@ from PIL import Image
 from . import checkpoint, run_folder, training
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data.images import open_rgb
-from .data.loaders import make_loader
 from .data.samples import Samples
 from .data.sources import BUILTIN, DatasetSplits, default_eval_split, load_data, resolve_split
 from .data.transforms import eval_transform
 from .errors import ConfigError, DataError, RunFolderError
-from .loops import evaluate_loader
+from .features import default_cache_dir
+from .inference import classify
+from .metrics import ClassificationMeter
 from .models.classifier import Classifier
 from .models.factory import create_model
 from .preprocessing import Preprocessing
@@ -173,14 +174,29 @@ def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: s
     `split`: train, val, test or all; by default the validation split, or all of a folder
     without split folders. Built-in data sets and plain folders are split as the run was.
     """
+    return evaluation(run_or_model, data, split, batch_size, device, workers).result
+
+
+@dataclass
+class Evaluation:
+    result: dict  # what `evaluate` returns
+    probs: torch.Tensor  # softmax of every sample, in order (the report's input)
+    samples: Samples
+
+
+def evaluation(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
+               batch_size: int = 64, device: str = "auto", workers: int | None = None) -> Evaluation:
+    """`evaluate`, with the probabilities and samples behind the figures (one pass for both)."""
     trained = run_or_model if isinstance(run_or_model, TrainedModel) else load(run_or_model)
     samples = eval_samples(run_or_model, data, split, trained.class_names)
     runtime = setup_runtime(device)
     trained.model.to(runtime.device)
-    loader = make_loader(samples, trained.transform, batch_size=batch_size, shuffle=False, workers=workers,
-                         device=runtime.device)
-    result = evaluate_loader(trained.model, loader, runtime, len(trained.class_names))
-    return result.to_dict(trained.class_names)
+    logits, labels = classify(trained.model, samples, runtime, batch_size=batch_size, workers=workers,
+                              cache_dir=default_cache_dir())
+    meter = ClassificationMeter(len(trained.class_names))
+    if len(labels):
+        meter.update(logits, labels, torch.nn.functional.cross_entropy(logits, labels).item())
+    return Evaluation(meter.result().to_dict(trained.class_names), logits.softmax(dim=1), samples)
 
 
 def eval_samples(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,

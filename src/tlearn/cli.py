@@ -215,17 +215,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _require_folder(args.data, "--data", exists=True)
     from . import api
 
-    result = api.evaluate(args.run, args.data, split=args.split, batch_size=args.batch_size,
-                          device=args.device, workers=args.workers)
+    evaluated = api.evaluation(args.run, args.data, split=args.split, batch_size=args.batch_size,
+                               device=args.device, workers=args.workers)
+    result = evaluated.result
     if args.report:
         from pathlib import Path
 
         from .run_report import report_run
         from .runtime import setup_runtime
 
-        samples = api.eval_samples(args.run, args.data, args.split)
-        path = report_run(Path(args.run), samples, setup_runtime(args.device), batch_size=args.batch_size,
-                          workers=args.workers, title=f"tlearn evaluation: {args.run} on {args.data} ({args.split})")
+        path = report_run(Path(args.run), evaluated.samples, setup_runtime(args.device), probs=evaluated.probs,
+                          title=f"tlearn evaluation: {args.run} on {args.data} ({args.split})")
         print(f"report: {path}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result))

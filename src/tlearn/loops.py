@@ -102,13 +102,11 @@ def evaluate_loader(model: nn.Module, loader: Iterable, runtime: Runtime, num_cl
 
 
 @torch.inference_mode()
-def predict_probabilities(model: nn.Module, loader: Iterable, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax probabilities, labels) over `loader`, in order, on the CPU."""
+def predict_logits(model: nn.Module, loader: Iterable, runtime: Runtime) -> torch.Tensor:
+    """float32 logits over `loader`, in order, on the CPU (PyTorch eager)."""
     model.eval()
-    probs, labels = [], []
-    for images, targets in loader:
+    logits = []
+    for images, _ in loader:
         with runtime.autocast():
-            logits = model(runtime.to_device(images))
-        probs.append(logits.float().softmax(dim=1).cpu())
-        labels.append(targets)
-    return torch.cat(probs), torch.cat(labels)
+            logits.append(model(runtime.to_device(images)).float().cpu())
+    return torch.cat(logits)

@@ -10,24 +10,23 @@ from pathlib import Path
 import torch
 
 from . import checkpoint, run_folder
-from .data.loaders import make_loader
 from .data.samples import Samples
 from .files import read_json
-from .loops import predict_probabilities
+from .inference import classify
 from .report_page import write_report
 from .runtime import Runtime
 
 
 def report_run(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size: int = 64,
-               workers: int | None = None, title: str | None = None, probs: torch.Tensor | None = None) -> Path:
+               workers: int | None = None, title: str | None = None, probs: torch.Tensor | None = None,
+               cache_dir: Path | None = None) -> Path:
     """Predict `samples` with the run's best model (unless `probs` are given) and write
-    report.html and the PNG plots."""
+    report.html and the PNG plots. `cache_dir`: where the CPU engine's graph is kept."""
     if probs is None:
         model = checkpoint.load_model(run_dir).to(runtime.device)
-        loader = make_loader(samples, _transform(model), batch_size=batch_size, shuffle=False, workers=workers,
-                             device=runtime.device)
-        probs, labels = predict_probabilities(model, loader, runtime)
-        info = model.info
+        logits, labels = classify(model, samples, runtime, batch_size=batch_size, workers=workers,
+                                  cache_dir=cache_dir)
+        probs, info = logits.softmax(dim=1), model.info
     else:
         info, labels = checkpoint.read_model_info(run_dir), torch.tensor(samples.labels)
     config_path = run_dir / run_folder.CONFIG_FILE
@@ -42,9 +41,3 @@ def report_run(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size:
     return write_report(run_dir, probs=probs.numpy(), labels=labels.numpy(), class_names=info.class_names,
                         describe=samples.describe, load_image=samples.load, settings=settings, summary=summary,
                         title=title or f"tlearn report: {info.name} in {run_dir.name}")
-
-
-def _transform(model):
-    from .data.transforms import eval_transform
-
-    return eval_transform(model.info.preprocessing)

@@ -159,7 +159,7 @@ def _finish_run(model: Classifier, run: Run) -> dict[str, Any]:
 
             path = report_run(run.run_dir, run.data.val, run.runtime,
                               batch_size=max(run.config.data.batch_size, 64), workers=run.config.data.workers,
-                              probs=_best_val_probabilities(model, run))
+                              probs=_best_val_probabilities(model, run), cache_dir=run.cache_dir)
             logger.info(f"report: {path}")
     return summary
 

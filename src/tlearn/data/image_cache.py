@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..files import atomic_write_with
 from ..preprocessing import Preprocessing
-from .samples import ArraySamples, Samples
+from .samples import Samples
 from .transforms import presize_transform
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ HEADER_PROBES = 64  # headers read to estimate the cache's size before decoding 
 
 class CachedImages(Samples):
     """`base`'s samples served from the cache: same labels, names and fingerprint."""
+
+    decoded = True
 
     def __init__(self, base: Samples, pixels_path: Path, index: np.ndarray):
         self.base, self.pixels_path, self.index = base, Path(pixels_path), index  # index rows: offset, h, w
@@ -69,7 +71,7 @@ def cache_images(samples: Samples, prep: Preprocessing, cache_dir: Path, budget_
                  workers: int | None, description: str, build: bool = True) -> Samples:
     """`samples` served from the decoded-image cache, built now if missing (and `build`); `samples`
     itself when the images are in memory already, or would not fit `budget_gb`."""
-    if isinstance(samples, ArraySamples) or budget_gb <= 0 or len(samples) == 0:
+    if samples.decoded or budget_gb <= 0 or len(samples) == 0:
         return samples
     key = _cache_key(samples, prep)
     folder = Path(cache_dir) / "images"

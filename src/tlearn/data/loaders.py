@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .samples import ArraySamples, Samples
+from .samples import Samples
 
 
 class ImageDataset(Dataset):
@@ -24,8 +24,9 @@ class ImageDataset(Dataset):
 
 
 def default_workers(samples: Samples) -> int:
-    """Files: decode in parallel with compute. In-memory arrays decode for free: no workers."""
-    if isinstance(samples, ArraySamples):
+    """Files: decode in parallel with compute. Decoded images (arrays in memory, the decoded-image
+    cache) cost a copy: loading them inline leaves every core to the compute."""
+    if samples.decoded:
         return 0
     return min(4, os.cpu_count() or 1)
 

@@ -16,6 +16,7 @@ class Samples:
     """A sequence of (image, label) with a stable identity for the feature cache."""
 
     labels: list[int]
+    decoded = False  # True: loading a sample is a copy (arrays in memory, the decoded-image cache)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -75,6 +76,8 @@ class FileSamples(Samples):
 @dataclass
 class ArraySamples(Samples):
     """uint8 images (N, H, W) or (N, H, W, 3) in memory: digits, CIFAR."""
+
+    decoded = True
 
     name: str
     array: np.ndarray
