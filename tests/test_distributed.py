@@ -1,8 +1,11 @@
-"""The same command under torchrun: two CPU processes (gloo), one writer, exact metrics."""
+"""The same command under torchrun: two CPU processes (gloo), one writer, exact metrics, and
+feature extraction sharded into the cache entry a single process writes."""
 import json
 import os
 import subprocess
 import sys
+
+from safetensors import safe_open
 
 import tlearn
 
@@ -29,3 +32,32 @@ def test_torchrun_two_processes_train_and_report_unpadded_metrics(tmp_path):
     single = tlearn.evaluate(out, str(data), split="val", device="cpu")
     assert single["count"] == 9
     assert abs(single["top1"] - summary["val_top1"]) < 1e-9
+
+
+def test_torchrun_extracts_feature_shards_into_the_single_process_cache_entry(tmp_path):
+    # 135 train images = batches of 64 + 64 + 7: rank 0 takes the first and the short last, rank 1
+    # the middle one; the 45 val images are one batch, so rank 1's val shard is empty.
+    data = make_folder(tmp_path / "data", per_class=60, split_dirs=True)
+    args = ["-m", "tlearn", "train", "--data", str(data), "--model", TINY_MODEL, "--weights", "none",
+            "--image-size", "32", "--batch-size", "4", "--strategy", "linear-probe", "--epochs", "1",
+            "--device", "cpu", "--workers", "0"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sharded = subprocess.run(torchrun + args + ["--cache-dir", str(tmp_path / "sharded"), "--out", str(tmp_path / "a")],
+                             check=False, capture_output=True, text=True, env=env, timeout=600)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    assert "shards of 71 + 64 images over 2 processes" in sharded.stdout  # rank 1 computed its batch
+    assert "shards of 45 + 0 images over 2 processes" in sharded.stdout
+    single = subprocess.run([sys.executable, *args, "--cache-dir", str(tmp_path / "single"), "--out", str(tmp_path / "b")],
+                            check=False, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    entries = sorted(path.name for path in (tmp_path / "single" / "features").iterdir())
+    assert len(entries) == 2
+    assert sorted(path.name for path in (tmp_path / "sharded" / "features").iterdir()) == entries
+    for name in entries:  # not the files' bytes: safetensors writes its metadata keys in random order
+        with safe_open(tmp_path / "sharded" / "features" / name, "pt") as sharded_file, \
+                safe_open(tmp_path / "single" / "features" / name, "pt") as single_file:
+            assert sharded_file.metadata() == single_file.metadata()
+            sharded_features, single_features = sharded_file.get_tensor("features"), single_file.get_tensor("features")
+        assert sharded_features.shape == single_features.shape
+        assert sharded_features.numpy().tobytes() == single_features.numpy().tobytes()  # bit for bit, -0.0 too

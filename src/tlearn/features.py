@@ -25,6 +25,7 @@ from .data.loaders import default_workers, make_loader
 from .data.samples import Samples
 from .data.transforms import eval_transform_uint8
 from .extraction import FeatureBackend, backbone_fingerprint, make_backend
+from .feature_shards import gather_batches, on_every_rank, shard_indices
 from .files import atomic_save_tensors, atomic_write
 from .models.classifier import Classifier
 from .preprocessing import Preprocessing
@@ -69,22 +70,45 @@ class FeatureExtractor:
     cache_failed: bool = field(default=False, init=False)  # warned once; stores are skipped since
 
     def extract(self, model: Classifier, samples: Samples, description: str = "features") -> torch.Tensor:
-        """Backbone outputs for every sample, in order, as float32 on the CPU (eval mode)."""
+        """Backbone outputs for every sample, in order, as float32 on the CPU (eval mode).
+
+        Under torchrun each process extracts its shard of whole batches and every process
+        returns all the features, bit-identical to a single process's (feature_shards.py)."""
         start = time.perf_counter()
-        prep = model.info.preprocessing
-        graph_batch = max(1, min(self.batch_size, len(samples)))  # the ONNX graph's fixed batch
-        backend = make_backend(model, prep, self.runtime, self.cache_dir, self.backend, batch_size=graph_batch)
+        runtime = self.runtime
+        shard = samples
+        if runtime.distributed:
+            shard = samples.subset(shard_indices(len(samples), self.batch_size, runtime.rank, runtime.world_size))
+        graph_batch = max(1, min(self.batch_size, len(samples)))  # the ONNX graph's fixed batch, from the whole
+        backend = self._backend(model, graph_batch)
         chunks, where = [], "inline"
-        batches = _forward_batches(backend, samples, eval_transform_uint8(prep), self.batch_size, self.workers,
-                                   self.runtime.device)
+        batches = _forward_batches(backend, shard, eval_transform_uint8(model.info.preprocessing), self.batch_size,
+                                   self.workers, runtime.device)
         with torch.inference_mode():
-            for features, where in tqdm(batches, total=-(-len(samples) // self.batch_size), desc=description,
-                                        leave=False, disable=None if self.runtime.is_main else True):
+            for features, where in tqdm(batches, total=-(-len(shard) // self.batch_size), desc=description,
+                                        leave=False, disable=None if runtime.is_main else True):
                 chunks.append(features)
+        if runtime.distributed:
+            features, counts = gather_batches(chunks, runtime)
+            shares = f"; shards of {' + '.join(map(str, counts))} images over {runtime.world_size} processes"
+        else:
+            features, shares = torch.cat(chunks).clone(), ""  # a normal tensor, not an inference one
         seconds = time.perf_counter() - start
         logger.info(f"{description}: {len(samples)} images through the backbone ({backend.name}, decoding {where}) "
-                    f"in {seconds:.1f} s ({len(samples) / max(seconds, 1e-9):.0f} images/s)")
-        return torch.cat(chunks).clone()  # a normal tensor (not an inference tensor) for autograd
+                    f"in {seconds:.1f} s ({len(samples) / max(seconds, 1e-9):.0f} images/s){shares}")
+        return features
+
+    def _backend(self, model: Classifier, graph_batch: int) -> FeatureBackend:
+        """Under torchrun rank 0 exports the ONNX graph first and the others load its file:
+        one export instead of one per process, each holding the model twice in memory."""
+        runtime = self.runtime
+        if not runtime.is_main:
+            runtime.barrier()
+        backend = make_backend(model, model.info.preprocessing, runtime, self.cache_dir, self.backend,
+                               batch_size=graph_batch)
+        if runtime.is_main:
+            runtime.barrier()
+        return backend
 
     def cached(self, model: Classifier, samples: Samples, description: str = "features") -> torch.Tensor:
         """Features from the cache when the key matches, else extracted (and stored, on rank 0)."""
@@ -95,7 +119,10 @@ class FeatureExtractor:
         key = cache_key(model, model.info.preprocessing, samples, precision)
         path = Path(self.cache_dir) / "features" / f"{key}.safetensors"
         stored = _read_cached(path, len(samples))
-        if stored is not None:
+        found = stored is not None
+        if runtime.distributed:  # all read it or all extract: a process that skipped would leave the rest waiting
+            found = on_every_rank(found, runtime)
+        if found:
             logger.info(f"{description}: {len(samples)} cached features loaded from {path}")
             return stored
         features = self.extract(model, samples, description)

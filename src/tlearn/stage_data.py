@@ -50,11 +50,8 @@ def _feature_data(model, data, config, runtime, cache_dir) -> StageData:
                                  cache_dir=cache_dir)
     features = {}
     for split, samples in (("train", data.train), ("val", data.val)):
-        if runtime.distributed and not runtime.is_main:
-            runtime.barrier()  # rank 0 extracts and writes the cache first
+        # under torchrun each process extracts a shard and all get every feature (feature_shards.py)
         features[split] = extractor.cached(model, samples, description=f"{split} features")
-        if runtime.distributed and runtime.is_main:
-            runtime.barrier()
     generator = torch.Generator()
     train = DataLoader(TensorDataset(features["train"], torch.tensor(data.train.labels)),
                        batch_size=dc.batch_size, shuffle=True, generator=generator,
