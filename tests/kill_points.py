@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import tlearn.checkpoint as checkpoint
+import tlearn.features as features
 import tlearn.files as files
 import tlearn.loops as loops
 import tlearn.training as training
@@ -65,6 +66,7 @@ real_write = files.atomic_write_with
 for target in ("cache", "train_state.safetensors", "last.safetensors"):
     real_write = killing_writer(target, real_write)
 files.atomic_write_with = real_write
+features.atomic_write_with = real_write  # the feature cache streams its entry through this name
 
 wrap(loops, "compute_loss", after=lambda *a, **k: kill_if("step"))
 wrap(training, "fit_linear_head_lbfgs", before=lambda *a, **k: kill_if("solve"))

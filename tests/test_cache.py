@@ -54,7 +54,7 @@ def test_second_run_reads_the_cache_without_the_backbone(tiny, tmp_path, monkeyp
     monkeypatch.setattr(features_mod, "make_backend", no_backbone)
     second = extractor.cached(model, data.train)
     assert torch.equal(first, second)
-    (next(tmp_path.glob("features/*.safetensors"))).write_bytes(b"damaged")
+    (next(tmp_path.glob("features/*.npy"))).write_bytes(b"damaged")
     monkeypatch.undo()
     third = extractor.cached(model, data.train)
     assert torch.allclose(first, third, atol=1e-4)
@@ -126,3 +126,17 @@ def test_features_command_writes_npz(split_folder, tmp_path):
     arrays = np.load(out, allow_pickle=False)
     assert arrays["embeddings"].shape[0] == len(arrays["labels"]) == len(arrays["paths"]) == 24
     assert list(arrays["class_names"]) == ["cat", "dog", "fox"] and set(arrays["split"]) == {"train", "val"}
+
+
+def test_a_large_entry_is_memory_mapped_and_streams_into_the_solver(tmp_path, monkeypatch):
+    monkeypatch.setattr(features_mod, "map_above_bytes", lambda: 0)  # every entry counts as large
+    data = load_splits("digits", val_split=0.1, seed=0)
+    model = tlearn.create_model(TINY_MODEL, 10, weights="none", image_size=32)
+    extractor = FeatureExtractor(setup_runtime("cpu"), batch_size=64, cache_dir=tmp_path)
+    written = extractor.cached(model, data.train)  # streamed into the file batch by batch, then mapped
+    read = extractor.cached(model, data.train)
+    entry = str(next(tmp_path.glob("features/*.npy")))
+    if os.path.exists("/proc/self/maps"):
+        with open("/proc/self/maps") as maps:
+            assert sum(entry in line for line in maps) >= 2  # both tensors are views of the mapped file
+    assert torch.equal(written, read) and torch.equal(written, extractor.extract(model, data.train))

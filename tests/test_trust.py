@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -84,10 +85,10 @@ def test_two_runs_share_one_cache_at_the_same_time(tmp_path):
     for process in processes:
         out, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-2000:]
-    stored = sorted((cache / "features").glob("*.safetensors"))
+    stored = sorted((cache / "features").glob("*.npy"))
     assert len(stored) == 2 and not list((cache / "features").glob(".*"))  # train + val, no leftovers
     for path in stored:
-        assert load_file(str(path))["features"].isfinite().all()
+        assert np.isfinite(np.load(path)).all()
     a, b = (load_file(str(run / "model.safetensors")) for run in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same features gave the same head
 

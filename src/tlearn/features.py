@@ -18,7 +18,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from .data.loaders import default_workers, make_loader
@@ -26,14 +25,14 @@ from .data.samples import Samples
 from .data.transforms import eval_transform_uint8
 from .extraction import FeatureBackend, backbone_fingerprint, make_backend
 from .feature_shards import gather_batches, on_every_rank, shard_indices
-from .files import atomic_save_tensors, atomic_write
+from .files import atomic_write, atomic_write_with
 from .models.classifier import Classifier
 from .preprocessing import Preprocessing
 from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # 2: resizing moved from Pillow to torchvision tensors; older features differ slightly
+CACHE_FORMAT = 3  # 2: tensor resizing (not Pillow); 3: .npy files, large JPEGs decoded DCT-scaled (images.py)
 
 
 def default_cache_dir() -> Path:
@@ -79,24 +78,49 @@ class FeatureExtractor:
         shard = samples
         if runtime.distributed:
             shard = samples.subset(shard_indices(len(samples), self.batch_size, runtime.rank, runtime.world_size))
-        graph_batch = max(1, min(self.batch_size, len(samples)))  # the ONNX graph's fixed batch, from the whole
-        backend = self._backend(model, graph_batch)
-        chunks, where = [], "inline"
-        batches = _forward_batches(backend, shard, eval_transform_uint8(model.info.preprocessing), self.batch_size,
-                                   self.workers, runtime.device)
-        with torch.inference_mode():
-            for features, where in tqdm(batches, total=-(-len(shard) // self.batch_size), desc=description,
-                                        leave=False, disable=None if runtime.is_main else True):
-                chunks.append(features)
+        chunks: list[torch.Tensor] = []
+        how, shares = self._forward(model, samples, shard, description, chunks.append), ""
         if runtime.distributed:
             features, counts = gather_batches(chunks, runtime)
             shares = f"; shards of {' + '.join(map(str, counts))} images over {runtime.world_size} processes"
         else:
-            features, shares = torch.cat(chunks).clone(), ""  # a normal tensor, not an inference one
-        seconds = time.perf_counter() - start
-        logger.info(f"{description}: {len(samples)} images through the backbone ({backend.name}, decoding {where}) "
-                    f"in {seconds:.1f} s ({len(samples) / max(seconds, 1e-9):.0f} images/s){shares}")
+            features = torch.cat(chunks).clone()  # a normal tensor, not an inference one
+        _log_extraction(description, len(samples), how, start, shares)
         return features
+
+    def _forward(self, model: Classifier, samples: Samples, shard: Samples, description: str, consume) -> str:
+        """`consume(features)` for each batch of `shard`, in order; says which backend and decoding ran."""
+        graph_batch = max(1, min(self.batch_size, len(samples)))  # the ONNX graph's fixed batch, from the whole
+        backend = self._backend(model, graph_batch)
+        where = "inline"
+        batches = _forward_batches(backend, shard, eval_transform_uint8(model.info.preprocessing), self.batch_size,
+                                   self.workers, self.runtime.device)
+        with torch.inference_mode():
+            for features, where in tqdm(batches, total=-(-len(shard) // self.batch_size), desc=description,
+                                        leave=False, disable=None if self.runtime.is_main else True):
+                consume(features)
+        return f"{backend.name}, decoding {where}"
+
+    def _extract_into(self, model: Classifier, samples: Samples, description: str, tmp: str) -> None:
+        """Each batch straight into the .npy file `tmp`: the features are never all in memory."""
+        start, rows, array = time.perf_counter(), 0, None
+
+        def write(features: torch.Tensor) -> None:
+            nonlocal rows, array
+            if array is None:  # the feature shape is known from the first batch
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                                  shape=(len(samples), *features.shape[1:]))
+            array[rows:rows + len(features)] = features.float().numpy()
+            rows += len(features)
+
+        how = self._forward(model, samples, samples, description, write)
+        if array is None:  # no samples
+            with open(tmp, "wb") as handle:
+                np.save(handle, np.zeros((0, 0), dtype=np.float32))
+        else:
+            array.flush()
+            del array  # unmapped before the caller fsyncs and renames the file
+        _log_extraction(description, len(samples), how, start)
 
     def _backend(self, model: Classifier, graph_batch: int) -> FeatureBackend:
         """Under torchrun rank 0 exports the ONNX graph first and the others load its file:
@@ -111,13 +135,16 @@ class FeatureExtractor:
         return backend
 
     def cached(self, model: Classifier, samples: Samples, description: str = "features") -> torch.Tensor:
-        """Features from the cache when the key matches, else extracted (and stored, on rank 0)."""
+        """Features from the cache when the key matches, else extracted and stored.
+
+        The cache entry is one float32 .npy file read back through a memory map: a feature set
+        larger than memory is paged in as the head solver streams over it (head_solver.py)."""
         if self.cache_dir is None:
             return self.extract(model, samples, description)
         runtime = self.runtime
         precision = str(runtime.amp_dtype).replace("torch.", "") if runtime.amp_dtype else "fp32"
         key = cache_key(model, model.info.preprocessing, samples, precision)
-        path = Path(self.cache_dir) / "features" / f"{key}.safetensors"
+        path = Path(self.cache_dir) / "features" / f"{key}.npy"
         stored = _read_cached(path, len(samples))
         found = stored is not None
         if runtime.distributed:  # all read it or all extract: a process that skipped would leave the rest waiting
@@ -125,22 +152,31 @@ class FeatureExtractor:
         if found:
             logger.info(f"{description}: {len(samples)} cached features loaded from {path}")
             return stored
-        features = self.extract(model, samples, description)
-        if runtime.is_main:
-            self._store(path, features, model)
-        return features
+        if runtime.distributed or self.cache_failed:
+            features = self.extract(model, samples, description)
+            if runtime.is_main:
+                self._store(path, lambda tmp: _save_array(tmp, features.numpy()))
+            return features
+        if self._store(path, lambda tmp: self._extract_into(model, samples, description, tmp)):
+            stored = _read_cached(path, len(samples))
+            if stored is not None:
+                return stored
+        return self.extract(model, samples, description)  # the cache could not be written
 
-    def _store(self, path: Path, features: torch.Tensor, model: Classifier) -> None:
+    def _store(self, path: Path, write) -> bool:
+        """`write(temporary_path)` fills the entry, which appears whole, by rename: a concurrent run
+        never sees half of it. False when the cache cannot be written (warned once)."""
         if self.cache_failed:
-            return
-        try:  # written under a unique temporary name, then renamed: a concurrent run never sees half
+            return False
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_save_tensors(path, {"features": features}, {"model": model.info.name,
-                                                               "weights": model.info.weights_id})
-        except OSError as error:  # read-only or full: the features are in memory, go on without the cache
+            atomic_write_with(path, write)
+            return True
+        except OSError as error:  # read-only or full: go on without the cache
             self.cache_failed = True
             logger.warning(f"cannot write the feature cache in {self.cache_dir} ({error.strerror or error}); "
                            "going on without it")
+            return False
 
     def export(self, model: Classifier, samples: Samples, class_names: list[str], out: str | Path,
                split_names: list[str] | None = None) -> Path:
@@ -163,14 +199,40 @@ class FeatureExtractor:
         return out
 
 
+def map_above_bytes() -> int:
+    """Entries larger than this are memory-mapped, smaller ones read into memory: a quarter of
+    the machine's memory. (A mapped file truncated in place under a reader, by hand, would
+    crash it with SIGBUS; tlearn itself only ever replaces entries by rename.)"""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 1 << 30
+
+
 def _read_cached(path: Path, count: int) -> torch.Tensor | None:
+    """The entry as a tensor, over a copy-on-write memory map when it is large; None when missing
+    or damaged."""
     if not path.is_file():
         return None
     try:
-        stored = load_file(str(path))["features"]
-    except Exception:  # a damaged cache file is recomputed, never trusted
+        mapped = path.stat().st_size > map_above_bytes()
+        array = np.load(path, mmap_mode="c" if mapped else None, allow_pickle=False)
+    except (OSError, ValueError):  # a damaged cache file is recomputed, never trusted
         return None
-    return stored if len(stored) == count else None
+    if array.dtype != np.float32 or len(array) != count:
+        return None
+    return torch.from_numpy(array)
+
+
+def _save_array(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # a handle: np.save would append .npy to a temporary name
+        np.save(handle, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+
+
+def _log_extraction(description: str, count: int, how: str, start: float, shares: str = "") -> None:
+    seconds = time.perf_counter() - start
+    logger.info(f"{description}: {count} images through the backbone ({how}) in {seconds:.1f} s "
+                f"({count / max(seconds, 1e-9):.0f} images/s){shares}")
 
 
 def _forward_batches(backend: FeatureBackend, samples: Samples, transform, batch_size: int, workers: int | None,
