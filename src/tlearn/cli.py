@@ -18,7 +18,7 @@ from .errors import UserError
 
 # The demo: the bundled Lite0 on the embedded digits, small and quick (README, Quick start).
 DEMO_FIXED = {"source": "digits", "name": "efficientnet_lite0", "weights": "default", "strategy": "two-stage",
-              "unfreeze_last": 0}
+              "unfreeze_last": 0, "labels": None, "path_col": None, "label_col": None}
 DEMO_DEFAULTS = {"epochs": 4, "head_epochs": 1, "image_size": 64, "augment": "none"}
 
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run")
     evaluate.add_argument("--data", required=True, help="folder of class folders, dataset root, or digits/cifar10")
     evaluate.add_argument("--split", default=None, choices=("val", "test", "train", "all"),
-                          help="default: val, or all of a folder without train/ and val/ folders")
+                          help="default: val, all of a folder without train/ and val/, a table's test rows")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--workers", type=int, default=None)
@@ -71,7 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     export.add_argument("--output", default=None, help="default: RUN/export/model.onnx or model.torchscript.pt")
 
-    features = command("features", help="write backbone embeddings of a dataset to an .npz")
+    _add_features_flags(command("features", help="write backbone embeddings of a dataset to an .npz"))
+
+    models = command("models", help="list model names; marks weights usable offline")
+    models.add_argument("pattern", nargs="?", default=None, help="glob or substring, e.g. 'resnet*' or timm:vit")
+    return parser
+
+
+def _add_features_flags(features: argparse.ArgumentParser) -> None:
     features.add_argument("run", nargs="?", default=None, help="a run folder (instead of --model)")
     features.add_argument("--model", default=None, help="model name, when no run folder is given")
     features.add_argument("--weights", default="default")
@@ -88,10 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--no-cache", dest="use_cache", action="store_false")
     features.add_argument("--cache-dir", default=None)
     add_table_flags(features)
-
-    models = command("models", help="list model names; marks weights usable offline")
-    models.add_argument("pattern", nargs="?", default=None, help="glob or substring, e.g. 'resnet*' or timm:vit")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
