@@ -148,7 +148,7 @@ def test_unknown_column_flag_and_missing_table_in_a_real_process(tmp_path):
 
 def test_a_table_through_train_resume_eval_predict_export_and_features(tmp_path, capsys):
     """Two-stage (L-BFGS probe on cached features, then fine-tuning), killed after its first commit
-    and resumed; then every command that reads the run's data reads the same table."""
+    and resumed, with its report; then every command that reads the run's data reads the same table."""
     import subprocess
     import sys
     from pathlib import Path
@@ -161,7 +161,7 @@ def test_a_table_through_train_resume_eval_predict_export_and_features(tmp_path,
     root, run = tmp_path / "root", tmp_path / "run"
     args = ["train", "--data", str(root), "--labels", str(table), "--path-col", "fname", "--label-col", "species",
             *TINY, "--strategy", "two-stage", "--head-epochs", "1", "--epochs", "1", "--val-split", "0.25",
-            "--no-report", "--out", str(run)]
+            "--out", str(run)]
     killer = Path(__file__).with_name("kill_points.py")
     killed = subprocess.run([sys.executable, str(killer), "commit:1", *args], capture_output=True, text=True,
                             timeout=300, check=False)
@@ -170,6 +170,7 @@ def test_a_table_through_train_resume_eval_predict_export_and_features(tmp_path,
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["num_train"], summary["num_val"], summary["skipped_files"]) == (18, 6, 1)
     assert summary["class_names"] == list(CLASSES) and summary["epochs_completed"] == 2
+    assert (run / "report.html").is_file()
     assert (run / "skipped_files.txt").read_text() == f"{root}/imgs/lost\trow 32: not found (no image file with " \
                                                       "this name or stem)\n"
     capsys.readouterr()
@@ -178,7 +179,8 @@ def test_a_table_through_train_resume_eval_predict_export_and_features(tmp_path,
     assert tlearn.evaluate(run, root, split="val")["count"] == 6
     # another table of the same format: the run remembers its columns
     other = write_table(tmp_path / "other.csv", ["fname", "species"], rows[:9])
-    assert tlearn.evaluate(run, root, labels=other, split="all")["count"] == 9
+    assert main(["eval", str(run), "--data", str(root), "--labels", str(other), "--split", "all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 9
     assert main(["predict", str(run), str(root / "imgs" / "3.png")]) == 0
     assert capsys.readouterr().out.splitlines()[1].split()[1] in CLASSES  # path, label, probability
     assert main(["export", str(run)]) == 0

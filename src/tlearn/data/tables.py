@@ -22,7 +22,7 @@ from pathlib import Path
 from ..config import DataConfig
 from ..errors import DataError
 from .folders import unusable_reasons
-from .images import is_image_name
+from .images import IMAGE_SUFFIXES
 from .samples import FileSamples, stratified_split
 
 PATH_COLUMNS = ("file", "filename", "path", "image", "image_id", "id")
@@ -31,7 +31,7 @@ SPLIT_VALUES = {"train": "train", "val": "val", "valid": "val", "validation": "v
 IS_VALID_VALUES = {"true": "val", "1": "val", "false": "train", "0": "train"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a table of 100k rows is 100k of these
 class TableRow:
     row: int  # the row number a spreadsheet shows: the header is row 1
     path: str  # the path cell as written
@@ -143,10 +143,10 @@ class FileIndex:
             for name in names:
                 relative = name if relative_dir == "." else f"{relative_dir}/{name}"
                 self.files.add(relative)
-                if is_image_name(name):
-                    stem = posixpath.splitext(relative)[0]
-                    self.by_stem.setdefault(stem, []).append(relative)
-                    self.by_name.setdefault(posixpath.splitext(name)[0], []).append(relative)
+                stem, suffix = posixpath.splitext(name)
+                if suffix.lower() in IMAGE_SUFFIXES:
+                    self.by_stem.setdefault(relative[:len(relative) - len(suffix)], []).append(relative)
+                    self.by_name.setdefault(stem, []).append(relative)
 
     def resolve(self, cell: str) -> tuple[str, str | None]:
         """(path, None) for the file a path cell names, or (what was looked for, why not found)."""
@@ -157,16 +157,18 @@ class FileIndex:
             return (name, None) if os.path.isfile(name) else (name, "not found")
         relative = posixpath.normpath(name)
         wanted = os.path.join(self.root, relative)
-        if relative in self.files or os.path.isfile(wanted):  # the second: a link the walk did not follow
+        if relative in self.files:
             return wanted, None
-        if is_image_name(relative):
-            return wanted, "not found"
-        found = self.by_stem.get(relative) or ([] if "/" in relative else self.by_name.get(relative, []))
+        has_suffix = posixpath.splitext(relative)[1].lower() in IMAGE_SUFFIXES
+        found = [] if has_suffix else \
+            self.by_stem.get(relative) or ([] if "/" in relative else self.by_name.get(relative, []))
         if len(found) == 1:
             return os.path.join(self.root, found[0]), None
         if found:
             return wanted, f"ambiguous id: {len(found)} image files with this stem ({', '.join(sorted(found)[:3])})"
-        return wanted, "not found (no image file with this name or stem)"
+        if os.path.isfile(wanted):  # through a link the scan did not follow
+            return wanted, None
+        return wanted, "not found" if has_suffix else "not found (no image file with this name or stem)"
 
 
 @dataclass
