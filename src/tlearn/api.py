@@ -168,13 +168,17 @@ def load(run_dir: str | Path, device: str = "cpu") -> TrainedModel:
 
 
 def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
-             batch_size: int = 64, device: str = "auto", workers: int | None = None) -> dict:
+             batch_size: int = 64, device: str = "auto", workers: int | None = None, *,
+             labels: str | Path | None = None, path_col: str | None = None, label_col: str | None = None) -> dict:
     """top1, top5, per_class and confusion of a run on a dataset, classes matched by name.
 
     `split`: train, val, test or all; by default the validation split, or all of a folder
-    without split folders. Built-in data sets and plain folders are split as the run was.
+    without split folders, or a table's test rows. Built-in data sets, plain folders and tables
+    are split as the run was. `labels`: a .csv/.tsv table of paths under `data` and labels; a
+    run trained on a table reads it again when `data` is the run's own data folder.
     """
-    return evaluation(run_or_model, data, split, batch_size, device, workers).result
+    return evaluation(run_or_model, data, split, batch_size, device, workers, labels=labels, path_col=path_col,
+                      label_col=label_col).result
 
 
 @dataclass
@@ -185,31 +189,33 @@ class Evaluation:
 
 
 def evaluation(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
-               batch_size: int = 64, device: str = "auto", workers: int | None = None) -> Evaluation:
+               batch_size: int = 64, device: str = "auto", workers: int | None = None, *,
+               labels: str | Path | None = None, path_col: str | None = None,
+               label_col: str | None = None) -> Evaluation:
     """`evaluate`, with the probabilities and samples behind the figures (one pass for both)."""
     trained = run_or_model if isinstance(run_or_model, TrainedModel) else load(run_or_model)
-    samples = eval_samples(run_or_model, data, split, trained.class_names)
+    samples = eval_samples(run_or_model, data, split, trained.class_names, labels=labels, path_col=path_col,
+                           label_col=label_col)
     runtime = setup_runtime(device)
     trained.model.to(runtime.device)
-    logits, labels = classify(trained.model, samples, runtime, batch_size=batch_size, workers=workers,
-                              cache_dir=default_cache_dir())
+    logits, targets = classify(trained.model, samples, runtime, batch_size=batch_size, workers=workers,
+                               cache_dir=default_cache_dir())
     meter = ClassificationMeter(len(trained.class_names))
-    if len(labels):
-        meter.update(logits, labels, torch.nn.functional.cross_entropy(logits, labels).item())
+    if len(targets):
+        meter.update(logits, targets, torch.nn.functional.cross_entropy(logits, targets).item())
     return Evaluation(meter.result().to_dict(trained.class_names), logits.softmax(dim=1), samples)
 
 
 def eval_samples(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
-                 class_names: list[str] | None = None) -> Samples:
+                 class_names: list[str] | None = None, *, labels: str | Path | None = None,
+                 path_col: str | None = None, label_col: str | None = None) -> Samples:
     """The samples `tlearn eval` uses, labels mapped onto the run's classes by name."""
-    if isinstance(run_or_model, TrainedModel):
-        if str(data) in BUILTIN:
-            raise ConfigError("built-in datasets need the run folder (its split settings), not a loaded model")
-        data_config, seed = DataConfig(source=str(data)), 0
-    else:
-        config = run_folder.read_config(Path(run_or_model))
-        data_config, seed = dataclasses.replace(config.data, source=str(data)), config.train.seed
-        class_names = class_names or list(checkpoint.read_model_info(run_or_model).class_names)
+    if isinstance(run_or_model, TrainedModel) and str(data) in BUILTIN:
+        raise ConfigError("built-in datasets need the run folder (its split settings), not a loaded model")
+    run_dir = None if isinstance(run_or_model, TrainedModel) else Path(run_or_model)
+    data_config, seed = data_config_for(run_dir, data, labels=labels, path_col=path_col, label_col=label_col)
+    if run_dir is not None:
+        class_names = class_names or list(checkpoint.read_model_info(run_dir).class_names)
     found = resolve_split(data_config, split or default_eval_split(data_config), seed)
     known = {name: i for i, name in enumerate(class_names)}
     foreign = [n for n in found.class_names if n not in known]
@@ -218,3 +224,27 @@ def eval_samples(run_or_model: str | Path | TrainedModel, data: str | Path, spli
                         f"the model knows {', '.join(class_names[:10])}")
     labels = [known[found.class_names[label]] for label in found.samples.labels]
     return dataclasses.replace(found.samples, labels=labels)
+
+
+def data_config_for(run_dir: Path | None, data: str | Path, *, labels: str | Path | None = None,
+                    path_col: str | None = None, label_col: str | None = None) -> tuple[DataConfig, int]:
+    """(data settings, seed) to read `data` for a run: its split settings, its table's columns, and
+    its labels table when `data` is the folder it trained on (explicit `labels` and columns win)."""
+    if run_dir is None:
+        return DataConfig(source=str(data), labels=_text(labels), path_col=path_col, label_col=label_col), 0
+    config = run_folder.read_config(run_dir)
+    trained = config.data
+    same_root = trained.labels and str(data) not in BUILTIN and _same_path(data, trained.source)
+    table = _text(labels) or (trained.labels if same_root else None)
+    if table:  # the run's table format (its columns) unless told otherwise
+        path_col, label_col = path_col or trained.path_col, label_col or trained.label_col
+    return (dataclasses.replace(trained, source=str(data), labels=table, path_col=path_col, label_col=label_col),
+            config.train.seed)
+
+
+def _text(path: str | Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()

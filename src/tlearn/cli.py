@@ -9,15 +9,16 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from .allocator import configure_allocator
-from .cli_flags import add_config_flags, config_from_flags
+from .cli_flags import add_config_flags, add_table_flags, config_from_flags
 from .config import BUILTIN_DATASETS, DEVICES, SMALL_IMAGES
 from .errors import UserError
 
 # The demo: the bundled Lite0 on the embedded digits, small and quick (README, Quick start).
 DEMO_FIXED = {"source": "digits", "name": "efficientnet_lite0", "weights": "default", "strategy": "two-stage",
-              "unfreeze_last": 0}
+              "unfreeze_last": 0, "labels": None, "path_col": None, "label_col": None}
 DEMO_DEFAULTS = {"epochs": 4, "head_epochs": 1, "image_size": 64, "augment": "none"}
 
 
@@ -49,12 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run")
     evaluate.add_argument("--data", required=True, help="folder of class folders, dataset root, or digits/cifar10")
     evaluate.add_argument("--split", default=None, choices=("val", "test", "train", "all"),
-                          help="default: val, or all of a folder without train/ and val/ folders")
+                          help="default: val, all of a folder without train/ and val/, a table's test rows")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--workers", type=int, default=None)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--report", action="store_true", help="write report.html for this data into RUN")
+    add_table_flags(evaluate)
 
     predict = command("predict", help="predict labels of image files, folders or globs")
     predict.add_argument("run")
@@ -69,7 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     export.add_argument("--output", default=None, help="default: RUN/export/model.onnx or model.torchscript.pt")
 
-    features = command("features", help="write backbone embeddings of a dataset to an .npz")
+    _add_features_flags(command("features", help="write backbone embeddings of a dataset to an .npz"))
+
+    models = command("models", help="list model names; marks weights usable offline")
+    models.add_argument("pattern", nargs="?", default=None, help="glob or substring, e.g. 'resnet*' or timm:vit")
+    return parser
+
+
+def _add_features_flags(features: argparse.ArgumentParser) -> None:
     features.add_argument("run", nargs="?", default=None, help="a run folder (instead of --model)")
     features.add_argument("--model", default=None, help="model name, when no run folder is given")
     features.add_argument("--weights", default="default")
@@ -85,10 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="auto: onnxruntime on CPU when it matches PyTorch")
     features.add_argument("--no-cache", dest="use_cache", action="store_false")
     features.add_argument("--cache-dir", default=None)
-
-    models = command("models", help="list model names; marks weights usable offline")
-    models.add_argument("pattern", nargs="?", default=None, help="glob or substring, e.g. 'resnet*' or timm:vit")
-    return parser
+    add_table_flags(features)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +210,8 @@ def _print_summary(summary: dict, run_dir) -> None:
     print()
     print(f"{'stage':<14}{'epochs':>7}{'val top-1':>11}{'val top-5':>11}")
     for stage in summary["stages"]:
-        print(f"{stage['name']:<14}{stage['epochs']:>7}{stage['val_top1']:>11.4f}{stage['val_top5']:>11.4f}")
+        print(f"{stage['name']:<14}{stage['epochs']:>7}{stage['val_top1']:>11.4f}{stage['val_top5']:>11.4f}"
+              + ("  (stopped early)" if stage.get("stopped_early") else ""))
     print(f"best val top-1 {summary['val_top1']:.4f} (epoch {summary['best_epoch']}), "
           f"{summary['train_seconds']:.1f} s; run folder: {run_dir}")
 
@@ -215,12 +222,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _require_folder(args.data, "--data", exists=True)
     from . import api
 
+    table = {"labels": args.labels, "path_col": args.path_col, "label_col": args.label_col}
     evaluated = api.evaluation(args.run, args.data, split=args.split, batch_size=args.batch_size,
-                               device=args.device, workers=args.workers)
+                               device=args.device, workers=args.workers, **table)
     result = evaluated.result
     if args.report:
-        from pathlib import Path
-
         from .run_report import report_run
         from .runtime import setup_runtime
 
@@ -322,13 +328,13 @@ def cmd_features(args: argparse.Namespace) -> int:
         _require_folder(args.cache_dir, "--cache-dir")
     if args.image_size is not None and args.image_size < 16:
         raise UserError(f"--image-size must be at least 16, got {args.image_size}")
-    from .config import DataConfig
+    from .api import data_config_for
     from .data.sources import resolve_split
 
-    found = resolve_split(DataConfig(source=args.data), "all")
+    data_config = data_config_for(args.run and Path(args.run), args.data, labels=args.labels,
+                                  path_col=args.path_col, label_col=args.label_col)[0]
+    found = resolve_split(data_config, "all")
     samples, names, split = found.samples, found.class_names, found.split_names
-    from pathlib import Path
-
     from .features import FeatureExtractor, default_cache_dir
     from .runtime import setup_runtime
 

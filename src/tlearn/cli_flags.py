@@ -29,6 +29,13 @@ def add_config_flags(parser: argparse.ArgumentParser, *, defaults: dict[str, Any
             _add_flag(groups[meta["group"]], item, defaults.get(item.name, item.default))
 
 
+def add_table_flags(parser: argparse.ArgumentParser) -> None:
+    """--labels, --path-col, --label-col on eval and features, with train's help texts."""
+    fields = {item.name: item for item in dataclasses.fields(DataConfig)}
+    for name in ("labels", "path_col", "label_col"):
+        _add_flag(parser, fields[name], None)
+
+
 def _add_flag(group, item: dataclasses.Field, default: Any) -> None:
     meta = item.metadata
     flag = meta["flag"] or "--" + item.name.replace("_", "-")

@@ -19,6 +19,8 @@ AUGMENTS = ("default", "none")
 HEAD_SOLVERS = ("sgd", "lbfgs")
 AMP_DTYPES = ("bf16", "fp16")
 SMALL_IMAGES = ("auto", "weights")
+# What early stopping watches: val_map and val_balanced_acc exist only for some tasks (early_stopping.py).
+MONITORS = ("val_loss", "val_top1", "val_map", "val_balanced_acc")
 BUILTIN_DATASETS = ("digits", "cifar10", "cifar100")  # --data names that are not folders
 
 
@@ -37,6 +39,12 @@ def option(default: Any, help: str, *, group: str, choices: tuple[str, ...] | No
 class DataConfig:
     source: str = option(None, "folder with train/ and val/ (or test/) class folders, one folder of class "
                                "folders, or digits | cifar10 | cifar100", group="data", flag="--data", dest="data")
+    labels: str | None = option(None, "a .csv or .tsv table (header row) of image paths, relative to --data, "
+                                      "and labels; a split or is_valid column is honoured", group="data")
+    path_col: str | None = option(None, "--labels: the path column; default: file, filename, path, image, "
+                                        "image_id or id", group="data")
+    label_col: str | None = option(None, "--labels: the label column; default: label, labels, class, target, "
+                                         "category or tags", group="data")
     data_dir: str = option("data", "download folder for cifar10/cifar100", group="data")
     val_split: float = option(0.1, "fraction held out for validation when there is no val/ or test/ folder",
                               group="data")
@@ -65,6 +73,12 @@ class DataConfig:
     def validate(self) -> None:
         if not isinstance(self.source, str) or not self.source:
             raise ConfigError("--data is required: a folder, digits, cifar10 or cifar100")
+        if self.labels is not None and (not isinstance(self.labels, str) or not self.labels):
+            raise ConfigError("--labels must be the path of a .csv or .tsv file")
+        if self.labels and self.source in BUILTIN_DATASETS:
+            raise ConfigError(f"--labels needs --data FOLDER (the images' root), not {self.source}")
+        if (self.path_col or self.label_col) and not self.labels:
+            raise ConfigError("--path-col and --label-col need --labels FILE")
         if not 0.0 < self.val_split < 1.0:
             raise ConfigError(f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}")
         if self.image_size is not None and self.image_size < 16:
@@ -112,6 +126,10 @@ class TrainConfig:
     head_solver: str = option("lbfgs", "cached-feature head: lbfgs (full-batch, L2 chosen on val) or sgd "
                                        "(mini-batch, the optimiser's settings)", group="strategy",
                               choices=HEAD_SOLVERS)
+    patience: int | None = option(None, "stop a stage after N epochs without improvement of --monitor "
+                                        "(an L-BFGS probe is one solve: no patience)", group="strategy")
+    min_delta: float = option(0.0, "smallest change of --monitor that counts as an improvement", group="strategy")
+    monitor: str = option("val_loss", "what --patience watches", group="strategy", choices=MONITORS)
     lr: float | None = option(None, "head LR (default 1e-3 AdamW, 0.01 SGD)", group="optimizer")
     backbone_lr_mult: float = option(0.1, "backbone LR = head LR x this, when fine-tuning", group="optimizer")
     optimizer: str = option("adamw", "optimiser", group="optimizer", choices=OPTIMIZERS)
@@ -159,6 +177,11 @@ class TrainConfig:
             raise ConfigError(f"--unfreeze-last must be 0 or more, got {self.unfreeze_last}")
         if self.unfreeze_last and self.strategy not in ("linear-probe", "two-stage"):
             raise ConfigError(f"--unfreeze-last applies to linear-probe and two-stage, not {self.strategy}")
+        _check_choice("--monitor", self.monitor, MONITORS)
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"--patience must be at least 1, got {self.patience}")
+        if self.min_delta < 0:
+            raise ConfigError(f"--min-delta must be 0 or more, got {self.min_delta}")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"--lr must be above 0, got {self.lr}")
         if self.backbone_lr_mult <= 0:

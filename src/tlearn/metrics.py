@@ -30,6 +30,12 @@ class EvalResult:
     per_class: list[float]  # recall of each class (accuracy on its images)
     probs: torch.Tensor | None = field(default=None, repr=False)  # softmax rows in loader order, when kept
 
+    @property
+    def balanced_accuracy(self) -> float:
+        """Mean recall over the classes that have validation images."""
+        recalls = [recall for recall, row in zip(self.per_class, self.confusion) if sum(row)]
+        return sum(recalls) / len(recalls) if recalls else 0.0
+
     def to_dict(self, class_names: list[str] | None = None) -> dict:
         per_class = (dict(zip(class_names, self.per_class)) if class_names else self.per_class)
         return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "count": self.count,

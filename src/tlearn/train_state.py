@@ -36,6 +36,10 @@ class Progress:
     rows: list[dict[str, Any]] = field(default_factory=list)
     stage_results: list[dict[str, Any]] = field(default_factory=list)
     as_is_trainable: list[str] = field(default_factory=list)  # strategy as-is: the user's flags
+    # Early stopping within the current stage (early_stopping.py): the best value of the
+    # monitored metric and the epochs since it improved.
+    monitor_best: float | None = None
+    epochs_without_improvement: int = 0
 
 
 @dataclass

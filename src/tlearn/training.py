@@ -20,6 +20,7 @@ from torch import nn
 from . import checkpoint, run_folder
 from .config import RunConfig
 from .data.sources import DatasetSplits
+from .early_stopping import monitor_value, observe, require_monitor
 from .features import default_cache_dir
 from .head_solver import fit_linear_head_lbfgs
 from .loops import evaluate_loader, train_one_epoch
@@ -74,6 +75,8 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
                *, runtime: Runtime | None = None, resume: ResumePoint | None = None) -> dict[str, Any]:
     """Train `model` on `data` by `config`'s strategy; returns the summary (also in run_dir)."""
     tc = config.train
+    if tc.patience:
+        require_monitor(tc.monitor)
     runtime = runtime or setup_runtime(tc.device, tc.amp, tc.amp_dtype, tc.channels_last)
     seed_everything(tc.seed, tc.deterministic)
     model.info.class_names = list(data.class_names)
@@ -100,13 +103,15 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
     if resume is not None:
         resume.restore_rng()
         stage_state = resume.stage_state
-        if progress.stage_epoch >= stages[start].epochs:  # committed at a stage boundary
+        if len(progress.stage_results) > start:  # committed at a stage's end (its last epoch, or stopped early)
             start, progress.stage_epoch, stage_state = start + 1, 0, None
     elif stages:
         _note_changed_flags(model, stages[0])
     try:
         for index in range(start, len(stages)):
             progress.stage_index = index
+            if progress.stage_epoch == 0:  # early stopping watches each stage afresh
+                progress.monitor_best, progress.epochs_without_improvement = None, 0
             _run_stage(model, stages[index], index, run, stage_state)
             stage_state, progress.stage_epoch = None, 0
     finally:
@@ -242,7 +247,8 @@ def _train_epochs(current: StageRun, run: Run) -> None:
         logger.info(f"  epoch {epoch + 1}/{stage.epochs}: train loss {stats.loss:.4f} acc {stats.top1:.4f} | "
                     f"val loss {result.loss:.4f} top1 {result.top1:.4f} top5 {result.top5:.4f} | "
                     f"{stats.images_per_s:.0f} img/s")
-        _finish_epoch(current, stats, result, run)
+        if _finish_epoch(current, stats, result, run):
+            break
 
 
 def _solve_head(current: StageRun, run: Run) -> None:
@@ -262,8 +268,9 @@ def _solve_head(current: StageRun, run: Run) -> None:
     _finish_epoch(current, stats, result, run)
 
 
-def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run: Run) -> None:
-    """Record the epoch's metrics, track the best model, commit the run folder."""
+def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run: Run) -> bool:
+    """Record the epoch's metrics, track the best model, commit the run folder; True when the
+    stage stops early."""
     progress, stage, model = run.progress, current.stage, current.model
     now = time.perf_counter()
     progress.train_seconds += now - current.mark  # includes feature extraction and validation
@@ -283,17 +290,35 @@ def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run:
     if improved:
         progress.best_top1, progress.best_top5, progress.best_epoch = result.top1, result.top5, row["epoch"]
         run.best_val_probs = result.probs
-    if progress.stage_epoch == stage.epochs:
+    stopped = _stops_early(current, result, run)
+    if progress.stage_epoch == stage.epochs or stopped:
         trainable, frozen = parameter_counts(model)
-        progress.stage_results.append({"name": stage.name, "epochs": stage.epochs, "val_top1": result.top1,
-                                       "val_top5": result.top5, "trainable_params": trainable,
-                                       "frozen_params": frozen, "cached_features": current.data.cached,
-                                       "solver": stage.solver})
+        progress.stage_results.append({"name": stage.name, "epochs": progress.stage_epoch, "stopped_early": stopped,
+                                       "val_top1": result.top1, "val_top5": result.top5,
+                                       "trainable_params": trainable, "frozen_params": frozen,
+                                       "cached_features": current.data.cached, "solver": stage.solver})
     if run.writes:
         commit_epoch(run.run_dir, model, progress, current.state, improved)
     if run.tensorboard is not None:
         _log_tensorboard(run.tensorboard, row)
     current.mark = time.perf_counter()
+    return stopped
+
+
+def _stops_early(current: StageRun, result: EvalResult, run: Run) -> bool:
+    """Early stopping's verdict on this epoch (never for an L-BFGS solve, the stage's one epoch)."""
+    tc, progress, stage = run.config.train, run.progress, current.stage
+    if not tc.patience or stage.solver == "lbfgs":
+        return False
+    progress.monitor_best, progress.epochs_without_improvement = observe(
+        progress.monitor_best, progress.epochs_without_improvement, monitor_value(result, tc.monitor), tc.monitor,
+        tc.min_delta)
+    if progress.epochs_without_improvement < tc.patience or progress.stage_epoch == stage.epochs:
+        return False
+    logger.info(f"  early stop: {tc.monitor} has not improved on {progress.monitor_best:.4f} by more than "
+                f"{tc.min_delta:g} for {tc.patience} epoch{'s' if tc.patience != 1 else ''}; {stage.name} ends "
+                f"after {progress.stage_epoch} of {stage.epochs} epochs")
+    return True
 
 
 def _open_tensorboard(run_dir: Path):

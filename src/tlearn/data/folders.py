@@ -39,10 +39,8 @@ def list_class_folders(folder: Path) -> tuple[FileSamples, list[str], list[tuple
 
 def keep_usable(samples: FileSamples, strict_images: bool = False) -> tuple[FileSamples, list[tuple[str, str]]]:
     """The samples whose files decode, and the others with their reasons (or an error, strict)."""
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        reasons = list(pool.map(unusable_reason, samples.paths))
     kept, skipped = [], []
-    for index, (path, reason) in enumerate(zip(samples.paths, reasons)):
+    for index, (path, reason) in enumerate(zip(samples.paths, unusable_reasons(samples.paths))):
         if reason is None:
             kept.append(index)
         elif strict_images:
@@ -50,6 +48,12 @@ def keep_usable(samples: FileSamples, strict_images: bool = False) -> tuple[File
         else:
             skipped.append((path, reason))
     return samples.subset(kept), skipped
+
+
+def unusable_reasons(paths: list[str]) -> list[str | None]:
+    """For each file: None when it decodes, else why not (files opened in threads)."""
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        return list(pool.map(unusable_reason, paths))
 
 
 def require_every_class(samples: FileSamples, class_names: list[str], folder: Path) -> None:

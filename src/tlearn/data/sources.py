@@ -3,7 +3,8 @@
 `resolve_split(data_config, split)` is called by training (train and val), eval, the
 features command and export's parity check. Sources: a folder with train/ and val/ (or
 valid/, validation/, test/) class folders; one folder of class folders, split stratified by
-`val_split` and the seed; `digits` (embedded); `cifar10` / `cifar100` (torchvision download,
+`val_split` and the seed; a folder of images with a labels table (`--labels`, data/tables.py);
+`digits` (embedded); `cifar10` / `cifar100` (torchvision download,
 validation carved out of the training split). Splits: train, val, test, all.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from .folders import keep_usable, list_class_folders, require_every_class, scan_class_folders
 from .samples import ArraySamples, FileSamples, Samples, stratified_split
+from .tables import read_table, table_split
 
 SPLITS = ("train", "val", "test", "all")
 VAL_FOLDERS = ("val", "valid", "validation", "test")  # the first present is the validation split
@@ -57,6 +59,9 @@ def resolve_split(data: DataConfig, split: str, seed: int = 0) -> Split:
         raise DataError(f"data folder not found: {data.source} (or use {', '.join(BUILTIN)})")
     if not root.is_dir():
         raise DataError(f"--data must be a folder of class folders, got a file: {data.source}")
+    if data.labels:
+        found = table_split(data, split, seed)
+        return Split(found.class_names, found.samples, found.description, found.skipped, found.split_names)
     folders = split_folders(root)
     if folders:
         return _from_split_folders(folders, split, data.strict_images)
@@ -86,9 +91,11 @@ def split_folders(root: Path) -> dict[str, Path]:
 
 def default_eval_split(data: DataConfig) -> str:
     """`tlearn eval`'s default: the validation split, or all of a folder that has no split folders
-    (a held-out folder of class folders is evaluated whole)."""
+    (a held-out folder of class folders is evaluated whole). A table's test rows, when it has some."""
     if data.source in BUILTIN:
         return "val"
+    if data.labels:
+        return "test" if read_table(data.labels, data.path_col, data.label_col).has_test else "val"
     root = Path(data.source)
     return "val" if not root.is_dir() or split_folders(root) else "all"
 

@@ -1,0 +1,256 @@
+"""Labels from a table: a .csv or .tsv file (header row) of image paths and labels.
+
+Read with the standard csv module: a .tsv file is tab-separated, any other comma-separated.
+Columns are found by header name in any case (or named by --path-col / --label-col); a
+`split` column (train/val/valid/validation/test) or an `is_valid` column (true/false/1/0)
+assigns rows to splits. Paths are relative to the data root; an id without an image
+extension matches the one image file with that stem. Every file under the root is listed
+once (`FileIndex`), never one glob per row: tables run to 100k rows.
+
+A label cell becomes a tuple of labels (`label_values`): exactly one for single-label data;
+a multi-label delimiter splits the cell there and nowhere else.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import posixpath
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import DataConfig
+from ..errors import DataError
+from .folders import unusable_reasons
+from .images import IMAGE_SUFFIXES
+from .samples import FileSamples, stratified_split
+
+PATH_COLUMNS = ("file", "filename", "path", "image", "image_id", "id")
+LABEL_COLUMNS = ("label", "labels", "class", "target", "category", "tags")
+SPLIT_VALUES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+IS_VALID_VALUES = {"true": "val", "1": "val", "false": "train", "0": "train"}
+
+
+@dataclass(frozen=True, slots=True)  # slots: a table of 100k rows is 100k of these
+class TableRow:
+    row: int  # the row number a spreadsheet shows: the header is row 1
+    path: str  # the path cell as written
+    labels: tuple[str, ...]  # () when the label cell is empty
+    split: str | None  # train | val | test from a split or is_valid column; None without one
+
+
+@dataclass
+class Table:
+    path: Path
+    rows: list[TableRow]
+    path_col: str
+    label_col: str
+    split_col: str | None  # the header of the split or is_valid column
+
+    @property
+    def has_test(self) -> bool:
+        return any(row.split == "test" for row in self.rows)
+
+
+def label_values(cell: str, delim: str | None = None) -> tuple[str, ...]:
+    """The labels of one cell: the stripped cell, or its parts split on `delim` (empty parts dropped)."""
+    parts = cell.split(delim) if delim else [cell]
+    return tuple(dict.fromkeys(part.strip() for part in parts if part.strip()))
+
+
+def read_table(path: str | Path, path_col: str | None = None, label_col: str | None = None,
+               label_delim: str | None = None) -> Table:
+    """Parse the table; unknown columns, an empty table or no labels at all are a DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"labels table not found: {path}")
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, delimiter=delimiter)
+            header = next(reader, None)
+            if not header or not any(cell.strip() for cell in header):
+                raise DataError(f"labels table {path} is empty: expected a header row, then one row per image")
+            header = [cell.strip() for cell in header]
+            path_index = _find_column(header, path_col, PATH_COLUMNS, "path", "--path-col", path)
+            label_index = _find_column(header, label_col, LABEL_COLUMNS, "label", "--label-col", path)
+            split_index, split_values = _split_column(header)
+            rows = []
+            for cells in reader:
+                if not any(cell.strip() for cell in cells):
+                    continue  # blank line
+                rows.append(_parse_row(cells, reader.line_num, path_index, label_index, split_index,
+                                       split_values, label_delim, path))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"labels table {path} cannot be read as {'TSV' if delimiter == chr(9) else 'CSV'} "
+                        f"({error})") from None
+    if not rows:
+        raise DataError(f"labels table {path} has a header but no rows")
+    if not any(row.labels for row in rows):
+        raise DataError(f"label column {header[label_index]!r} of {path} has no labels")
+    split_col = header[split_index] if split_index is not None else None
+    return Table(path, rows, header[path_index], header[label_index], split_col)
+
+
+def _find_column(header: list[str], given: str | None, candidates: tuple[str, ...], what: str, flag: str,
+                 path: Path) -> int:
+    lowered = [name.lower() for name in header]
+    wanted = (given,) if given else candidates
+    for name in wanted:
+        if name.lower() in lowered:
+            return lowered.index(name.lower())
+    columns = ", ".join(header)
+    if given:
+        raise DataError(f"{flag} {given!r} is not a column of {path}; its columns: {columns}")
+    raise DataError(f"no {what} column in {path} (looked for {', '.join(candidates)}; its columns: {columns}); "
+                    f"name it with {flag}")
+
+
+def _split_column(header: list[str]) -> tuple[int | None, dict[str, str]]:
+    lowered = [name.lower() for name in header]
+    if "split" in lowered:
+        return lowered.index("split"), SPLIT_VALUES
+    if "is_valid" in lowered:
+        return lowered.index("is_valid"), IS_VALID_VALUES
+    return None, {}
+
+
+def _parse_row(cells: list[str], line: int, path_index: int, label_index: int, split_index: int | None,
+               split_values: dict[str, str], label_delim: str | None, table: Path) -> TableRow:
+    def cell(index: int) -> str:
+        return cells[index].strip() if index < len(cells) else ""
+
+    split = None
+    if split_index is not None:
+        value = cell(split_index)
+        split = split_values.get(value.lower())
+        if split is None:
+            raise DataError(f"{table} row {line}: {value!r} is not a split ({', '.join(split_values)})")
+    return TableRow(line, cell(path_index), label_values(cell(label_index), label_delim), split)
+
+
+class FileIndex:
+    """Every file under a root, listed once: exact relative paths, and image files by stem."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.files: set[str] = set()
+        self.by_stem: dict[str, list[str]] = {}  # relative path without its image extension
+        self.by_name: dict[str, list[str]] = {}  # file name without its image extension
+        for directory, subdirs, names in os.walk(root):
+            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+            relative_dir = os.path.relpath(directory, root).replace(os.sep, "/")
+            for name in names:
+                relative = name if relative_dir == "." else f"{relative_dir}/{name}"
+                self.files.add(relative)
+                stem, suffix = posixpath.splitext(name)
+                if suffix.lower() in IMAGE_SUFFIXES:
+                    self.by_stem.setdefault(relative[:len(relative) - len(suffix)], []).append(relative)
+                    self.by_name.setdefault(stem, []).append(relative)
+
+    def resolve(self, cell: str) -> tuple[str, str | None]:
+        """(path, None) for the file a path cell names, or (what was looked for, why not found)."""
+        name = cell.replace("\\", "/")
+        if not name:
+            return str(self.root), "empty path"
+        if os.path.isabs(name):
+            return (name, None) if os.path.isfile(name) else (name, "not found")
+        relative = posixpath.normpath(name)
+        wanted = os.path.join(self.root, relative)
+        if relative in self.files:
+            return wanted, None
+        has_suffix = posixpath.splitext(relative)[1].lower() in IMAGE_SUFFIXES
+        found = [] if has_suffix else \
+            self.by_stem.get(relative) or ([] if "/" in relative else self.by_name.get(relative, []))
+        if len(found) == 1:
+            return os.path.join(self.root, found[0]), None
+        if found:
+            return wanted, f"ambiguous id: {len(found)} image files with this stem ({', '.join(sorted(found)[:3])})"
+        if os.path.isfile(wanted):  # through a link the scan did not follow
+            return wanted, None
+        return wanted, "not found" if has_suffix else "not found (no image file with this name or stem)"
+
+
+@dataclass
+class TableSplit:
+    """One split of a table's rows, ready for `sources.Split`."""
+
+    class_names: list[str]
+    samples: FileSamples
+    description: str
+    skipped: list[tuple[str, str]]  # (path, "row N: reason")
+    split_names: list[str]  # each sample's split: train | val | test
+
+
+def table_split(data: DataConfig, split: str, seed: int) -> TableSplit:
+    """The rows of one split (train, val, test or all), their files checked, classes sorted by name.
+
+    Rows go to the split their split/is_valid cell says; without one (or with no val rows), val
+    is carved from the training rows by `val_split`, stratified and seeded, as for folders. Only
+    the split's own files are opened. Problems (no label, missing file, unreadable) are reported
+    by the split the row belongs to; those of training and validation rows by train.
+    """
+    root = Path(data.source)
+    table = read_table(data.labels, data.path_col, data.label_col)
+    if split == "test" and not table.has_test:
+        raise DataError(f"{table.path} has no test rows (a split column with test); use --split val or all")
+    index = FileIndex(root)
+    entries, problems, seen = [], [], {}
+    for row in table.rows:
+        path, reason = index.resolve(row.path) if row.labels else (os.path.join(root, row.path), "no label")
+        if reason is None and path in seen:
+            reason = f"the same file as row {seen[path]}"
+        if reason is None:
+            seen[path] = row.row
+            entries.append((row, path))
+        else:
+            problems.append((row, path, reason))
+    assigned, carved = _assign_splits(table, [row for row, _ in entries], data.val_split, seed)
+    pool = ("train", "val") if split in ("train", "val") else ("train", "val", "test") if split == "all" else (split,)
+    names = sorted({row.labels[0] for row in table.rows if row.labels and _row_split(row) in pool})
+    known = {name: i for i, name in enumerate(names)}
+    chosen = [(row, path, where) for (row, path), where in zip(entries, assigned)
+              if where == split or (split == "all" and where in pool)]
+    reported = [(row, path, reason) for row, path, reason in problems
+                if split != "val" and _row_split(row) in pool]
+    skipped = [(path, f"row {row.row}: {reason}") for row, path, reason in reported]
+    if data.strict_images and skipped:
+        raise DataError(f"{skipped[0][1]}: {skipped[0][0]} (drop --strict-images to skip such rows)")
+    kept = []
+    for (row, path, where), reason in zip(chosen, unusable_reasons([path for _, path, _ in chosen])):
+        if reason is None:
+            kept.append((row, path, where))
+        elif data.strict_images:
+            raise DataError(f"row {row.row}: {reason}: {path} (drop --strict-images to skip such rows)")
+        else:
+            skipped.append((path, f"row {row.row}: {reason}"))
+    samples = FileSamples([path for _, path, _ in kept], [known[row.labels[0]] for row, _, _ in kept])
+    if split == "train":
+        _require_every_class(samples, names, table.path)
+    description = f"{table.path} under {root}" + (f", {data.val_split:g} held out for val" if carved and split in pool else "")
+    return TableSplit(names, samples, description, skipped, [where for _, _, where in kept])
+
+
+def _row_split(row: TableRow) -> str:
+    """The split a row belongs to before val is carved: test rows are kept apart, the rest train."""
+    return "test" if row.split == "test" else "train" if row.split is None else row.split
+
+
+def _assign_splits(table: Table, rows: list[TableRow], val_split: float, seed: int) -> tuple[list[str], bool]:
+    """Each row's split, and whether val was carved from the training rows."""
+    assigned = [_row_split(row) for row in rows]
+    if "val" in assigned:
+        return assigned, False
+    pool = [i for i, where in enumerate(assigned) if where == "train"]
+    names = {name: i for i, name in enumerate(sorted({rows[i].labels[0] for i in pool}))}
+    _, val = stratified_split([names[rows[i].labels[0]] for i in pool], val_split, seed)
+    for position in val:
+        assigned[pool[position]] = "val"
+    return assigned, True
+
+
+def _require_every_class(samples: FileSamples, class_names: list[str], table: Path) -> None:
+    counts = Counter(samples.labels)
+    empty = [name for i, name in enumerate(class_names) if not counts[i]]
+    if empty:
+        raise DataError(f"label(s) with no usable training image in {table}: {', '.join(empty[:10])}")
