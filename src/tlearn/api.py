@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from . import checkpoint, run_folder, training
+from .balance import class_counts, imbalance_ratio, warn_if_imbalanced
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data.images import open_rgb
 from .data.loaders import make_loader
@@ -168,19 +169,22 @@ def load(run_dir: str | Path, device: str = "cpu") -> TrainedModel:
 
 def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
              batch_size: int = 64, device: str = "auto", workers: int | None = None) -> dict:
-    """top1, top5, per_class and confusion of a run on a dataset, classes matched by name.
+    """top1, top5, balanced_acc, f1_macro, per_class and confusion of a run on a dataset, classes
+    matched by name; warns when the data's largest class has 10x the images of its smallest.
 
     `split`: train, val, test or all; by default the validation split, or all of a folder
     without split folders. Built-in data sets and plain folders are split as the run was.
     """
     trained = run_or_model if isinstance(run_or_model, TrainedModel) else load(run_or_model)
     samples = eval_samples(run_or_model, data, split, trained.class_names)
+    counts = class_counts(samples.labels, len(trained.class_names))
+    warn_if_imbalanced(counts, trained.class_names, f"the evaluation data ({data})")
     runtime = setup_runtime(device)
     trained.model.to(runtime.device)
     loader = make_loader(samples, trained.transform, batch_size=batch_size, shuffle=False, workers=workers,
                          device=runtime.device)
     result = evaluate_loader(trained.model, loader, runtime, len(trained.class_names))
-    return result.to_dict(trained.class_names)
+    return {**result.to_dict(trained.class_names), "imbalance_ratio": round(imbalance_ratio(counts), 2)}
 
 
 def eval_samples(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,

@@ -187,6 +187,12 @@ class _Format(logging.Formatter):
         return f"warning: {message}" if record.levelno >= logging.WARNING else message
 
 
+def _log_to_stderr() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Format())
+    logging.getLogger("tlearn").handlers[:] = [handler]
+
+
 def _configure_logging(verbosity: int) -> None:
     """The library logs to the "tlearn" logger; the command line shows it on stdout, plain, at
     INFO (-q: warnings only, -v: debug too). Under torchrun only rank 0 talks."""
@@ -202,10 +208,12 @@ def _print_summary(summary: dict, run_dir) -> None:
     if not _is_main_process():
         return
     print()
-    print(f"{'stage':<14}{'epochs':>7}{'val top-1':>11}{'val top-5':>11}")
+    print(f"{'stage':<14}{'epochs':>7}{'val top-1':>11}{'val top-5':>11}{'balanced':>10}{'macro-F1':>10}")
     for stage in summary["stages"]:
-        print(f"{stage['name']:<14}{stage['epochs']:>7}{stage['val_top1']:>11.4f}{stage['val_top5']:>11.4f}")
-    print(f"best val top-1 {summary['val_top1']:.4f} (epoch {summary['best_epoch']}), "
+        print(f"{stage['name']:<14}{stage['epochs']:>7}{stage['val_top1']:>11.4f}{stage['val_top5']:>11.4f}"
+              f"{stage['val_balanced_acc']:>10.4f}{stage['val_f1_macro']:>10.4f}")
+    print(f"best val top-1 {summary['val_top1']:.4f}, balanced accuracy {summary['val_balanced_acc']:.4f}, "
+          f"macro-F1 {summary['val_f1_macro']:.4f} (epoch {summary['best_epoch']}), "
           f"{summary['train_seconds']:.1f} s; run folder: {run_dir}")
 
 
@@ -215,6 +223,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _require_folder(args.data, "--data", exists=True)
     from . import api
 
+    if args.json:  # stdout is the JSON object and nothing else: warnings go to stderr
+        _log_to_stderr()
     result = api.evaluate(args.run, args.data, split=args.split, batch_size=args.batch_size,
                           device=args.device, workers=args.workers)
     if args.report:
@@ -232,6 +242,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     names = list(result["per_class"])
     print(f"images {result['count']}  top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  "
+          f"balanced accuracy {result['balanced_acc']:.4f}  macro-F1 {result['f1_macro']:.4f}  "
           f"loss {result['loss']:.4f}")
     print("\nper-class accuracy")
     width = max(len(n) for n in names)

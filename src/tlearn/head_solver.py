@@ -4,6 +4,12 @@ The same objective as scikit-learn's LogisticRegression (mean cross-entropy + L2
 weights), solved in float32 (float64 with fast=False) with strong-Wolfe line search, over a
 7-point L2 sweep chosen on the validation split. Warm-started from the strongest penalty
 down, so the sweep is cheap.
+
+Balancing (balance.py): `class_weights` weight the cross-entropy (reweight, and resample: the
+weighted full-batch loss is the balanced sampler's expected loss); `logit_shift` is added to
+the bias of each plain solution before it is scored and stored (logit adjustment: the bias is
+not penalised, so this equals solving with the logit-adjusted loss). `select="balanced_acc"`
+chooses the L2 strength by validation balanced accuracy instead of top-1.
 """
 from __future__ import annotations
 
@@ -24,6 +30,9 @@ L2_GRID = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
 ONE_THREAD_BELOW = 1 << 25
 
 
+SELECT = ("top1", "balanced_acc")
+
+
 @dataclass
 class SolverResult:
     l2: float
@@ -31,31 +40,44 @@ class SolverResult:
     train_top1: float
     val_loss: float
     val_top1: float
+    val_balanced_acc: float = 0.0
+
+
+@dataclass(frozen=True)
+class HeadObjective:
+    """What the solve minimises and how the sweep chooses (see the module docstring)."""
+
+    class_weights: torch.Tensor | None = None
+    logit_shift: torch.Tensor | None = None
+    select: str = "top1"
 
 
 def fit_linear_head_lbfgs(head: nn.Linear, train_x: torch.Tensor, train_y: torch.Tensor,
-                          val_x: torch.Tensor, val_y: torch.Tensor, *, grid=L2_GRID,
-                          max_iter: int = 300, fast: bool = True) -> SolverResult:
-    """Fit `head` in place; keeps the L2 strength with the best val top-1 (then lowest val loss).
+                          val_x: torch.Tensor, val_y: torch.Tensor, *, grid=None, max_iter: int = 300,
+                          fast: bool = True, objective: HeadObjective = HeadObjective()) -> SolverResult:
+    """Fit `head` in place; keeps the L2 strength with the best val score (then lowest val loss).
 
-    `fast`: float32 (about twice as fast; the same accuracy on the cases measured) or float64.
+    `grid`: L2 strengths (default L2_GRID). `fast`: float32 (about twice as fast; the same accuracy
+    on the cases measured) or float64.
     """
     threads = torch.get_num_threads()
     if train_x.numel() < ONE_THREAD_BELOW:
         torch.set_num_threads(1)
     try:
-        return _sweep(head, train_x, train_y, val_x, val_y, grid, max_iter, fast)
+        return _sweep(head, train_x, train_y, val_x, val_y, grid or L2_GRID, max_iter, fast, objective)
     finally:
         torch.set_num_threads(threads)
 
 
 def _sweep(head: nn.Linear, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
-           val_y: torch.Tensor, grid, max_iter: int, fast: bool) -> SolverResult:
+           val_y: torch.Tensor, grid, max_iter: int, fast: bool, objective: HeadObjective) -> SolverResult:
     dtype = torch.float32 if fast else torch.float64
     train_x, val_x = train_x.to(dtype).flatten(1), val_x.to(dtype).flatten(1)
     num_classes = head.out_features
     weight = torch.zeros(num_classes, train_x.shape[1], dtype=dtype, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=dtype, requires_grad=True)
+    class_weights = None if objective.class_weights is None else objective.class_weights.to(dtype)
+    shift = torch.zeros(num_classes, dtype=dtype) if objective.logit_shift is None else objective.logit_shift.to(dtype)
     best: tuple | None = None
     for l2 in grid:
         optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=20,
@@ -64,18 +86,23 @@ def _sweep(head: nn.Linear, train_x: torch.Tensor, train_y: torch.Tensor, val_x:
 
         def closure():
             optimizer.zero_grad()
-            loss = F.cross_entropy(train_x @ weight.T + bias, train_y) + 0.5 * l2 * weight.pow(2).sum()
+            loss = (F.cross_entropy(train_x @ weight.T + bias, train_y, weight=class_weights)
+                    + 0.5 * l2 * weight.pow(2).sum())
             loss.backward()
             return loss
 
         optimizer.step(closure)
         with torch.no_grad():
-            result = SolverResult(l2, *_scores(train_x, train_y, weight, bias), *_scores(val_x, val_y, weight, bias))
+            shifted = bias.detach() + shift
+            train_loss = F.cross_entropy(train_x @ weight.T + bias, train_y, weight=class_weights).item()
+            result = SolverResult(l2, train_loss, _scores(train_x, train_y, weight, shifted)[1],
+                                  *_scores(val_x, val_y, weight, shifted))
         logger.info(f"  L-BFGS l2={l2:g}: train top1 {result.train_top1:.4f} | val loss {result.val_loss:.4f} "
-                    f"top1 {result.val_top1:.4f}")
-        key = (result.val_top1, -result.val_loss)
+                    f"top1 {result.val_top1:.4f} balanced acc {result.val_balanced_acc:.4f}")
+        score = result.val_balanced_acc if objective.select == "balanced_acc" else result.val_top1
+        key = (score, -result.val_loss)
         if best is None or key > best[0]:
-            best = (key, result, weight.detach().clone(), bias.detach().clone())
+            best = (key, result, weight.detach().clone(), shifted.clone())
     _, result, best_weight, best_bias = best
     with torch.no_grad():
         head.weight.copy_(best_weight.to(head.weight.dtype))
@@ -83,6 +110,11 @@ def _sweep(head: nn.Linear, train_x: torch.Tensor, train_y: torch.Tensor, val_x:
     return result
 
 
-def _scores(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tuple[float, float]:
+def _scores(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
+            bias: torch.Tensor) -> tuple[float, float, float]:
+    """(loss, top-1, balanced accuracy) of the head on (x, y)."""
     logits = x @ weight.T + bias
-    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).double().mean().item()
+    predicted = logits.argmax(1)
+    recalls = [(predicted[y == c] == c).double().mean() for c in y.unique()]
+    return (F.cross_entropy(logits, y).item(), (predicted == y).double().mean().item(),
+            torch.stack(recalls).mean().item())
