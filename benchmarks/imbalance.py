@@ -1,6 +1,7 @@
 """Imbalanced classes: every `--balance` mode of the linear probe on CIFAR-10-LT, cross-checked with scikit-learn.
 
     python benchmarks/imbalance.py [--seeds 0 1] [--modes none reweight resample logit-adjust] [--image-size 224]
+                                   [--solvers lbfgs sgd] [--sgd-epochs 10]
 
 For each seed, builds CIFAR-10-LT from ../shared/data/cifar10-jpg-train.tar.gz into
 data/imbalance/seed-S (git-ignored): imbalance ratio 100, n_i = round(500 * 0.01 ** (i / 9))
@@ -12,7 +13,8 @@ mode costs in top-1 when the test data are as imbalanced as the training data.
 
 Then runs `tlearn train --strategy linear-probe --model efficientnet_lite0 --image-size 224
 --balance MODE` for each mode (the features are cached, so modes after the first are
-cheap) and fits scikit-learn's LogisticRegression on the same cached features (C = 1:
+cheap; `--solvers sgd` runs `--head-solver sgd --epochs 10` instead, where resample really
+samples) and fits scikit-learn's LogisticRegression on the same cached features (C = 1:
 unweighted, class_weight="balanced", and unweighted with the logits shifted by -log prior).
 Prints one JSON line per seed and mode, and a JSON summary (mean and spread over seeds).
 """
@@ -75,10 +77,12 @@ def build_cifar_lt(out: Path, seed: int) -> Path:
     return out
 
 
-def train_mode(data: Path, mode: str, run: Path, cache: Path, image_size: int) -> tuple[dict, float]:
+def train_mode(data: Path, mode: str, run: Path, cache: Path, image_size: int, solver: str,
+               sgd_epochs: int) -> tuple[dict, float]:
     command = [sys.executable, "-m", "tlearn", "train", "-q", "--data", str(data), "--strategy", "linear-probe",
                "--model", "efficientnet_lite0", "--image-size", str(image_size), "--balance", mode,
-               "--out", str(run), "--cache-dir", str(cache), "--no-report"]
+               "--head-solver", solver, "--epochs", str(sgd_epochs), "--out", str(run), "--cache-dir", str(cache),
+               "--no-report"]
     began = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -142,6 +146,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--solvers", nargs="+", default=["lbfgs"], choices=("lbfgs", "sgd"),
+                        help="head solvers: lbfgs (the default probe) and/or sgd (mini-batch AdamW: the sampler)")
+    parser.add_argument("--sgd-epochs", type=int, default=10)
+    parser.add_argument("--no-sklearn", dest="sklearn", action="store_false", help="skip the cross-check")
     parser.add_argument("--out", type=Path, default=ROOT / "data" / "imbalance")
     args = parser.parse_args()
     if not TARBALL.is_file():
@@ -151,16 +159,17 @@ def main() -> None:
         data = build_cifar_lt(args.out / f"seed-{seed}", seed)
         test_folder = data.with_name(data.name + "-test")
         features = None
-        for mode in args.modes:
-            run = args.out / "runs" / f"seed-{seed}" / mode
-            summary, seconds = train_mode(data, mode, run, cache, args.image_size)
+        for solver, mode in ((solver, mode) for solver in args.solvers for mode in args.modes):
+            run = args.out / "runs" / f"seed-{seed}" / f"{mode}-{solver}"
+            summary, seconds = train_mode(data, mode, run, cache, args.image_size, solver, args.sgd_epochs)
             features = features or cached_features(run, test_folder, cache)
-            row = {"seed": seed, "mode": mode, "seconds": round(seconds, 1), "val_top1": summary["val_top1"],
+            name = mode if solver == "lbfgs" else f"{mode} (sgd head)"
+            row = {"seed": seed, "mode": name, "seconds": round(seconds, 1), "val_top1": summary["val_top1"],
                    "val_balanced_acc": summary["val_balanced_acc"], "val_f1_macro": summary["val_f1_macro"],
                    "test_lt": scores(head_logits(run, features["test"][0]), features["test"][1])}
-            results[mode].append(row)
+            results[name].append(row)
             print(json.dumps(row), flush=True)
-        for name, row in sklearn_rows(features).items():
+        for name, row in (sklearn_rows(features) if args.sklearn else {}).items():
             results[f"sklearn {name}"].append({"seed": seed, "val_balanced_acc": row["val"]["balanced_acc"],
                                                "test_lt": row["test_lt"]})
             print(json.dumps({"seed": seed, "sklearn": name, **row}), flush=True)

@@ -255,7 +255,8 @@ def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run:
     row = {"stage": stage.name, "stage_epoch": progress.stage_epoch, "epoch": len(progress.rows) + 1,
            "train_loss": stats.loss, "train_top1": stats.top1, "val_loss": result.loss,
            "val_top1": result.top1, "val_top5": result.top5, "val_balanced_acc": result.balanced_acc,
-           "val_f1_macro": result.f1_macro, "lr_head": lrs.get("head", lrs.get("head_no_decay", "")), "lr_backbone": lrs.get("backbone", ""),
+           "val_f1_macro": result.f1_macro,
+           "lr_head": lrs.get("head", lrs.get("head_no_decay", "")), "lr_backbone": lrs.get("backbone", ""),
            "seconds": now - current.mark, "images_per_s": stats.images_per_s, "cached_features": current.data.cached,
            "data_seconds": stats.data_seconds, "compute_seconds": stats.compute_seconds,
            "optimizer_seconds": stats.optimizer_seconds, "eval_seconds": stats.eval_seconds}
@@ -296,7 +297,7 @@ def _log_tensorboard(writer, row: dict[str, Any]) -> None:
     step = row["epoch"]
     for key in ("train_loss", "val_loss"):
         writer.add_scalar(f"loss/{key[:-5]}", row[key], step)
-    for key in ("train_top1", "val_top1", "val_top5"):
+    for key in ("train_top1", "val_top1", "val_top5", "val_balanced_acc", "val_f1_macro"):
         writer.add_scalar(f"accuracy/{key}", row[key], step)
     for key in ("lr_head", "lr_backbone"):
         if isinstance(row[key], float):
@@ -311,7 +312,8 @@ def _summary(model: Classifier, run: Run) -> dict[str, Any]:
         "val_top1": max(progress.best_top1, 0.0), "val_top5": progress.best_top5,
         "val_balanced_acc": progress.best_balanced_acc, "val_f1_macro": progress.best_f1_macro,
         "balance": run.balance.mode, "train_class_counts": list(run.balance.counts),
-        "train_imbalance_ratio": round(imbalance_ratio(run.balance.counts), 2), "best_epoch": progress.best_epoch, "train_seconds": round(progress.train_seconds, 2),
+        "train_imbalance_ratio": round(imbalance_ratio(run.balance.counts), 2),
+        "best_epoch": progress.best_epoch, "train_seconds": round(progress.train_seconds, 2),
         "stages": progress.stage_results, "num_classes": len(data.class_names),
         "class_names": list(data.class_names), "num_train": len(data.train), "num_val": len(data.val),
         "skipped_files": len(data.skipped), "epochs_completed": len(progress.rows),
