@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     # step's activations (allocator.py; about 1.5x fine-tuning and 1.7-1.9x eval on 2 cores).
     allocator = configure_allocator()
     args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose - args.quiet)
+    _configure_logging(args.verbose - args.quiet, to_stderr=getattr(args, "json", False))
     logging.getLogger("tlearn").log(logging.INFO if args.command in ("train", "demo") else logging.DEBUG, allocator)
     try:
         return COMMANDS[args.command](args)
@@ -187,16 +187,11 @@ class _Format(logging.Formatter):
         return f"warning: {message}" if record.levelno >= logging.WARNING else message
 
 
-def _log_to_stderr() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Format())
-    logging.getLogger("tlearn").handlers[:] = [handler]
-
-
-def _configure_logging(verbosity: int) -> None:
+def _configure_logging(verbosity: int, to_stderr: bool = False) -> None:
     """The library logs to the "tlearn" logger; the command line shows it on stdout, plain, at
-    INFO (-q: warnings only, -v: debug too). Under torchrun only rank 0 talks."""
-    handler = _Stdout()
+    INFO (-q: warnings only, -v: debug too), or on stderr when stdout is JSON (`eval --json`).
+    Under torchrun only rank 0 talks."""
+    handler = logging.StreamHandler(sys.stderr) if to_stderr else _Stdout()
     handler.setFormatter(_Format())
     logger = logging.getLogger("tlearn")
     logger.handlers[:] = [handler]
@@ -223,8 +218,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _require_folder(args.data, "--data", exists=True)
     from . import api
 
-    if args.json:  # stdout is the JSON object and nothing else: warnings go to stderr
-        _log_to_stderr()
     result = api.evaluate(args.run, args.data, split=args.split, batch_size=args.batch_size,
                           device=args.device, workers=args.workers)
     if args.report:
