@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from . import checkpoint, run_folder, training
+from .balance import class_counts, imbalance_ratio, warn_if_imbalanced
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data.images import open_rgb
 from .data.samples import Samples
@@ -170,7 +171,8 @@ def load(run_dir: str | Path, device: str = "cpu") -> TrainedModel:
 def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
              batch_size: int = 64, device: str = "auto", workers: int | None = None, *,
              labels: str | Path | None = None, path_col: str | None = None, label_col: str | None = None) -> dict:
-    """top1, top5, per_class and confusion of a run on a dataset, classes matched by name.
+    """top1, top5, balanced_acc, f1_macro, per_class and confusion of a run on a dataset, classes
+    matched by name; warns when the data's largest class has 10x the images of its smallest.
 
     `split`: train, val, test or all; by default the validation split, or all of a folder
     without split folders, or a table's test rows. Built-in data sets, plain folders and tables
@@ -196,6 +198,8 @@ def evaluation(run_or_model: str | Path | TrainedModel, data: str | Path, split:
     trained = run_or_model if isinstance(run_or_model, TrainedModel) else load(run_or_model)
     samples = eval_samples(run_or_model, data, split, trained.class_names, labels=labels, path_col=path_col,
                            label_col=label_col)
+    counts = class_counts(samples.labels, len(trained.class_names))
+    warn_if_imbalanced(counts, trained.class_names, f"the evaluation data ({data})")
     runtime = setup_runtime(device)
     trained.model.to(runtime.device)
     logits, targets = classify(trained.model, samples, runtime, batch_size=batch_size, workers=workers,
@@ -203,7 +207,8 @@ def evaluation(run_or_model: str | Path | TrainedModel, data: str | Path, split:
     meter = ClassificationMeter(len(trained.class_names))
     if len(targets):
         meter.update(logits, targets, torch.nn.functional.cross_entropy(logits, targets).item())
-    return Evaluation(meter.result().to_dict(trained.class_names), logits.softmax(dim=1), samples)
+    result = {**meter.result().to_dict(trained.class_names), "imbalance_ratio": round(imbalance_ratio(counts), 2)}
+    return Evaluation(result, logits.softmax(dim=1), samples)
 
 
 def eval_samples(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,

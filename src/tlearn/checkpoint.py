@@ -23,7 +23,7 @@ from .errors import RunFolderError
 from .files import atomic_save_tensors, read_json, write_json
 from .models.classifier import Classifier, ModelInfo
 
-MODEL_FILE = "model.safetensors"  # best weights by val top-1: what eval/predict/export use
+MODEL_FILE = "model.safetensors"  # best weights (val top-1; balanced accuracy when balancing): eval/predict/export
 LAST_FILE = "last.safetensors"  # weights after the last committed epoch
 MODEL_JSON = "model.json"
 STATE_FILE = "train_state.safetensors"  # the commit point of every epoch: what resume uses

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     # step's activations (allocator.py; about 1.5x fine-tuning and 1.7-1.9x eval on 2 cores).
     allocator = configure_allocator()
     args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose - args.quiet)
+    _configure_logging(args.verbose - args.quiet, to_stderr=getattr(args, "json", False))
     logging.getLogger("tlearn").log(logging.INFO if args.command in ("train", "demo") else logging.DEBUG, allocator)
     try:
         return COMMANDS[args.command](args)
@@ -193,10 +193,11 @@ class _Format(logging.Formatter):
         return f"warning: {message}" if record.levelno >= logging.WARNING else message
 
 
-def _configure_logging(verbosity: int) -> None:
+def _configure_logging(verbosity: int, to_stderr: bool = False) -> None:
     """The library logs to the "tlearn" logger; the command line shows it on stdout, plain, at
-    INFO (-q: warnings only, -v: debug too). Under torchrun only rank 0 talks."""
-    handler = _Stdout()
+    INFO (-q: warnings only, -v: debug too), or on stderr when stdout is JSON (`eval --json`).
+    Under torchrun only rank 0 talks."""
+    handler = logging.StreamHandler(sys.stderr) if to_stderr else _Stdout()
     handler.setFormatter(_Format())
     logger = logging.getLogger("tlearn")
     logger.handlers[:] = [handler]
@@ -208,11 +209,13 @@ def _print_summary(summary: dict, run_dir) -> None:
     if not _is_main_process():
         return
     print()
-    print(f"{'stage':<14}{'epochs':>7}{'val top-1':>11}{'val top-5':>11}")
+    print(f"{'stage':<14}{'epochs':>7}{'val top-1':>11}{'val top-5':>11}{'balanced':>10}{'macro-F1':>10}")
     for stage in summary["stages"]:
         print(f"{stage['name']:<14}{stage['epochs']:>7}{stage['val_top1']:>11.4f}{stage['val_top5']:>11.4f}"
+              f"{stage['val_balanced_acc']:>10.4f}{stage['val_f1_macro']:>10.4f}"
               + ("  (stopped early)" if stage.get("stopped_early") else ""))
-    print(f"best val top-1 {summary['val_top1']:.4f} (epoch {summary['best_epoch']}), "
+    print(f"best val top-1 {summary['val_top1']:.4f}, balanced accuracy {summary['val_balanced_acc']:.4f}, "
+          f"macro-F1 {summary['val_f1_macro']:.4f} (epoch {summary['best_epoch']}), "
           f"{summary['train_seconds']:.1f} s; run folder: {run_dir}")
 
 
@@ -238,6 +241,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     names = list(result["per_class"])
     print(f"images {result['count']}  top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  "
+          f"balanced accuracy {result['balanced_acc']:.4f}  macro-F1 {result['f1_macro']:.4f}  "
           f"loss {result['loss']:.4f}")
     print("\nper-class accuracy")
     width = max(len(n) for n in names)

@@ -21,6 +21,7 @@ AMP_DTYPES = ("bf16", "fp16")
 SMALL_IMAGES = ("auto", "weights")
 # What early stopping watches: val_map and val_balanced_acc exist only for some tasks (early_stopping.py).
 MONITORS = ("val_loss", "val_top1", "val_map", "val_balanced_acc")
+BALANCE_MODES = ("none", "reweight", "resample", "logit-adjust")  # see balance.py
 BUILTIN_DATASETS = ("digits", "cifar10", "cifar100")  # --data names that are not folders
 
 
@@ -130,6 +131,11 @@ class TrainConfig:
                                         "(an L-BFGS probe is one solve: no patience)", group="strategy")
     min_delta: float = option(0.0, "smallest change of --monitor that counts as an improvement", group="strategy")
     monitor: str = option("val_loss", "what --patience watches", group="strategy", choices=MONITORS)
+    # Imbalanced classes (balance.py); the README's "Imbalanced classes" measures each mode.
+    balance: str = option("none", "imbalanced classes: reweight the loss, resample class-balanced batches, or "
+                                  "logit-adjust the predictions (subtract tau x log prior)", group="strategy",
+                          choices=BALANCE_MODES)
+    balance_tau: float = option(1.0, "tau of --balance logit-adjust", group="strategy")
     lr: float | None = option(None, "head LR (default 1e-3 AdamW, 0.01 SGD)", group="optimizer")
     backbone_lr_mult: float = option(0.1, "backbone LR = head LR x this, when fine-tuning", group="optimizer")
     optimizer: str = option("adamw", "optimiser", group="optimizer", choices=OPTIMIZERS)
@@ -163,6 +169,9 @@ class TrainConfig:
         _check_choice("--optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("--device", self.device, DEVICES)
         _check_choice("--head-solver", self.head_solver, HEAD_SOLVERS)
+        _check_choice("--balance", self.balance, BALANCE_MODES)
+        if self.balance_tau < 0:
+            raise ConfigError(f"--balance-tau must be 0 or more, got {self.balance_tau}")
         if self.amp and self.device in ("cpu", "mps"):
             raise ConfigError(f"--amp needs a CUDA device, not --device {self.device}")
         if self.amp_dtype is not None:

@@ -47,7 +47,9 @@ def sidecar(model: Classifier) -> dict:
             "whole_image": prep.whole_image,  # true: resize to crop_size x crop_size, no crop
             "interpolation": prep.interpolation, "mean": list(prep.mean), "std": list(prep.std),
             "input": "float32 NCHW RGB, batch dimension dynamic", "output": "logits (softmax for probabilities)",
-            "model": model.info.name}
+            "model": model.info.name,
+            # --balance logit-adjust: the logits already include -tau * log(prior) (in the head's bias)
+            "balance": model.info.balance or {"mode": "none"}}
 
 
 def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None, *,

@@ -9,6 +9,12 @@ Full-batch, but streamed: every loss and gradient is summed over row chunks, so 
 O(chunk rows x classes + weights), never O(rows x classes), and the features may be a
 memory-mapped store (tlearn.feature_store) larger than RAM. Data that fits in one chunk is
 one matrix product per evaluation, as before.
+
+Balancing (balance.py): `class_weights` weight the cross-entropy (reweight, and resample: the
+weighted full-batch loss is the balanced sampler's expected loss); `logit_shift` is added to
+the bias of each plain solution before it is scored and stored (logit adjustment: the bias is
+not penalised, so this equals solving with the logit-adjusted loss). `select="balanced_acc"`
+chooses the L2 strength by validation balanced accuracy instead of top-1.
 """
 from __future__ import annotations
 
@@ -42,6 +48,9 @@ ONE_THREAD_BELOW = 1 << 25
 CHUNK_ROWS = 8192
 
 
+SELECT = ("top1", "balanced_acc")
+
+
 @dataclass
 class SolverResult:
     l2: float
@@ -49,15 +58,27 @@ class SolverResult:
     train_top1: float
     val_loss: float
     val_top1: float
+    val_balanced_acc: float = 0.0
+
+
+@dataclass(frozen=True)
+class HeadObjective:
+    """What the solve minimises and how the sweep chooses (see the module docstring)."""
+
+    class_weights: torch.Tensor | None = None
+    logit_shift: torch.Tensor | None = None
+    select: str = "top1"
 
 
 def fit_linear_head_lbfgs(head: nn.Linear, train_x: torch.Tensor | FeatureMatrix, train_y: torch.Tensor,
-                          val_x: torch.Tensor | FeatureMatrix, val_y: torch.Tensor, *, grid=L2_GRID,
-                          max_iter: int = 300, fast: bool = True, chunk_rows: int = CHUNK_ROWS) -> SolverResult:
-    """Fit `head` in place; keeps the L2 strength with the best val top-1 (then lowest val loss).
+                          val_x: torch.Tensor | FeatureMatrix, val_y: torch.Tensor, *, grid=None,
+                          max_iter: int = 300, fast: bool = True, chunk_rows: int = CHUNK_ROWS,
+                          objective: HeadObjective = HeadObjective()) -> SolverResult:
+    """Fit `head` in place; keeps the L2 strength with the best val score (then lowest val loss).
 
     `train_x`, `val_x`: in-RAM tensors or FeatureMatrix stores (read `chunk_rows` rows at a time).
-    `fast`: float32 (about twice as fast; the same accuracy on the cases measured) or float64.
+    `grid`: L2 strengths (default L2_GRID). `fast`: float32 (about twice as fast; the same accuracy
+    on the cases measured) or float64.
     """
     threads = torch.get_num_threads()
     if _numel(train_x) < ONE_THREAD_BELOW:
@@ -65,7 +86,7 @@ def fit_linear_head_lbfgs(head: nn.Linear, train_x: torch.Tensor | FeatureMatrix
     try:
         dtype = torch.float32 if fast else torch.float64
         train, val = _Chunks(train_x, train_y, dtype, chunk_rows), _Chunks(val_x, val_y, dtype, chunk_rows)
-        return _sweep(head, train, val, grid, max_iter, fast)
+        return _sweep(head, train, val, grid or L2_GRID, max_iter, fast, objective)
     finally:
         torch.set_num_threads(threads)
 
@@ -94,23 +115,29 @@ class _Chunks:
             start += len(chunk)
 
 
-def _sweep(head: nn.Linear, train: _Chunks, val: _Chunks, grid, max_iter: int, fast: bool) -> SolverResult:
-    dtype = train.dtype
-    weight = torch.zeros(head.out_features, train.dim, dtype=dtype, requires_grad=True)
-    bias = torch.zeros(head.out_features, dtype=dtype, requires_grad=True)
+def _sweep(head: nn.Linear, train: _Chunks, val: _Chunks, grid, max_iter: int, fast: bool,
+           objective: HeadObjective) -> SolverResult:
+    dtype, num_classes = train.dtype, head.out_features
+    weight = torch.zeros(num_classes, train.dim, dtype=dtype, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=dtype, requires_grad=True)
+    class_weights = None if objective.class_weights is None else objective.class_weights.to(dtype)
+    shift = torch.zeros(num_classes, dtype=dtype) if objective.logit_shift is None else objective.logit_shift.to(dtype)
     best: tuple | None = None
     for l2 in grid:
         optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=20,
                                       tolerance_grad=1e-5 if fast else 1e-6, tolerance_change=1e-9,
                                       line_search_fn="strong_wolfe")
-        optimizer.step(partial(_loss_and_grad, train, weight, bias, l2))
+        optimizer.step(partial(_loss_and_grad, train, weight, bias, l2, class_weights))
         with torch.no_grad():
-            result = SolverResult(l2, *_scores(train, weight, bias), *_scores(val, weight, bias))
+            shifted = bias.detach() + shift
+            result = SolverResult(l2, *_scores(train, weight, bias, shift, class_weights, plain_loss=True)[:2],
+                                  *_scores(val, weight, bias, shift))
         logger.info(f"  L-BFGS l2={l2:g}: train top1 {result.train_top1:.4f} | val loss {result.val_loss:.4f} "
-                    f"top1 {result.val_top1:.4f}")
-        key = (result.val_top1, -result.val_loss)
+                    f"top1 {result.val_top1:.4f} balanced acc {result.val_balanced_acc:.4f}")
+        score = result.val_balanced_acc if objective.select == "balanced_acc" else result.val_top1
+        key = (score, -result.val_loss)
         if best is None or key > best[0]:
-            best = (key, result, weight.detach().clone(), bias.detach().clone())
+            best = (key, result, weight.detach().clone(), shifted.clone())
     _, result, best_weight, best_bias = best
     with torch.no_grad():
         head.weight.copy_(best_weight.to(head.weight.dtype))
@@ -118,16 +145,17 @@ def _sweep(head: nn.Linear, train: _Chunks, val: _Chunks, grid, max_iter: int, f
     return result
 
 
-def _loss_and_grad(train: _Chunks, weight: torch.Tensor, bias: torch.Tensor, l2: float) -> torch.Tensor:
-    """The L-BFGS closure: mean cross-entropy + L2, its gradient accumulated chunk by chunk.
-
-    Each chunk's backward runs before the next chunk's forward, so only one chunk's logits
-    and their gradient are alive at a time.
+def _loss_and_grad(train: _Chunks, weight: torch.Tensor, bias: torch.Tensor, l2: float,
+                   class_weights: torch.Tensor | None) -> torch.Tensor:
+    """The L-BFGS closure: mean (class-weighted) cross-entropy + L2, its gradient accumulated chunk
+    by chunk. Each chunk's backward runs before the next chunk's forward, so only one chunk's
+    logits and their gradient are alive at a time.
     """
     weight.grad = bias.grad = None
     total = torch.zeros((), dtype=weight.dtype)
+    norm = len(train) if class_weights is None else class_weights[train.y].sum()  # F.cross_entropy's mean
     for x, y in train:
-        loss = F.cross_entropy(x @ weight.T + bias, y, reduction="sum") / len(train)
+        loss = F.cross_entropy(x @ weight.T + bias, y, weight=class_weights, reduction="sum") / norm
         loss.backward()
         total += loss.detach()
     penalty = 0.5 * l2 * weight.pow(2).sum()
@@ -135,10 +163,22 @@ def _loss_and_grad(train: _Chunks, weight: torch.Tensor, bias: torch.Tensor, l2:
     return total + penalty.detach()
 
 
-def _scores(data: _Chunks, weight: torch.Tensor, bias: torch.Tensor) -> tuple[float, float]:
+def _scores(data: _Chunks, weight: torch.Tensor, bias: torch.Tensor, shift: torch.Tensor,
+            class_weights: torch.Tensor | None = None, plain_loss: bool = False) -> tuple[float, float, float]:
+    """(loss, top-1, balanced accuracy) of the head with its bias shifted by `shift` on `data`;
+    `plain_loss`: the loss of the unshifted logits (the training objective's)."""
     loss_sum, correct = 0.0, 0
+    hits = torch.zeros(len(bias), dtype=torch.float64)
+    support = torch.zeros(len(bias), dtype=torch.float64)
+    norm = len(data) if class_weights is None else class_weights[data.y].sum().item()
     for x, y in data:
         logits = x @ weight.T + bias
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    return loss_sum / len(data), correct / len(data)
+        shifted = logits + shift
+        loss_sum += F.cross_entropy(logits if plain_loss else shifted, y, weight=class_weights,
+                                    reduction="sum").item()
+        right = shifted.argmax(1) == y
+        correct += right.sum().item()
+        support += torch.bincount(y, minlength=len(bias))
+        hits += torch.bincount(y[right], minlength=len(bias))
+    present = support > 0
+    return loss_sum / norm, correct / len(data), (hits[present] / support[present]).mean().item()

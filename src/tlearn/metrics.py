@@ -1,4 +1,5 @@
-"""Top-k accuracy, per-class accuracy and the confusion matrix, accumulated batch by batch."""
+"""Top-k accuracy, per-class accuracy, balanced accuracy, macro-F1 and the confusion matrix,
+accumulated batch by batch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,18 +29,38 @@ class EvalResult:
     count: int
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     per_class: list[float]  # recall of each class (accuracy on its images)
+    balanced_acc: float = 0.0  # mean recall over the classes present (scikit-learn's balanced_accuracy_score)
+    f1_macro: float = 0.0  # mean F1 over the classes present or predicted (scikit-learn's f1_score, macro)
     probs: torch.Tensor | None = field(default=None, repr=False)  # softmax rows in loader order, when kept
 
     @property
     def balanced_accuracy(self) -> float:
-        """Mean recall over the classes that have validation images."""
-        recalls = [recall for recall, row in zip(self.per_class, self.confusion) if sum(row)]
-        return sum(recalls) / len(recalls) if recalls else 0.0
+        """Mean recall over the classes that have validation images (early stopping's monitor)."""
+        return self.balanced_acc
 
     def to_dict(self, class_names: list[str] | None = None) -> dict:
         per_class = (dict(zip(class_names, self.per_class)) if class_names else self.per_class)
-        return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "count": self.count,
-                "per_class": per_class, "confusion": self.confusion}
+        return {"top1": self.top1, "top5": self.top5, "balanced_acc": self.balanced_acc, "f1_macro": self.f1_macro,
+                "loss": self.loss, "count": self.count, "per_class": per_class, "confusion": self.confusion}
+
+
+def balanced_accuracy(confusion: torch.Tensor) -> float:
+    """Mean recall over the classes that have images: what top-1 would be on a balanced set."""
+    support = confusion.sum(dim=1)
+    present = support > 0
+    if not present.any():
+        return 0.0
+    return float((confusion.diag()[present].double() / support[present]).mean())
+
+
+def macro_f1(confusion: torch.Tensor) -> float:
+    """Mean F1 = 2 tp / (2 tp + fp + fn) over the classes that occur as label or prediction."""
+    true_positive = confusion.diag().double()
+    support, predicted = confusion.sum(dim=1).double(), confusion.sum(dim=0).double()
+    present = (support + predicted) > 0
+    if not present.any():
+        return 0.0
+    return float((2 * true_positive[present] / (support[present] + predicted[present])).mean())
 
 
 class ClassificationMeter:
@@ -82,5 +103,7 @@ class ClassificationMeter:
             count=count,
             confusion=self.confusion.tolist(),
             per_class=per_class,
+            balanced_acc=balanced_accuracy(self.confusion),
+            f1_macro=macro_f1(self.confusion),
             probs=torch.cat(self.probs) if self.probs else None,
         )

@@ -3,7 +3,8 @@
 It draws what it is given (predicted probabilities, labels, the run's files); run_report.py
 decides what to predict.
 
-Settings, loss/accuracy curves across stages, the confusion matrix as a heat map,
+A headline (top-1, balanced accuracy, macro-F1; a warning when the classes are imbalanced),
+settings, loss/accuracy curves across stages, the confusion matrix as a heat map,
 per-class precision/recall/F1, and the validation images the model got most confidently
 wrong. The plots are saved as PNG files too (matplotlib, Agg backend).
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .balance import WARN_RATIO, imbalance_ratio
 from .files import atomic_write
 from .run_folder import METRICS_FILE
 
@@ -34,7 +36,8 @@ def write_report(run_dir: Path, *, probs: np.ndarray, labels: np.ndarray, class_
 
     matplotlib.use("Agg")
     predictions = probs.argmax(1)
-    sections = [_settings_section(settings, summary)]
+    sections = [_headline_section(labels, predictions, len(class_names), summary),
+                _settings_section(settings, summary)]
     curves = _curves_png(run_dir)
     if curves is not None:
         sections.append(_figure_section("Training curves", curves, CURVES_FILE))
@@ -53,7 +56,8 @@ def write_report(run_dir: Path, *, probs: np.ndarray, labels: np.ndarray, class_
 def _settings_section(settings: dict, summary: dict | None) -> str:
     rows = []
     if summary:
-        for key in ("val_top1", "val_top5", "best_epoch", "train_seconds", "num_train", "num_val", "skipped_files"):
+        for key in ("val_top1", "val_top5", "val_balanced_acc", "val_f1_macro", "balance", "train_imbalance_ratio",
+                    "best_epoch", "train_seconds", "num_train", "num_val", "skipped_files"):
             if key in summary:
                 rows.append((key, summary[key]))
     for section, values in settings.items():
@@ -63,6 +67,31 @@ def _settings_section(settings: dict, summary: dict | None) -> str:
             rows.append((section, values))
     cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows)
     return f"<section><h2>Run</h2><table class='kv'>{cells}</table></section>"
+
+
+def _headline_section(labels: np.ndarray, predictions: np.ndarray, num_classes: int, summary: dict | None) -> str:
+    """Top-1 beside balanced accuracy and macro-F1, and a warning for imbalanced classes (training
+    split, from the summary, or these images)."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    if len(labels) == 0:
+        return "<section><p>No images to evaluate.</p></section>"
+    top1 = float((labels == predictions).mean())
+    balanced = balanced_accuracy_score(labels, predictions)
+    f1 = f1_score(labels, predictions, average="macro", zero_division=0)
+    text = (f"<p class='headline'>{len(labels)} images: top-1 <b>{top1:.4f}</b> · balanced accuracy "
+            f"<b>{balanced:.4f}</b> · macro-F1 <b>{f1:.4f}</b></p>")
+    warnings = []
+    train_ratio = (summary or {}).get("train_imbalance_ratio", 1.0)
+    if train_ratio >= WARN_RATIO:
+        warnings.append(f"the training split is imbalanced: its largest class has {train_ratio:.0f}x the images "
+                        f"of its smallest (--balance {html.escape(str(summary.get('balance', 'none')))})")
+    ratio = imbalance_ratio(np.bincount(labels, minlength=num_classes).tolist())
+    if ratio >= WARN_RATIO:
+        warnings.append(f"these images are imbalanced: the largest class has {ratio:.0f}x the images of the "
+                        "smallest, so top-1 mostly measures the large classes")
+    text += "".join(f"<p class='warning'>Warning: {w}.</p>" for w in warnings)
+    return f"<section>{text}</section>"
 
 
 def _fmt(value) -> str:
@@ -202,6 +231,7 @@ table.kv th {{ font-weight: 600; white-space: nowrap; }}
 .scroll.short {{ max-height: 480px; display: inline-block; }}
 .scroll img {{ max-width: none; }}
 img {{ max-width: 100%; }}
+.headline {{ font-size: 1.2em; }} .warning {{ color: #a40; font-weight: 600; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 12px; }}
 figure {{ margin: 0; width: 150px; font-size: 12px; }} figure img {{ image-rendering: pixelated; }}
 </style></head>

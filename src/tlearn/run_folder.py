@@ -20,7 +20,8 @@ METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 SKIPPED_FILE = "skipped_files.txt"
 METRIC_COLUMNS = ["stage", "stage_epoch", "epoch", "train_loss", "train_top1", "val_loss", "val_top1",
-                  "val_top5", "lr_head", "lr_backbone", "seconds", "images_per_s", "cached_features",
+                  "val_top5", "val_balanced_acc", "val_f1_macro", "lr_head", "lr_backbone", "seconds",
+                  "images_per_s", "cached_features",
                   "data_seconds", "compute_seconds", "optimizer_seconds", "eval_seconds"]
 
 

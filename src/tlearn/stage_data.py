@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from .balance import BalancedSampler
 from .config import RunConfig
 from .data.loaders import make_loader
 from .data.sources import DatasetSplits
@@ -27,6 +28,7 @@ class StageData:
     prepare: Callable
     cached: bool
     shuffle: torch.Generator | None = None  # reseeded per epoch (seed + epoch): exact resume
+    balanced_sampler: bool = False  # --balance resample: batches drawn class-balanced
 
     def start_epoch(self, seed: int, epoch: int) -> None:
         """Each epoch's order depends only on (seed, epoch), so a resumed run repeats it."""
@@ -53,29 +55,39 @@ def _feature_data(model, data, config, runtime, cache_dir) -> StageData:
         # under torchrun each process extracts a shard and all get every feature (feature_shards.py)
         features[split] = extractor.cached(model, samples, description=f"{split} features")
     generator = torch.Generator()
+    sampler = _balanced_sampler(data, config) if config.train.balance == "resample" else None
     train = DataLoader(TensorDataset(features["train"], torch.tensor(data.train.labels)),
-                       batch_size=dc.batch_size, shuffle=True, generator=generator,
+                       batch_size=dc.batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
                        drop_last=lone_last_batch(len(data.train), dc.batch_size))
     val = DataLoader(TensorDataset(features["val"], torch.tensor(data.val.labels)), batch_size=256)
-    return StageData(train, val, model.head, lambda x: x.to(runtime.device, non_blocking=True), True, generator)
+    return StageData(train, val, model.head, lambda x: x.to(runtime.device, non_blocking=True), True, generator,
+                     sampler is not None)
 
 
 def _image_data(model, data, config, runtime, augment) -> StageData:
     dc, seed = config.data, config.train.seed
     prep = model.info.preprocessing
     train_sampler = val_sampler = None
-    if runtime.distributed:
+    if config.train.balance == "resample":  # one balanced draw per epoch, sharded across processes
+        train_sampler = _balanced_sampler(data, config, runtime.world_size, runtime.rank)
+    elif runtime.distributed:
         from torch.utils.data.distributed import DistributedSampler
 
         train_sampler = DistributedSampler(range(len(data.train)), runtime.world_size, runtime.rank,
                                            shuffle=True, seed=seed)
-        val_sampler = list(range(runtime.rank, len(data.val), runtime.world_size))  # no padding
     train = make_loader(data.train, train_transform(prep, augment), batch_size=dc.batch_size, shuffle=True,
                         workers=dc.workers, device=runtime.device, seed=seed, sampler=train_sampler,
                         drop_last=lone_last_batch(len(data.train), dc.batch_size))
+    if runtime.distributed:
+        val_sampler = list(range(runtime.rank, len(data.val), runtime.world_size))  # no padding
     val = make_loader(data.val, eval_transform(prep), batch_size=dc.batch_size, shuffle=False,
                       workers=dc.workers, device=runtime.device, sampler=val_sampler)
-    return StageData(train, val, model, runtime.to_device, False, train.generator)
+    return StageData(train, val, model, runtime.to_device, False, train.generator,
+                     config.train.balance == "resample")
+
+
+def _balanced_sampler(data, config, num_replicas: int = 1, rank: int = 0) -> BalancedSampler:
+    return BalancedSampler(data.train.labels, config.train.seed, num_replicas, rank)
 
 
 def lone_last_batch(count: int, batch_size: int) -> bool:

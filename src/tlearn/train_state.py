@@ -31,6 +31,9 @@ class Progress:
     stage_epoch: int = 0  # completed epochs within the stage
     best_top1: float = -1.0
     best_top5: float = 0.0
+    best_balanced_acc: float = 0.0
+    best_f1_macro: float = 0.0
+    best_score: float = -1.0  # what picks the best epoch: top-1, or balanced accuracy when balancing
     best_epoch: int = 0
     train_seconds: float = 0.0
     rows: list[dict[str, Any]] = field(default_factory=list)

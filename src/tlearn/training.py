@@ -18,11 +18,12 @@ import torch
 from torch import nn
 
 from . import checkpoint, run_folder
+from .balance import Balance, imbalance_ratio, warn_if_imbalanced
 from .config import RunConfig
 from .data.sources import DatasetSplits
 from .early_stopping import monitor_value, observe, require_monitor
 from .features import default_cache_dir
-from .head_solver import fit_linear_head_lbfgs
+from .head_solver import HeadObjective, fit_linear_head_lbfgs
 from .loops import evaluate_loader, train_one_epoch
 from .metrics import EpochStats, EvalResult
 from .models.classifier import Classifier
@@ -46,6 +47,7 @@ class Run:
     run_dir: Path | None
     progress: Progress
     cache_dir: Path | None
+    balance: Balance
     tensorboard: Any = None  # SummaryWriter when --tensorboard
     # The validation features of a stage on cached features, and the epochs trained on them:
     # when the best epoch is one of those, the report needs only the best head on them.
@@ -80,6 +82,9 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
     runtime = runtime or setup_runtime(tc.device, tc.amp, tc.amp_dtype, tc.channels_last)
     seed_everything(tc.seed, tc.deterministic)
     model.info.class_names = list(data.class_names)
+    balance = Balance.from_labels(tc.balance, data.train.labels, len(data.class_names), tc.balance_tau)
+    model.info.balance = balance.to_dict()
+    warn_if_imbalanced(balance.counts, data.class_names, "the training split")
     progress = resume.progress if resume else Progress()
     if resume is None:  # a resumed run keeps the preprocessing and the flags it started with
         model.info.preprocessing = adapt_preprocessing(model.info.preprocessing, data.train,
@@ -90,7 +95,7 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     cache_dir = (Path(tc.cache_dir) if tc.cache_dir else default_cache_dir()) if tc.use_cache else None
-    run = Run(config, data, runtime, Path(run_dir) if run_dir is not None else None, progress, cache_dir)
+    run = Run(config, data, runtime, Path(run_dir) if run_dir is not None else None, progress, cache_dir, balance)
     if run.writes and resume is None:
         _start_run_folder(run, model)
     if run.writes and resume is not None:
@@ -191,7 +196,8 @@ def _start_run_folder(run: Run, model: Classifier) -> None:
                 "amp_dtype": str(runtime.amp_dtype).replace("torch.", "") if runtime.amp_dtype else None,
                 "preprocessing": model.info.preprocessing.to_dict(), "weights_id": model.info.weights_id,
                 "data": data.description, "num_train": len(data.train), "num_val": len(data.val),
-                "class_names": list(data.class_names), "run_dir": str(run.run_dir)}
+                "class_names": list(data.class_names), "balance": run.balance.to_dict(),
+                "run_dir": str(run.run_dir)}
     with run_folder_writes(run.run_dir, "the run folder", committed=False):
         run.run_dir.mkdir(parents=True, exist_ok=True)
         run_folder.write_config(run.run_dir, config, resolved)
@@ -226,7 +232,8 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
 def _train_epochs(current: StageRun, run: Run) -> None:
     model, stage, stage_data, state = current.model, current.stage, current.data, current.state
     tc, runtime = run.config.train, run.runtime
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+    loss_fn = run.balance.training_loss(tc.label_smoothing, runtime.device, sampled=stage_data.balanced_sampler)
+    eval_loss = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
     train_module = stage_data.module
     if runtime.distributed and not stage_data.cached:
         train_module = nn.parallel.DistributedDataParallel(model, find_unused_parameters=bool(model.info.aux_modules))
@@ -240,12 +247,13 @@ def _train_epochs(current: StageRun, run: Run) -> None:
                                     description=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
                                     prepare=stage_data.prepare, sharded=not stage_data.cached)
         evaluated = time.perf_counter()
-        result = evaluate_loader(stage_data.module, stage_data.val, runtime, model.info.num_classes, loss_fn,
+        result = evaluate_loader(stage_data.module, stage_data.val, runtime, model.info.num_classes, eval_loss,
                                  prepare=stage_data.prepare, description="val", sharded=not stage_data.cached,
                                  keep_probs=stage_data.cached or not runtime.distributed)
         stats.eval_seconds = time.perf_counter() - evaluated
         logger.info(f"  epoch {epoch + 1}/{stage.epochs}: train loss {stats.loss:.4f} acc {stats.top1:.4f} | "
-                    f"val loss {result.loss:.4f} top1 {result.top1:.4f} top5 {result.top5:.4f} | "
+                    f"val loss {result.loss:.4f} top1 {result.top1:.4f} top5 {result.top5:.4f} "
+                    f"balanced {result.balanced_acc:.4f} | "
                     f"{stats.images_per_s:.0f} img/s")
         if _finish_epoch(current, stats, result, run):
             break
@@ -257,12 +265,16 @@ def _solve_head(current: StageRun, run: Run) -> None:
     train_x, train_y = stage_data.train.dataset.tensors
     val_x, val_y = stage_data.val.dataset.tensors
     began = time.perf_counter()
-    solved = fit_linear_head_lbfgs(model.head, train_x, train_y, val_x, val_y)
+    balance = run.balance
+    objective = HeadObjective(balance.loss_weights(), balance.logit_shift(),
+                              "balanced_acc" if balance.active else "top1")
+    solved = fit_linear_head_lbfgs(model.head, train_x, train_y, val_x, val_y, objective=objective)
     solved_at = time.perf_counter()
     result = evaluate_loader(model.head, stage_data.val, run.runtime, model.info.num_classes,
                              nn.CrossEntropyLoss(label_smoothing=run.config.train.label_smoothing),
                              prepare=stage_data.prepare, description="val", sharded=False, keep_probs=True)
-    logger.info(f"  L-BFGS head: l2 {solved.l2:g}, val top1 {result.top1:.4f} top5 {result.top5:.4f}")
+    logger.info(f"  L-BFGS head: l2 {solved.l2:g}, val top1 {result.top1:.4f} top5 {result.top5:.4f} "
+                f"balanced acc {result.balanced_acc:.4f} macro-F1 {result.f1_macro:.4f}")
     stats = EpochStats(solved.train_loss, solved.train_top1, compute_seconds=solved_at - began)
     stats.eval_seconds = time.perf_counter() - solved_at
     _finish_epoch(current, stats, result, run)
@@ -278,7 +290,8 @@ def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run:
     lrs = {g.get("name", ""): g["lr"] for g in current.state.optimizer.param_groups} if current.state else {}
     row = {"stage": stage.name, "stage_epoch": progress.stage_epoch, "epoch": len(progress.rows) + 1,
            "train_loss": stats.loss, "train_top1": stats.top1, "val_loss": result.loss,
-           "val_top1": result.top1, "val_top5": result.top5,
+           "val_top1": result.top1, "val_top5": result.top5, "val_balanced_acc": result.balanced_acc,
+           "val_f1_macro": result.f1_macro,
            "lr_head": lrs.get("head", lrs.get("head_no_decay", "")), "lr_backbone": lrs.get("backbone", ""),
            "seconds": now - current.mark, "images_per_s": stats.images_per_s, "cached_features": current.data.cached,
            "data_seconds": stats.data_seconds, "compute_seconds": stats.compute_seconds,
@@ -286,15 +299,19 @@ def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run:
     progress.rows.append(row)
     if current.data.cached:
         run.feature_epochs.add(row["epoch"])
-    improved = result.top1 > progress.best_top1
+    score = result.balanced_acc if run.balance.active else result.top1  # balancing aims at every class
+    improved = score > progress.best_score
     if improved:
-        progress.best_top1, progress.best_top5, progress.best_epoch = result.top1, result.top5, row["epoch"]
+        progress.best_score, progress.best_epoch = score, row["epoch"]
+        progress.best_top1, progress.best_top5 = result.top1, result.top5
+        progress.best_balanced_acc, progress.best_f1_macro = result.balanced_acc, result.f1_macro
         run.best_val_probs = result.probs
     stopped = _stops_early(current, result, run)
     if progress.stage_epoch == stage.epochs or stopped:
         trainable, frozen = parameter_counts(model)
         progress.stage_results.append({"name": stage.name, "epochs": progress.stage_epoch, "stopped_early": stopped,
                                        "val_top1": result.top1, "val_top5": result.top5,
+                                       "val_balanced_acc": result.balanced_acc, "val_f1_macro": result.f1_macro,
                                        "trainable_params": trainable, "frozen_params": frozen,
                                        "cached_features": current.data.cached, "solver": stage.solver})
     if run.writes:
@@ -335,7 +352,7 @@ def _log_tensorboard(writer, row: dict[str, Any]) -> None:
     step = row["epoch"]
     for key in ("train_loss", "val_loss"):
         writer.add_scalar(f"loss/{key[:-5]}", row[key], step)
-    for key in ("train_top1", "val_top1", "val_top5"):
+    for key in ("train_top1", "val_top1", "val_top5", "val_balanced_acc", "val_f1_macro"):
         writer.add_scalar(f"accuracy/{key}", row[key], step)
     for key in ("lr_head", "lr_backbone"):
         if isinstance(row[key], float):
@@ -348,6 +365,9 @@ def _summary(model: Classifier, run: Run) -> dict[str, Any]:
     return {
         "model": model.info.name, "weights": model.info.weights_id, "strategy": run.config.train.strategy,
         "val_top1": max(progress.best_top1, 0.0), "val_top5": progress.best_top5,
+        "val_balanced_acc": progress.best_balanced_acc, "val_f1_macro": progress.best_f1_macro,
+        "balance": run.balance.mode, "train_class_counts": list(run.balance.counts),
+        "train_imbalance_ratio": round(imbalance_ratio(run.balance.counts), 2),
         "best_epoch": progress.best_epoch, "train_seconds": round(progress.train_seconds, 2),
         "stages": progress.stage_results, "num_classes": len(data.class_names),
         "class_names": list(data.class_names), "num_train": len(data.train), "num_val": len(data.val),

@@ -25,6 +25,9 @@ class ModelInfo:
     build_kwargs: dict[str, Any] = field(default_factory=dict)
     aux_modules: list[str] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
+    # --balance and the training split's class counts and priors (balance.Balance.to_dict); with
+    # logit-adjust the head's bias already holds -tau * log(prior)
+    balance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
