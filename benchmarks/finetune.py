@@ -17,6 +17,7 @@ and medians are reported, because this machine's speed drifts with other jobs.
                makes tlearn leave the allocator alone).
   no-image-cache   tlearn with --image-cache-gb 0 (decoding every epoch).
   workers-N    tlearn with --workers N (N decoding processes; 0 decodes inline).
+  no-image-cache-workers-N   both.
 The ratio tlearn/plain is the median of each round's ratio. Build the photo folder first:
 `python benchmarks/make_photos.py` (398 JPEGs of 500x375, two CIFAR-10 classes enlarged).
 `--decode` also times JPEG draft decoding on its own (large photos, decode + presize per image).
@@ -43,6 +44,8 @@ TLEARN_VARIANTS = {
     "workers-0": (["--workers", "0"], {}),
     "workers-1": (["--workers", "1"], {}),
     "workers-2": (["--workers", "2"], {}),
+    "no-image-cache-workers-0": (["--image-cache-gb", "0", "--workers", "0"], {}),
+    "no-image-cache-workers-1": (["--image-cache-gb", "0", "--workers", "1"], {}),
 }
 
 
