@@ -140,3 +140,29 @@ def test_a_large_entry_is_memory_mapped_and_streams_into_the_solver(tmp_path, mo
         with open("/proc/self/maps") as maps:
             assert sum(entry in line for line in maps) >= 2  # both tensors are views of the mapped file
     assert torch.equal(written, read) and torch.equal(written, extractor.extract(model, data.train))
+
+
+def test_a_rerun_on_the_same_features_loads_the_solved_head(image_folder, tmp_path, caplog):
+    import logging
+
+    runs = []
+    for name in ("first", "second"):
+        torch.manual_seed(0)
+        model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
+        with caplog.at_level(logging.INFO, logger="tlearn"):
+            tlearn.fit(model, str(image_folder), out=tmp_path / name, strategy="linear-probe", val_split=0.25,
+                       cache_dir=str(tmp_path / "cache"), report=False)
+        runs.append(tlearn.load(tmp_path / name).model.head.state_dict())
+    assert caplog.text.count("loaded from") >= 1 and "the same features were solved before" in caplog.text
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    stored = next((tmp_path / "cache" / "heads").glob("*.safetensors"))
+    stored.write_bytes(b"damaged")  # solved again, never trusted
+    caplog.clear()
+    torch.manual_seed(0)
+    model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
+    with caplog.at_level(logging.INFO, logger="tlearn"):
+        tlearn.fit(model, str(image_folder), out=tmp_path / "third", strategy="linear-probe", val_split=0.25,
+                   cache_dir=str(tmp_path / "cache"), report=False)
+    assert "the same features were solved before" not in caplog.text
+    third = tlearn.load(tmp_path / "third").model.head.state_dict()
+    assert all(torch.equal(runs[0][k], third[k]) for k in third)

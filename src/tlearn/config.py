@@ -55,7 +55,8 @@ class DataConfig:
     probe_augment: str = option("none", "augmentation in frozen-backbone stages (none: features are cached)",
                                 group="data", choices=AUGMENTS)
     batch_size: int = option(32, "images per batch", group="data")
-    workers: int | None = option(None, "decoding processes; default: min(4, cores) for files, 0 in memory",
+    workers: int | None = option(None, "decoding processes; default: min(4, cores) for files, 0 for decoded "
+                                       "images and on CPUs of 2 cores or fewer",
                                  group="data")
     # See data/image_cache.py: fine-tuning then decodes each image once, not once per epoch.
     image_cache_gb: float | None = option(None, "keep decoded images (uint8, presized, memory-mapped) for "

@@ -72,13 +72,13 @@ def _settings_section(settings: dict, summary: dict | None) -> str:
 def _headline_section(labels: np.ndarray, predictions: np.ndarray, num_classes: int, summary: dict | None) -> str:
     """Top-1 beside balanced accuracy and macro-F1, and a warning for imbalanced classes (training
     split, from the summary, or these images)."""
-    from sklearn.metrics import balanced_accuracy_score, f1_score
-
     if len(labels) == 0:
         return "<section><p>No images to evaluate.</p></section>"
     top1 = float((labels == predictions).mean())
-    balanced = balanced_accuracy_score(labels, predictions)
-    f1 = f1_score(labels, predictions, average="macro", zero_division=0)
+    matrix = confusion_matrix(labels, predictions, num_classes)
+    _, recall, f1_scores, support = per_class_scores(matrix)
+    balanced = float(recall[support > 0].mean())  # scikit-learn's balanced_accuracy_score
+    f1 = float(f1_scores[(support > 0) | (matrix.sum(axis=0) > 0)].mean())  # f1_score(average="macro")
     text = (f"<p class='headline'>{len(labels)} images: top-1 <b>{top1:.4f}</b> · balanced accuracy "
             f"<b>{balanced:.4f}</b> · macro-F1 <b>{f1:.4f}</b></p>")
     warnings = []

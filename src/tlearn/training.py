@@ -30,6 +30,7 @@ from .models.classifier import Classifier
 from .optim import make_optimizer, make_scheduler
 from .runtime import Runtime, seed_everything, setup_runtime
 from .small_images import adapt_preprocessing
+from .solved_heads import head_key, load_solved, store_solved
 from .stage_data import StageData, build_stage_data
 from .strategy import Stage, parameter_counts, parameter_groups, plan_stages, set_train_mode, trainable_names
 from .train_state import Progress, ResumePoint, TrainState, commit_epoch, repair_run_folder, run_folder_writes
@@ -268,7 +269,12 @@ def _solve_head(current: StageRun, run: Run) -> None:
     balance = run.balance
     objective = HeadObjective(balance.loss_weights(), balance.logit_shift(),
                               "balanced_acc" if balance.active else "top1")
-    solved = fit_linear_head_lbfgs(model.head, train_x, train_y, val_x, val_y, objective=objective)
+    key = head_key(train_x, train_y, val_x, val_y, objective)
+    solved = load_solved(model.head, run.cache_dir, key)
+    if solved is None:
+        solved = fit_linear_head_lbfgs(model.head, train_x, train_y, val_x, val_y, objective=objective)
+        if run.runtime.is_main:
+            store_solved(model.head, solved, run.cache_dir, key)
     solved_at = time.perf_counter()
     result = evaluate_loader(model.head, stage_data.val, run.runtime, model.info.num_classes,
                              nn.CrossEntropyLoss(label_smoothing=run.config.train.label_smoothing),
