@@ -35,8 +35,10 @@ class EvalResult:
 
     @property
     def balanced_accuracy(self) -> float:
-        """Mean recall over the classes that have validation images (early stopping's monitor)."""
-        return self.balanced_acc
+        """Mean recall over the classes that have validation images (early stopping's monitor;
+        equals `balanced_acc` of a meter's result)."""
+        recalls = [recall for recall, row in zip(self.per_class, self.confusion) if sum(row)]
+        return sum(recalls) / len(recalls) if recalls else 0.0
 
     def to_dict(self, class_names: list[str] | None = None) -> dict:
         per_class = (dict(zip(class_names, self.per_class)) if class_names else self.per_class)
