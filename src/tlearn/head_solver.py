@@ -171,7 +171,7 @@ def _loss_and_grad(train: _Chunks, weight: torch.Tensor, bias: torch.Tensor, l2:
     norm = len(train) if class_weights is None else class_weights[train.y].sum()  # F.cross_entropy's mean
     for x, y in train:
         if multi_label:  # one-vs-rest: the binary losses of all classes, summed (see the module docstring)
-            loss = F.binary_cross_entropy_with_logits(x @ weight.T + bias, y, reduction="sum") / norm
+            loss = F.binary_cross_entropy_with_logits(x @ weight.T + bias, y.to(x.dtype), reduction="sum") / norm
         else:
             loss = F.cross_entropy(x @ weight.T + bias, y, weight=class_weights, reduction="sum") / norm
         loss.backward()
@@ -207,7 +207,7 @@ def _multi_label_scores(data: _Chunks, weight: torch.Tensor, bias: torch.Tensor)
     loss_sum, probs, targets = 0.0, [], []
     for x, y in data:
         logits = x @ weight.T + bias
-        loss_sum += F.binary_cross_entropy_with_logits(logits, y, reduction="sum").item()
+        loss_sum += F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype), reduction="sum").item()
         probs.append(logits.sigmoid().float())
         targets.append(y)
     result = score(torch.cat(probs).numpy(), torch.cat(targets).numpy(), [0.5] * weight.shape[0])

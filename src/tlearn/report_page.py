@@ -57,7 +57,8 @@ def _settings_section(settings: dict, summary: dict | None) -> str:
     rows = []
     if summary:
         for key in ("task", "val_top1", "val_top5", "val_balanced_acc", "val_map", "val_f1_micro", "val_f1_macro",
-                    "balance", "train_imbalance_ratio", "best_epoch", "train_seconds", "num_train", "num_val", "skipped_files"):
+                    "balance", "train_imbalance_ratio", "best_epoch", "train_seconds", "num_train", "num_val",
+                    "skipped_files"):
             if key in summary:
                 rows.append((key, summary[key]))
     for section, values in settings.items():

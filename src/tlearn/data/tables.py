@@ -210,7 +210,8 @@ def table_split(data: DataConfig, split: str, seed: int) -> TableSplit:
             problems.append((row, path, reason))
     assigned, carved = _assign_splits(table, [row for row, _ in entries], data.val_split, seed)
     pool = ("train", "val") if split in ("train", "val") else ("train", "val", "test") if split == "all" else (split,)
-    names = sorted({label for row in table.rows if _row_split(row) in pool for label in row.labels[:None if multi else 1]})
+    names = sorted({label for row in table.rows if _row_split(row) in pool
+                    for label in (row.labels if multi else row.labels[:1])})
     known = {name: i for i, name in enumerate(names)}
     chosen = [(row, path, where) for (row, path), where in zip(entries, assigned)
               if where == split or (split == "all" and where in pool)]
