@@ -24,6 +24,7 @@ from .inference import classify
 from .metrics import ClassificationMeter
 from .models.classifier import Classifier
 from .models.factory import create_model
+from .multilabel import DEFAULT_THRESHOLD, predict_multi_label, remap_multi_hot, score
 from .preprocessing import Preprocessing
 from .runtime import seed_everything, setup_runtime
 from .train_state import ResumePoint
@@ -40,7 +41,7 @@ def build_model(config: RunConfig, num_classes: int) -> Classifier:
 def train(config: RunConfig, out: str | Path | None = None, data: DatasetSplits | None = None) -> tuple[dict, Path]:
     """Load data (unless given), build the model, fit; returns (summary, run folder)."""
     data = data if data is not None else load_data(config.data, config.train.seed)
-    if len(data.class_names) < 2:
+    if len(data.class_names) < (1 if config.data.label_delim is not None else 2):  # one tag: present or not
         raise DataError(f"need at least 2 classes, found {len(data.class_names)}")
     if data.skipped:
         shown = ", ".join(f"{p} ({r})" for p, r in data.skipped[:3])
@@ -115,6 +116,10 @@ class TrainedModel:
     preprocessing: Preprocessing
     class_names: list[str]
 
+    @property
+    def multi_label(self) -> bool:
+        return self.model.info.multi_label
+
     @functools.cached_property
     def transform(self):
         return eval_transform(self.preprocessing)
@@ -134,9 +139,13 @@ class TrainedModel:
 
     @torch.inference_mode()
     def predict_batch(self, batch: torch.Tensor, top_k: int = 1) -> list[dict[str, Any]]:
-        """Top-k of a batch of preprocessed images (what `tlearn predict` feeds)."""
+        """Top-k of a batch of preprocessed images (what `tlearn predict` feeds). Multi-label: the
+        labels at or above their thresholds ("labels", "probs") and every class's probability ("scores")."""
         self.model.eval()
-        probs = self.model(batch.to(next(self.model.parameters()).device)).float().softmax(dim=1)
+        logits = self.model(batch.to(next(self.model.parameters()).device)).float()
+        if self.multi_label:
+            return predict_multi_label(logits.sigmoid().cpu(), self.model.info.thresholds, self.class_names)
+        probs = logits.softmax(dim=1)
         values, indices = probs.topk(min(top_k, len(self.class_names)), dim=1)
         return [{"labels": [self.class_names[i] for i in row_indices], "probs": row_values,
                  "label": self.class_names[row_indices[0]], "prob": row_values[0]}
@@ -170,9 +179,11 @@ def load(run_dir: str | Path, device: str = "cpu") -> TrainedModel:
 
 def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
              batch_size: int = 64, device: str = "auto", workers: int | None = None, *,
-             labels: str | Path | None = None, path_col: str | None = None, label_col: str | None = None) -> dict:
+             labels: str | Path | None = None, path_col: str | None = None, label_col: str | None = None,
+             label_delim: str | None = None) -> dict:
     """top1, top5, balanced_acc, f1_macro, per_class and confusion of a run on a dataset, classes
     matched by name; warns when the data's largest class has 10x the images of its smallest.
+    A multi-label run: map, f1_micro, f1_macro (at its stored thresholds), per_class AP/F1/support.
 
     `split`: train, val, test or all; by default the validation split, or all of a folder
     without split folders, or a table's test rows. Built-in data sets, plain folders and tables
@@ -180,24 +191,26 @@ def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: s
     run trained on a table reads it again when `data` is the run's own data folder.
     """
     return evaluation(run_or_model, data, split, batch_size, device, workers, labels=labels, path_col=path_col,
-                      label_col=label_col).result
+                      label_col=label_col, label_delim=label_delim).result
 
 
 @dataclass
 class Evaluation:
     result: dict  # what `evaluate` returns
-    probs: torch.Tensor  # softmax of every sample, in order (the report's input)
+    probs: torch.Tensor  # softmax (multi-label: sigmoid) of every sample, in order (the report's input)
     samples: Samples
 
 
 def evaluation(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
                batch_size: int = 64, device: str = "auto", workers: int | None = None, *,
                labels: str | Path | None = None, path_col: str | None = None,
-               label_col: str | None = None) -> Evaluation:
+               label_col: str | None = None, label_delim: str | None = None) -> Evaluation:
     """`evaluate`, with the probabilities and samples behind the figures (one pass for both)."""
     trained = run_or_model if isinstance(run_or_model, TrainedModel) else load(run_or_model)
     samples = eval_samples(run_or_model, data, split, trained.class_names, labels=labels, path_col=path_col,
-                           label_col=label_col)
+                           label_col=label_col, label_delim=label_delim, multi_label=trained.multi_label)
+    if trained.multi_label:
+        return _evaluate_multi_label(trained, samples, batch_size, device, workers)
     counts = class_counts(samples.labels, len(trained.class_names))
     warn_if_imbalanced(counts, trained.class_names, f"the evaluation data ({data})")
     runtime = setup_runtime(device)
@@ -213,12 +226,15 @@ def evaluation(run_or_model: str | Path | TrainedModel, data: str | Path, split:
 
 def eval_samples(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
                  class_names: list[str] | None = None, *, labels: str | Path | None = None,
-                 path_col: str | None = None, label_col: str | None = None) -> Samples:
-    """The samples `tlearn eval` uses, labels mapped onto the run's classes by name."""
+                 path_col: str | None = None, label_col: str | None = None, label_delim: str | None = None,
+                 multi_label: bool = False) -> Samples:
+    """The samples `tlearn eval` uses, labels mapped onto the run's classes by name (multi-hot
+    rows for a `multi_label` run: a class folder's images then carry that one class)."""
     if isinstance(run_or_model, TrainedModel) and str(data) in BUILTIN:
         raise ConfigError("built-in datasets need the run folder (its split settings), not a loaded model")
     run_dir = None if isinstance(run_or_model, TrainedModel) else Path(run_or_model)
-    data_config, seed = data_config_for(run_dir, data, labels=labels, path_col=path_col, label_col=label_col)
+    data_config, seed = data_config_for(run_dir, data, labels=labels, path_col=path_col, label_col=label_col,
+                                        label_delim=label_delim)
     if run_dir is not None:
         class_names = class_names or list(checkpoint.read_model_info(run_dir).class_names)
     found = resolve_split(data_config, split or default_eval_split(data_config), seed)
@@ -227,24 +243,33 @@ def eval_samples(run_or_model: str | Path | TrainedModel, data: str | Path, spli
     if foreign:
         raise DataError(f"class(es) the model does not know: {', '.join(foreign[:5])}; "
                         f"the model knows {', '.join(class_names[:10])}")
+    if multi_label:
+        return dataclasses.replace(found.samples, labels=remap_multi_hot(found.samples.labels, found.class_names,
+                                                                         class_names))
+    if found.samples.labels and isinstance(found.samples.labels[0], tuple):
+        raise ConfigError("--label-delim (multi-label data) needs a multi-label run; this run is single-label")
     labels = [known[found.class_names[label]] for label in found.samples.labels]
     return dataclasses.replace(found.samples, labels=labels)
 
 
 def data_config_for(run_dir: Path | None, data: str | Path, *, labels: str | Path | None = None,
-                    path_col: str | None = None, label_col: str | None = None) -> tuple[DataConfig, int]:
-    """(data settings, seed) to read `data` for a run: its split settings, its table's columns, and
-    its labels table when `data` is the folder it trained on (explicit `labels` and columns win)."""
+                    path_col: str | None = None, label_col: str | None = None,
+                    label_delim: str | None = None) -> tuple[DataConfig, int]:
+    """(data settings, seed) to read `data` for a run: its split settings, its table's columns and
+    label delimiter, and its labels table when `data` is the folder it trained on (explicit
+    `labels`, columns and delimiter win)."""
     if run_dir is None:
-        return DataConfig(source=str(data), labels=_text(labels), path_col=path_col, label_col=label_col), 0
+        return DataConfig(source=str(data), labels=_text(labels), path_col=path_col, label_col=label_col,
+                          label_delim=label_delim), 0
     config = run_folder.read_config(run_dir)
     trained = config.data
     same_root = trained.labels and str(data) not in BUILTIN and _same_path(data, trained.source)
     table = _text(labels) or (trained.labels if same_root else None)
-    if table:  # the run's table format (its columns) unless told otherwise
+    if table:  # the run's table format (its columns, its delimiter) unless told otherwise
         path_col, label_col = path_col or trained.path_col, label_col or trained.label_col
-    return (dataclasses.replace(trained, source=str(data), labels=table, path_col=path_col, label_col=label_col),
-            config.train.seed)
+        label_delim = label_delim or trained.label_delim
+    return (dataclasses.replace(trained, source=str(data), labels=table, path_col=path_col, label_col=label_col,
+                                label_delim=label_delim if table else None), config.train.seed)
 
 
 def _text(path: str | Path | None) -> str | None:
@@ -253,3 +278,18 @@ def _text(path: str | Path | None) -> str | None:
 
 def _same_path(a: str | Path, b: str | Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
+
+
+def _evaluate_multi_label(trained: TrainedModel, samples: Samples, batch_size: int, device: str,
+                          workers: int | None) -> Evaluation:
+    """mAP, F1 at the run's stored thresholds (and at 0.5), per-class AP/F1/support."""
+    runtime = setup_runtime(device)
+    trained.model.to(runtime.device)
+    logits, targets = classify(trained.model, samples, runtime, batch_size=batch_size, workers=workers,
+                               cache_dir=default_cache_dir())
+    targets = targets.float().reshape(len(logits), len(trained.class_names))
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets).item() if len(targets) else 0.0
+    probs = logits.sigmoid()
+    thresholds = trained.model.info.thresholds or [DEFAULT_THRESHOLD] * len(trained.class_names)
+    result = score(probs.numpy(), targets.numpy(), thresholds, loss)
+    return Evaluation(result.to_dict(trained.class_names), probs, samples)

@@ -18,7 +18,7 @@ from .errors import UserError
 
 # The demo: the bundled Lite0 on the embedded digits, small and quick (README, Quick start).
 DEMO_FIXED = {"source": "digits", "name": "efficientnet_lite0", "weights": "default", "strategy": "two-stage",
-              "unfreeze_last": 0, "labels": None, "path_col": None, "label_col": None}
+              "unfreeze_last": 0, "labels": None, "path_col": None, "label_col": None, "label_delim": None}
 DEMO_DEFAULTS = {"epochs": 4, "head_epochs": 1, "image_size": 64, "augment": "none"}
 
 
@@ -206,17 +206,10 @@ def _configure_logging(verbosity: int, to_stderr: bool = False) -> None:
 
 
 def _print_summary(summary: dict, run_dir) -> None:
-    if not _is_main_process():
-        return
-    print()
-    print(f"{'stage':<14}{'epochs':>7}{'val top-1':>11}{'val top-5':>11}{'balanced':>10}{'macro-F1':>10}")
-    for stage in summary["stages"]:
-        print(f"{stage['name']:<14}{stage['epochs']:>7}{stage['val_top1']:>11.4f}{stage['val_top5']:>11.4f}"
-              f"{stage['val_balanced_acc']:>10.4f}{stage['val_f1_macro']:>10.4f}"
-              + ("  (stopped early)" if stage.get("stopped_early") else ""))
-    print(f"best val top-1 {summary['val_top1']:.4f}, balanced accuracy {summary['val_balanced_acc']:.4f}, "
-          f"macro-F1 {summary['val_f1_macro']:.4f} (epoch {summary['best_epoch']}), "
-          f"{summary['train_seconds']:.1f} s; run folder: {run_dir}")
+    if _is_main_process():
+        from .cli_output import print_summary
+
+        print_summary(summary, run_dir)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -225,7 +218,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _require_folder(args.data, "--data", exists=True)
     from . import api
 
-    table = {"labels": args.labels, "path_col": args.path_col, "label_col": args.label_col}
+    table = {"labels": args.labels, "path_col": args.path_col, "label_col": args.label_col,
+             "label_delim": args.label_delim}
     evaluated = api.evaluation(args.run, args.data, split=args.split, batch_size=args.batch_size,
                                device=args.device, workers=args.workers, **table)
     result = evaluated.result
@@ -239,18 +233,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    names = list(result["per_class"])
-    print(f"images {result['count']}  top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  "
-          f"balanced accuracy {result['balanced_acc']:.4f}  macro-F1 {result['f1_macro']:.4f}  "
-          f"loss {result['loss']:.4f}")
-    print("\nper-class accuracy")
-    width = max(len(n) for n in names)
-    for name, accuracy in result["per_class"].items():
-        print(f"  {name:<{width}}  {accuracy:.4f}")
-    print("\nconfusion matrix (rows: true, columns: predicted)")
-    print(" " * (width + 2) + " ".join(f"{i:>5}" for i in range(len(names))))
-    for i, (name, row) in enumerate(zip(names, result["confusion"])):
-        print(f"  {name:<{width}}" + " ".join(f"{v:>5}" for v in row) + f"   [{i}]")
+    from .cli_output import print_evaluation
+
+    print_evaluation(result)
     return 0
 
 
@@ -276,17 +261,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     trained = api.load(args.run, device=args.device)
     top_k = min(args.top_k, len(trained.class_names))
     predictions = predict_files(trained, paths, top_k=top_k, batch_size=args.batch_size)
-    width = min(max((len(r["path"]) for r in predictions.rows), default=4), 80)
-    print(f"{'path':<{width}}  {'label':<20} prob")
-    for row in predictions.rows:
-        extra = "".join(f"  {l} {p:.4f}" for l, p in zip(row["labels"][1:], row["probs"][1:]))
-        print(f"{row['path']:<{width}}  {row['labels'][0]:<20} {row['probs'][0]:.4f}{extra}")
-    if predictions.unreadable:
-        print(f"\nunreadable ({len(predictions.unreadable)}):")
-        for path, reason in predictions.unreadable:
-            print(f"  {path}: {reason}")
+    delim = (trained.model.info.label_delim or " ") if trained.multi_label else None
+    from .cli_output import print_predictions
+
+    print_predictions(predictions, delim)
     if args.output:
-        write_predictions(predictions, args.output, top_k)
+        write_predictions(predictions, args.output, top_k, delim, trained.class_names if delim else None)
         print(f"wrote {args.output}")
     if not predictions.rows:
         raise UserError("no image could be read")
@@ -303,7 +283,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     verdict = "ok" if report.ok else "FAILED"
     print(f"wrote {report.path} and {report.path}.json")
     print(f"parity on {report.inputs}: max abs logit difference {report.max_abs_diff:.2e} "
-          f"(limit {TOLERANCE:.0e}), same top-1 {report.top1_agree}/{report.samples}: {verdict}")
+          f"(limit {TOLERANCE:.0e}), same {report.agreement} {report.top1_agree}/{report.samples}: {verdict}")
     return 0 if report.ok else 1
 
 
@@ -336,7 +316,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     from .data.sources import resolve_split
 
     data_config = data_config_for(args.run and Path(args.run), args.data, labels=args.labels,
-                                  path_col=args.path_col, label_col=args.label_col)[0]
+                                  path_col=args.path_col, label_col=args.label_col, label_delim=args.label_delim)[0]
     found = resolve_split(data_config, "all")
     samples, names, split = found.samples, found.class_names, found.split_names
     from .features import FeatureExtractor, default_cache_dir

@@ -30,9 +30,9 @@ def add_config_flags(parser: argparse.ArgumentParser, *, defaults: dict[str, Any
 
 
 def add_table_flags(parser: argparse.ArgumentParser) -> None:
-    """--labels, --path-col, --label-col on eval and features, with train's help texts."""
+    """--labels, --path-col, --label-col, --label-delim on eval and features, with train's help texts."""
     fields = {item.name: item for item in dataclasses.fields(DataConfig)}
-    for name in ("labels", "path_col", "label_col"):
+    for name in ("labels", "path_col", "label_col", "label_delim"):
         _add_flag(parser, fields[name], None)
 
 

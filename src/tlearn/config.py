@@ -46,6 +46,10 @@ class DataConfig:
                                         "image_id or id", group="data")
     label_col: str | None = option(None, "--labels: the label column; default: label, labels, class, target, "
                                          "category or tags", group="data")
+    # Multi-label (multilabel.py): sigmoid outputs, binary cross-entropy, a threshold per class.
+    label_delim: str | None = option(None, "--labels: split each label cell on this delimiter (e.g. ' '): the task "
+                                           "becomes multi-label; an empty cell is an image with no labels",
+                                     group="data")
     data_dir: str = option("data", "download folder for cifar10/cifar100", group="data")
     val_split: float = option(0.1, "fraction held out for validation when there is no val/ or test/ folder",
                               group="data")
@@ -79,8 +83,10 @@ class DataConfig:
             raise ConfigError("--labels must be the path of a .csv or .tsv file")
         if self.labels and self.source in BUILTIN_DATASETS:
             raise ConfigError(f"--labels needs --data FOLDER (the images' root), not {self.source}")
-        if (self.path_col or self.label_col) and not self.labels:
-            raise ConfigError("--path-col and --label-col need --labels FILE")
+        if (self.path_col or self.label_col or self.label_delim is not None) and not self.labels:
+            raise ConfigError("--path-col, --label-col and --label-delim need --labels FILE")
+        if self.label_delim is not None and (not isinstance(self.label_delim, str) or not self.label_delim):
+            raise ConfigError("--label-delim must be one or more characters, e.g. ' ' or ';'")
         if not 0.0 < self.val_split < 1.0:
             raise ConfigError(f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}")
         if self.image_size is not None and self.image_size < 16:

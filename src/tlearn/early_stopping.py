@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from .errors import ConfigError
 from .metrics import EvalResult
+from .multilabel import MultiLabelResult
 
 LOWER_IS_BETTER = frozenset({"val_loss"})
 SINGLE_LABEL_MONITORS = ("val_loss", "val_top1", "val_balanced_acc")
+MULTI_LABEL_MONITORS = ("val_loss", "val_map")
 
 
 def require_monitor(monitor: str, multi_label: bool = False) -> None:
@@ -19,12 +21,19 @@ def require_monitor(monitor: str, multi_label: bool = False) -> None:
     if monitor == "val_map" and not multi_label:
         raise ConfigError(f"--monitor val_map needs multi-label data; single-label runs can monitor "
                           f"{', '.join(SINGLE_LABEL_MONITORS)}")
+    if multi_label and monitor not in MULTI_LABEL_MONITORS:
+        raise ConfigError(f"--monitor {monitor} is for single-label data; multi-label runs can monitor "
+                          f"{', '.join(MULTI_LABEL_MONITORS)}")
 
 
-def monitor_value(result: EvalResult, monitor: str) -> float:
-    values = {"val_loss": result.loss, "val_top1": result.top1, "val_balanced_acc": result.balanced_accuracy}
+def monitor_value(result: EvalResult | MultiLabelResult, monitor: str) -> float:
+    multi_label = isinstance(result, MultiLabelResult)
+    if multi_label:
+        values = {"val_loss": result.loss, "val_map": result.map}
+    else:
+        values = {"val_loss": result.loss, "val_top1": result.top1, "val_balanced_acc": result.balanced_accuracy}
     if monitor not in values:
-        require_monitor(monitor)
+        require_monitor(monitor, multi_label)
         raise ConfigError(f"--monitor {monitor} is not available for this run")
     return values[monitor]
 

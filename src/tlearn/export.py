@@ -3,7 +3,8 @@
 The sidecar `FILE.json` says what torchvision's `ImageClassification` transform means:
 resize the shorter side to `resize_size`, center-crop `crop_size`, scale to [0, 1],
 normalise with `mean`/`std`. Parity: logits of the exported file vs PyTorch on real
-preprocessed images, max abs difference <= 1e-4 and the same top-1 for every sample.
+preprocessed images, max abs difference <= 1e-4 and the same top-1 for every sample (a
+multi-label model: the same labels, sigmoid(logit) >= the sidecar's `thresholds`).
 """
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ class ParityReport:
     path: Path
     samples: int
     max_abs_diff: float
-    top1_agree: int
+    top1_agree: int  # samples with the same top-1 (multi-label: the same labels above the thresholds)
     inputs: str  # what the check ran on
+    agreement: str = "top-1"  # what top1_agree compares: "top-1" or "labels"
 
     @property
     def ok(self) -> bool:
@@ -42,6 +44,13 @@ class ParityReport:
 
 
 def sidecar(model: Classifier) -> dict:
+    if model.info.multi_label:  # the ONNX output stays logits: sigmoid, then each class's threshold
+        return {**_single_label_sidecar(model), "task": "multi-label", "thresholds": list(model.info.thresholds),
+                "output": "logits (sigmoid for probabilities; a class applies when its probability >= its threshold)"}
+    return _single_label_sidecar(model)
+
+
+def _single_label_sidecar(model: Classifier) -> dict:
     prep = model.info.preprocessing
     return {"classes": list(model.info.class_names), "resize_size": prep.resize_size, "crop_size": prep.crop_size,
             "whole_image": prep.whole_image,  # true: resize to crop_size x crop_size, no crop
@@ -70,9 +79,13 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None, 
         raise UserError(f"{fmt} export of {model.info.name} failed ({type(error).__name__}: "
                         f"{first_line(error, 160)})") from None
     atomic_write(Path(f"{output}.json"), json.dumps(sidecar(model), indent=2, ensure_ascii=False) + "\n")
-    report = ParityReport(output, len(inputs), float((logits - reference).abs().max()),
-                          int((logits.argmax(1) == reference.argmax(1)).sum()), description)
-    return report
+    if model.info.multi_label:
+        thresholds = torch.tensor(model.info.thresholds or [0.5] * model.info.num_classes)
+        same = ((logits.sigmoid() >= thresholds) == (reference.sigmoid() >= thresholds)).all(dim=1)
+        return ParityReport(output, len(inputs), float((logits - reference).abs().max()), int(same.sum()),
+                            description, "labels")
+    return ParityReport(output, len(inputs), float((logits - reference).abs().max()),
+                        int((logits.argmax(1) == reference.argmax(1)).sum()), description)
 
 
 def parity_inputs(run_dir: Path, model: Classifier, count: int) -> tuple[torch.Tensor, str]:

@@ -15,6 +15,11 @@ weighted full-batch loss is the balanced sampler's expected loss); `logit_shift`
 the bias of each plain solution before it is scored and stored (logit adjustment: the bias is
 not penalised, so this equals solving with the logit-adjusted loss). `select="balanced_acc"`
 chooses the L2 strength by validation balanced accuracy instead of top-1.
+
+Multi-label (`multi_label=True`, multi-hot float targets): the loss is binary cross-entropy with
+logits, summed over the classes and averaged over the images, + the same L2. Its terms separate
+by class, so solving all classes at once in one matrix is one-vs-rest logistic regression (each
+class's problem is scikit-learn's with C = 1 / (l2 x rows)); the sweep chooses by validation mAP.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .feature_store import FeatureMatrix, TensorFeatures
+from .multilabel import score
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +54,7 @@ ONE_THREAD_BELOW = 1 << 25
 CHUNK_ROWS = 8192
 
 
-SELECT = ("top1", "balanced_acc")
+SELECT = ("top1", "balanced_acc", "map")
 
 
 @dataclass
@@ -59,6 +65,7 @@ class SolverResult:
     val_loss: float
     val_top1: float
     val_balanced_acc: float = 0.0
+    val_map: float = 0.0  # multi-label (then the top1 fields hold micro F1 at 0.5)
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class HeadObjective:
     class_weights: torch.Tensor | None = None
     logit_shift: torch.Tensor | None = None
     select: str = "top1"
+    multi_label: bool = False  # binary cross-entropy per class, chosen by val mAP (select="map")
 
 
 def fit_linear_head_lbfgs(head: nn.Linear, train_x: torch.Tensor | FeatureMatrix, train_y: torch.Tensor,
@@ -127,14 +135,21 @@ def _sweep(head: nn.Linear, train: _Chunks, val: _Chunks, grid, max_iter: int, f
         optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=20,
                                       tolerance_grad=1e-5 if fast else 1e-6, tolerance_change=1e-9,
                                       line_search_fn="strong_wolfe")
-        optimizer.step(partial(_loss_and_grad, train, weight, bias, l2, class_weights))
+        optimizer.step(partial(_loss_and_grad, train, weight, bias, l2, class_weights, objective.multi_label))
         with torch.no_grad():
             shifted = bias.detach() + shift
-            result = SolverResult(l2, *_scores(train, weight, bias, shift, class_weights, plain_loss=True)[:2],
-                                  *_scores(val, weight, bias, shift))
-        logger.info(f"  L-BFGS l2={l2:g}: train top1 {result.train_top1:.4f} | val loss {result.val_loss:.4f} "
-                    f"top1 {result.val_top1:.4f} balanced acc {result.val_balanced_acc:.4f}")
-        score = result.val_balanced_acc if objective.select == "balanced_acc" else result.val_top1
+            if objective.multi_label:
+                result = SolverResult(l2, *_multi_label_scores(train, weight, bias)[:2], 0.0, 0.0)
+                result.val_loss, result.val_top1, result.val_map = _multi_label_scores(val, weight, bias)
+            else:
+                result = SolverResult(l2, *_scores(train, weight, bias, shift, class_weights, plain_loss=True)[:2],
+                                      *_scores(val, weight, bias, shift))
+        logger.info(f"  L-BFGS l2={l2:g}: train {'micro-F1' if objective.multi_label else 'top1'} "
+                    f"{result.train_top1:.4f} | val loss {result.val_loss:.4f} "
+                    + (f"mAP {result.val_map:.4f}" if objective.multi_label else
+                       f"top1 {result.val_top1:.4f} balanced acc {result.val_balanced_acc:.4f}"))
+        score = {"balanced_acc": result.val_balanced_acc, "map": result.val_map}.get(objective.select,
+                                                                                   result.val_top1)
         key = (score, -result.val_loss)
         if best is None or key > best[0]:
             best = (key, result, weight.detach().clone(), shifted.clone())
@@ -146,7 +161,7 @@ def _sweep(head: nn.Linear, train: _Chunks, val: _Chunks, grid, max_iter: int, f
 
 
 def _loss_and_grad(train: _Chunks, weight: torch.Tensor, bias: torch.Tensor, l2: float,
-                   class_weights: torch.Tensor | None) -> torch.Tensor:
+                   class_weights: torch.Tensor | None, multi_label: bool = False) -> torch.Tensor:
     """The L-BFGS closure: mean (class-weighted) cross-entropy + L2, its gradient accumulated chunk
     by chunk. Each chunk's backward runs before the next chunk's forward, so only one chunk's
     logits and their gradient are alive at a time.
@@ -155,7 +170,10 @@ def _loss_and_grad(train: _Chunks, weight: torch.Tensor, bias: torch.Tensor, l2:
     total = torch.zeros((), dtype=weight.dtype)
     norm = len(train) if class_weights is None else class_weights[train.y].sum()  # F.cross_entropy's mean
     for x, y in train:
-        loss = F.cross_entropy(x @ weight.T + bias, y, weight=class_weights, reduction="sum") / norm
+        if multi_label:  # one-vs-rest: the binary losses of all classes, summed (see the module docstring)
+            loss = F.binary_cross_entropy_with_logits(x @ weight.T + bias, y.to(x.dtype), reduction="sum") / norm
+        else:
+            loss = F.cross_entropy(x @ weight.T + bias, y, weight=class_weights, reduction="sum") / norm
         loss.backward()
         total += loss.detach()
     penalty = 0.5 * l2 * weight.pow(2).sum()
@@ -182,3 +200,15 @@ def _scores(data: _Chunks, weight: torch.Tensor, bias: torch.Tensor, shift: torc
         hits += torch.bincount(y[right], minlength=len(bias))
     present = support > 0
     return loss_sum / norm, correct / len(data), (hits[present] / support[present]).mean().item()
+
+
+def _multi_label_scores(data: _Chunks, weight: torch.Tensor, bias: torch.Tensor) -> tuple[float, float, float]:
+    """(loss: BCE summed over classes, mean over images; micro F1 at 0.5; mAP) of the head on `data`."""
+    loss_sum, probs, targets = 0.0, [], []
+    for x, y in data:
+        logits = x @ weight.T + bias
+        loss_sum += F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype), reduction="sum").item()
+        probs.append(logits.sigmoid().float())
+        targets.append(y)
+    result = score(torch.cat(probs).numpy(), torch.cat(targets).numpy(), [0.5] * weight.shape[0])
+    return loss_sum / max(len(data), 1), result.f1_micro, result.map

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from .errors import TrainingError
 from .metrics import ClassificationMeter, EpochStats, EvalResult
 from .models.classifier import AuxOutput
+from .multilabel import MultiLabelMeter, MultiLabelResult, TrainMeter
 from .runtime import Runtime
 
 
@@ -29,16 +30,18 @@ def compute_loss(output, targets: torch.Tensor, loss_fn: Callable,
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     scheduler, runtime: Runtime, loss_fn: Callable, *, num_classes: int,
                     scaler: torch.amp.GradScaler | None = None, aux_weight: float = 0.0,
-                    description: str = "train", prepare: Callable | None = None, sharded: bool = True) -> EpochStats:
+                    description: str = "train", prepare: Callable | None = None, sharded: bool = True,
+                    multi_label: bool = False) -> EpochStats:
     """One pass over `loader`; the LR schedule steps per batch. Returns loss, top1, images/s and
     where the time went: waiting for data, forward + backward, the optimiser step (on CUDA the
     split is approximate: kernels run asynchronously).
 
     `prepare(batch_inputs)` moves inputs to the device; images by default, features too.
     `sharded`: each torchrun process saw a different part of the data (sum the metrics).
+    `multi_label`: multi-hot targets; "top1" is then micro F1 at 0.5 (multilabel.py).
     """
     prepare = prepare or runtime.to_device
-    meter = ClassificationMeter(num_classes)
+    meter = TrainMeter(num_classes) if multi_label else ClassificationMeter(num_classes)
     start, seen = time.perf_counter(), 0
     waited = computed = stepped = 0.0
     progress = tqdm(loader, desc=description, leave=False, disable=None if runtime.is_main else True,
@@ -83,13 +86,16 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
 @torch.inference_mode()
 def evaluate_loader(model: nn.Module, loader: Iterable, runtime: Runtime, num_classes: int,
                     loss_fn: Callable | None = None, prepare: Callable | None = None,
-                    description: str = "eval", sharded: bool = True, keep_probs: bool = False) -> EvalResult:
+                    description: str = "eval", sharded: bool = True, keep_probs: bool = False,
+                    multi_label: bool = False) -> EvalResult | MultiLabelResult:
     """Top-1/top-5, per-class accuracy and confusion over `loader` (model in eval mode); with
-    `keep_probs`, the softmax of every sample too, in loader order (this process's only)."""
+    `keep_probs`, the softmax of every sample too, in loader order (this process's only).
+    `multi_label`: mAP and F1 at thresholds chosen on these images (always keeps the sigmoid
+    probabilities: mAP needs them; under torchrun they are gathered)."""
     prepare = prepare or runtime.to_device
     model.eval()  # the caller sets the training mode again (see strategy.set_train_mode)
-    loss_fn = loss_fn or nn.CrossEntropyLoss()
-    meter = ClassificationMeter(num_classes, keep_probs)
+    loss_fn = loss_fn or (nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss())
+    meter = MultiLabelMeter(num_classes) if multi_label else ClassificationMeter(num_classes, keep_probs)
     for inputs, targets in tqdm(loader, desc=description, leave=False,
                                 disable=None if runtime.is_main else True, dynamic_ncols=True):
         inputs, targets = prepare(inputs), targets.to(runtime.device, non_blocking=True)

@@ -1,4 +1,7 @@
-"""Predict labels for image files with a run folder's model and preprocessing."""
+"""Predict labels for image files with a run folder's model and preprocessing.
+
+Multi-label runs write, per image, the labels at or above their thresholds (joined with the
+run's label delimiter, as its table wrote them) and every class's probability."""
 from __future__ import annotations
 
 import csv
@@ -19,7 +22,7 @@ from .files import atomic_write
 
 @dataclass
 class Predictions:
-    rows: list[dict]  # path, labels, probs
+    rows: list[dict]  # path, labels, probs (multi-label: and scores, every class's probability)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -52,7 +55,8 @@ def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch
     def flush():
         if batch:
             outputs = trained.predict_batch(torch.stack([tensor for _, tensor in batch]), top_k)
-            result.rows += [{"path": path, "labels": output["labels"], "probs": output["probs"]}
+            result.rows += [{"path": path, "labels": output["labels"], "probs": output["probs"],
+                             **({"scores": output["scores"]} if "scores" in output else {})}
                             for (path, _), output in zip(batch, outputs)]
             batch.clear()
 
@@ -67,8 +71,13 @@ def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch
     return result
 
 
-def write_predictions(predictions: Predictions, output: str | Path, top_k: int) -> None:
+def write_predictions(predictions: Predictions, output: str | Path, top_k: int, label_delim: str | None = None,
+                      class_names: list[str] | None = None) -> None:
+    """A .csv or .json file; `label_delim` and `class_names` given: a multi-label run's predictions."""
     output = Path(output)
+    if label_delim is not None:
+        _write_multi_label(predictions, output, label_delim, class_names or [])
+        return
     if output.suffix.lower() == ".json":
         data = [{"path": r["path"], "predictions": [{"label": l, "prob": p} for l, p in zip(r["labels"], r["probs"])]}
                 for r in predictions.rows]
@@ -88,4 +97,23 @@ def write_predictions(predictions: Predictions, output: str | Path, top_k: int) 
         for label, prob in zip(row["labels"], row["probs"]):
             cells += [label, f"{prob:.6f}"]
         writer.writerow(cells)
+    atomic_write(output, buffer.getvalue())
+
+
+def _write_multi_label(predictions: Predictions, output: Path, label_delim: str, class_names: list[str]) -> None:
+    """CSV: path, labels (joined with `label_delim`), prob_<class> for every class; JSON: the same, nested."""
+    unreadable = [{"path": p, "reason": why} for p, why in predictions.unreadable]
+    if output.suffix.lower() == ".json":
+        data = [{"path": r["path"], "labels": r["labels"], "probs": r["scores"]} for r in predictions.rows]
+        atomic_write(output, json.dumps({"predictions": data, "unreadable": unreadable}, indent=2,
+                                        ensure_ascii=False))
+        return
+    if output.suffix.lower() != ".csv":
+        raise UserError(f"--output must end in .csv or .json, got {output.name}")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "labels", *(f"prob_{name}" for name in class_names)])
+    for row in predictions.rows:
+        writer.writerow([row["path"], label_delim.join(row["labels"]),
+                         *(f"{row['scores'][name]:.6f}" for name in class_names)])
     atomic_write(output, buffer.getvalue())

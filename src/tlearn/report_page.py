@@ -56,8 +56,9 @@ def write_report(run_dir: Path, *, probs: np.ndarray, labels: np.ndarray, class_
 def _settings_section(settings: dict, summary: dict | None) -> str:
     rows = []
     if summary:
-        for key in ("val_top1", "val_top5", "val_balanced_acc", "val_f1_macro", "balance", "train_imbalance_ratio",
-                    "best_epoch", "train_seconds", "num_train", "num_val", "skipped_files"):
+        for key in ("task", "val_top1", "val_top5", "val_balanced_acc", "val_map", "val_f1_micro", "val_f1_macro",
+                    "balance", "train_imbalance_ratio", "best_epoch", "train_seconds", "num_train", "num_val",
+                    "skipped_files"):
             if key in summary:
                 rows.append((key, summary[key]))
     for section, values in settings.items():
@@ -121,8 +122,11 @@ def _curves_png(run_dir: Path) -> bytes | None:
     figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for key, label in (("train_loss", "train"), ("val_loss", "val")):
         loss_ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=label)
-    for key, label in (("train_top1", "train top-1"), ("val_top1", "val top-1"), ("val_top5", "val top-5")):
-        acc_ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=label)
+    for key, label in (("train_top1", "train top-1"), ("val_top1", "val top-1"), ("val_top5", "val top-5"),
+                       ("train_f1_micro", "train micro-F1 at 0.5"), ("val_map", "val mAP"),
+                       ("val_f1_micro", "val micro-F1")):
+        if all(r.get(key) for r in rows):  # the figures of the run's task (multi-label: mAP and F1)
+            acc_ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=label)
     for axis, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         for i in range(1, len(rows)):
             if rows[i]["stage"] != rows[i - 1]["stage"]:  # stage boundary
@@ -204,21 +208,25 @@ def _wrong_section(probs, labels, class_names, describe, load_image) -> str:
         return "<section><h2>Most confident mistakes</h2><p>No validation image was misclassified.</p></section>"
     cards = []
     for index in wrong:
-        image = load_image(int(index)).convert("RGB")
-        image.thumbnail((128, 128))
-        if min(image.size) < 64:  # tiny images (CIFAR, digits): enlarge so a person can see them
-            scale = 64 / min(image.size)
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                 resample=0)
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        data = base64.b64encode(buffer.getvalue()).decode()
+        data = thumbnail_png(load_image(int(index)))
         true, pred = class_names[labels[index]], class_names[predictions[index]]
         name = html.escape(str(describe(int(index))))
         cards.append(f"<figure><img alt='{name}' title='{name}' src='data:image/png;base64,{data}'>"
                      f"<figcaption>true <b>{html.escape(true)}</b><br>predicted <b>{html.escape(pred)}</b> "
                      f"({probs[index, predictions[index]]:.2f})</figcaption></figure>")
     return ("<section><h2>Most confident mistakes</h2><div class='grid'>" + "".join(cards) + "</div></section>")
+
+
+def thumbnail_png(image) -> str:
+    """A base64 PNG thumbnail of at most 128 px, tiny images enlarged to 64 px (pixelated)."""
+    image = image.convert("RGB")
+    image.thumbnail((128, 128))
+    if min(image.size) < 64:  # tiny images (CIFAR, digits): enlarge so a person can see them
+        scale = 64 / min(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample=0)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 _PAGE = """<!DOCTYPE html>

@@ -22,7 +22,9 @@ SKIPPED_FILE = "skipped_files.txt"
 METRIC_COLUMNS = ["stage", "stage_epoch", "epoch", "train_loss", "train_top1", "val_loss", "val_top1",
                   "val_top5", "val_balanced_acc", "val_f1_macro", "lr_head", "lr_backbone", "seconds",
                   "images_per_s", "cached_features",
-                  "data_seconds", "compute_seconds", "optimizer_seconds", "eval_seconds"]
+                  "data_seconds", "compute_seconds", "optimizer_seconds", "eval_seconds",
+                  # multi-label runs (their top-1 columns stay empty): micro F1 at 0.5, mAP, micro F1
+                  "train_f1_micro", "val_map", "val_f1_micro"]
 
 
 def default_run_dir() -> Path:

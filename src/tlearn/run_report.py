@@ -26,7 +26,8 @@ def report_run(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size:
         model = checkpoint.load_model(run_dir).to(runtime.device)
         logits, labels = classify(model, samples, runtime, batch_size=batch_size, workers=workers,
                                   cache_dir=cache_dir)
-        probs, info = logits.softmax(dim=1), model.info
+        info = model.info
+        probs = logits.sigmoid() if info.multi_label else logits.softmax(dim=1)
     else:
         info, labels = checkpoint.read_model_info(run_dir), torch.tensor(samples.labels)
     config_path = run_dir / run_folder.CONFIG_FILE
@@ -38,6 +39,13 @@ def report_run(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size:
         settings.pop("resolved", None)
     summary_path = run_dir / run_folder.SUMMARY_FILE
     summary = read_json(summary_path) if summary_path.is_file() else None
+    if info.multi_label:
+        from .report_multilabel import write_multilabel_report
+
+        return write_multilabel_report(run_dir, probs=probs.numpy(), targets=labels.numpy(),
+                                       class_names=info.class_names, thresholds=info.thresholds,
+                                       describe=samples.describe, load_image=samples.load, settings=settings,
+                                       summary=summary, title=title or f"tlearn report: {info.name} in {run_dir.name}")
     return write_report(run_dir, probs=probs.numpy(), labels=labels.numpy(), class_names=info.class_names,
                         describe=samples.describe, load_image=samples.load, settings=settings, summary=summary,
                         title=title or f"tlearn report: {info.name} in {run_dir.name}")

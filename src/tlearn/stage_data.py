@@ -56,10 +56,10 @@ def _feature_data(model, data, config, runtime, cache_dir) -> StageData:
         features[split] = extractor.cached(model, samples, description=f"{split} features")
     generator = torch.Generator()
     sampler = _balanced_sampler(data, config) if config.train.balance == "resample" else None
-    train = DataLoader(TensorDataset(features["train"], torch.tensor(data.train.labels)),
+    train = DataLoader(TensorDataset(features["train"], label_tensor(data.train.labels)),
                        batch_size=dc.batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
                        drop_last=lone_last_batch(len(data.train), dc.batch_size))
-    val = DataLoader(TensorDataset(features["val"], torch.tensor(data.val.labels)), batch_size=256)
+    val = DataLoader(TensorDataset(features["val"], label_tensor(data.val.labels)), batch_size=256)
     return StageData(train, val, model.head, lambda x: x.to(runtime.device, non_blocking=True), True, generator,
                      sampler is not None)
 
@@ -84,6 +84,12 @@ def _image_data(model, data, config, runtime, augment) -> StageData:
                       workers=dc.workers, device=runtime.device, sampler=val_sampler)
     return StageData(train, val, model, runtime.to_device, False, train.generator,
                      config.train.balance == "resample")
+
+
+def label_tensor(labels: list) -> torch.Tensor:
+    """Class indices (int64), or multi-hot rows (float32: binary cross-entropy's targets)."""
+    tensor = torch.tensor(labels)
+    return tensor.float() if tensor.ndim == 2 else tensor
 
 
 def _balanced_sampler(data, config, num_replicas: int = 1, rank: int = 0) -> BalancedSampler:

@@ -43,6 +43,10 @@ class Progress:
     # monitored metric and the epochs since it improved.
     monitor_best: float | None = None
     epochs_without_improvement: int = 0
+    # Multi-label: the best epoch's val figures (epoch_figures.result_fields) and the per-class
+    # thresholds chosen on its validation probabilities (stored in model.json at the end).
+    best_values: dict[str, float] = field(default_factory=dict)
+    best_thresholds: list[float] = field(default_factory=list)
 
 
 @dataclass

@@ -22,11 +22,13 @@ from .balance import Balance, imbalance_ratio, warn_if_imbalanced
 from .config import RunConfig
 from .data.sources import DatasetSplits
 from .early_stopping import monitor_value, observe, require_monitor
+from .epoch_figures import describe, result_fields, selection_score, train_fields
 from .features import default_cache_dir
 from .head_solver import HeadObjective, fit_linear_head_lbfgs
 from .loops import evaluate_loader, train_one_epoch
 from .metrics import EpochStats, EvalResult
 from .models.classifier import Classifier
+from .multilabel import check_config, is_multi_label, label_counts
 from .optim import make_optimizer, make_scheduler
 from .runtime import Runtime, seed_everything, setup_runtime
 from .small_images import adapt_preprocessing
@@ -77,15 +79,21 @@ class StageRun:
 def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_dir: str | Path | None = None,
                *, runtime: Runtime | None = None, resume: ResumePoint | None = None) -> dict[str, Any]:
     """Train `model` on `data` by `config`'s strategy; returns the summary (also in run_dir)."""
-    tc = config.train
+    tc, multi = config.train, is_multi_label(config)
+    if multi:
+        check_config(config)
     if tc.patience:
-        require_monitor(tc.monitor)
+        require_monitor(tc.monitor, multi)
     runtime = runtime or setup_runtime(tc.device, tc.amp, tc.amp_dtype, tc.channels_last)
     seed_everything(tc.seed, tc.deterministic)
     model.info.class_names = list(data.class_names)
-    balance = Balance.from_labels(tc.balance, data.train.labels, len(data.class_names), tc.balance_tau)
+    if multi:  # images per class; balancing is single-label only (multilabel.check_config)
+        model.info.task, model.info.label_delim = "multi-label", config.data.label_delim
+        balance = Balance("none", tuple(label_counts(data.train.labels, len(data.class_names))), tc.balance_tau)
+    else:
+        balance = Balance.from_labels(tc.balance, data.train.labels, len(data.class_names), tc.balance_tau)
+        warn_if_imbalanced(balance.counts, data.class_names, "the training split")
     model.info.balance = balance.to_dict()
-    warn_if_imbalanced(balance.counts, data.class_names, "the training split")
     progress = resume.progress if resume else Progress()
     if resume is None:  # a resumed run keeps the preprocessing and the flags it started with
         model.info.preprocessing = adapt_preprocessing(model.info.preprocessing, data.train,
@@ -162,8 +170,11 @@ def _finish_run(model: Classifier, run: Run) -> dict[str, Any]:
     summary = _summary(model, run)
     if run.writes:
         with run_folder_writes(run.run_dir, "the run summary"):
-            if run.progress.best_top1 < 0:  # zero epochs: still leave a loadable model
+            if run.progress.best_epoch == 0:  # zero epochs: still leave a loadable model
                 checkpoint.save_model(run.run_dir, model, epoch=0)
+            if model.info.multi_label:  # the best epoch's thresholds (written with it, again after a resume)
+                model.info.thresholds = list(run.progress.best_thresholds)
+                checkpoint.save_model_info(run.run_dir, model.info)
             run_folder.write_summary(run.run_dir, summary)
         if run.config.train.report:
             from .run_report import report_run
@@ -187,7 +198,8 @@ def _best_val_probabilities(model: Classifier, run: Run) -> torch.Tensor | None:
     head = copy.deepcopy(model.head).cpu().float().eval()
     best = checkpoint.read_tensors(run.run_dir / checkpoint.MODEL_FILE)
     head.load_state_dict({k[len("head."):]: v for k, v in best.items() if k.startswith("head.")})
-    return head(run.val_features.float()).softmax(dim=1)
+    logits = head(run.val_features.float())
+    return logits.sigmoid() if model.info.multi_label else logits.softmax(dim=1)
 
 
 def _start_run_folder(run: Run, model: Classifier) -> None:
@@ -233,8 +245,10 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
 def _train_epochs(current: StageRun, run: Run) -> None:
     model, stage, stage_data, state = current.model, current.stage, current.data, current.state
     tc, runtime = run.config.train, run.runtime
-    loss_fn = run.balance.training_loss(tc.label_smoothing, runtime.device, sampled=stage_data.balanced_sampler)
-    eval_loss = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+    multi = model.info.multi_label
+    loss_fn = nn.BCEWithLogitsLoss() if multi else \
+        run.balance.training_loss(tc.label_smoothing, runtime.device, sampled=stage_data.balanced_sampler)
+    eval_loss = nn.BCEWithLogitsLoss() if multi else nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
     train_module = stage_data.module
     if runtime.distributed and not stage_data.cached:
         train_module = nn.parallel.DistributedDataParallel(model, find_unused_parameters=bool(model.info.aux_modules))
@@ -246,16 +260,15 @@ def _train_epochs(current: StageRun, run: Run) -> None:
                                     loss_fn, num_classes=model.info.num_classes, scaler=state.scaler,
                                     aux_weight=run.config.model.aux_weight,
                                     description=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
-                                    prepare=stage_data.prepare, sharded=not stage_data.cached)
+                                    prepare=stage_data.prepare, sharded=not stage_data.cached, multi_label=multi)
         evaluated = time.perf_counter()
         result = evaluate_loader(stage_data.module, stage_data.val, runtime, model.info.num_classes, eval_loss,
                                  prepare=stage_data.prepare, description="val", sharded=not stage_data.cached,
-                                 keep_probs=stage_data.cached or not runtime.distributed)
+                                 keep_probs=stage_data.cached or not runtime.distributed, multi_label=multi)
         stats.eval_seconds = time.perf_counter() - evaluated
-        logger.info(f"  epoch {epoch + 1}/{stage.epochs}: train loss {stats.loss:.4f} acc {stats.top1:.4f} | "
-                    f"val loss {result.loss:.4f} top1 {result.top1:.4f} top5 {result.top5:.4f} "
-                    f"balanced {result.balanced_acc:.4f} | "
-                    f"{stats.images_per_s:.0f} img/s")
+        logger.info(f"  epoch {epoch + 1}/{stage.epochs}: train loss {stats.loss:.4f} "
+                    f"{'micro-F1' if multi else 'acc'} {stats.top1:.4f} | val loss {result.loss:.4f} "
+                    f"{describe(result)} | {stats.images_per_s:.0f} img/s")
         if _finish_epoch(current, stats, result, run):
             break
 
@@ -266,9 +279,9 @@ def _solve_head(current: StageRun, run: Run) -> None:
     train_x, train_y = stage_data.train.dataset.tensors
     val_x, val_y = stage_data.val.dataset.tensors
     began = time.perf_counter()
-    balance = run.balance
+    balance, multi = run.balance, model.info.multi_label
     objective = HeadObjective(balance.loss_weights(), balance.logit_shift(),
-                              "balanced_acc" if balance.active else "top1")
+                              "map" if multi else "balanced_acc" if balance.active else "top1", multi)
     key = head_key(train_x, train_y, val_x, val_y, objective)
     solved = load_solved(model.head, run.cache_dir, key)
     if solved is None:
@@ -276,11 +289,12 @@ def _solve_head(current: StageRun, run: Run) -> None:
         if run.runtime.is_main:
             store_solved(model.head, solved, run.cache_dir, key)
     solved_at = time.perf_counter()
-    result = evaluate_loader(model.head, stage_data.val, run.runtime, model.info.num_classes,
-                             nn.CrossEntropyLoss(label_smoothing=run.config.train.label_smoothing),
-                             prepare=stage_data.prepare, description="val", sharded=False, keep_probs=True)
-    logger.info(f"  L-BFGS head: l2 {solved.l2:g}, val top1 {result.top1:.4f} top5 {result.top5:.4f} "
-                f"balanced acc {result.balanced_acc:.4f} macro-F1 {result.f1_macro:.4f}")
+    eval_loss = nn.BCEWithLogitsLoss() if multi else nn.CrossEntropyLoss(
+        label_smoothing=run.config.train.label_smoothing)
+    result = evaluate_loader(model.head, stage_data.val, run.runtime, model.info.num_classes, eval_loss,
+                             prepare=stage_data.prepare, description="val", sharded=False, keep_probs=True,
+                             multi_label=multi)
+    logger.info(f"  L-BFGS head: l2 {solved.l2:g}, val {describe(result)}")
     stats = EpochStats(solved.train_loss, solved.train_top1, compute_seconds=solved_at - began)
     stats.eval_seconds = time.perf_counter() - solved_at
     _finish_epoch(current, stats, result, run)
@@ -294,10 +308,9 @@ def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run:
     progress.train_seconds += now - current.mark  # includes feature extraction and validation
     progress.stage_epoch += 1
     lrs = {g.get("name", ""): g["lr"] for g in current.state.optimizer.param_groups} if current.state else {}
+    multi = model.info.multi_label
     row = {"stage": stage.name, "stage_epoch": progress.stage_epoch, "epoch": len(progress.rows) + 1,
-           "train_loss": stats.loss, "train_top1": stats.top1, "val_loss": result.loss,
-           "val_top1": result.top1, "val_top5": result.top5, "val_balanced_acc": result.balanced_acc,
-           "val_f1_macro": result.f1_macro,
+           **train_fields(stats.loss, stats.top1, multi), "val_loss": result.loss, **result_fields(result),
            "lr_head": lrs.get("head", lrs.get("head_no_decay", "")), "lr_backbone": lrs.get("backbone", ""),
            "seconds": now - current.mark, "images_per_s": stats.images_per_s, "cached_features": current.data.cached,
            "data_seconds": stats.data_seconds, "compute_seconds": stats.compute_seconds,
@@ -305,23 +318,27 @@ def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run:
     progress.rows.append(row)
     if current.data.cached:
         run.feature_epochs.add(row["epoch"])
-    score = result.balanced_acc if run.balance.active else result.top1  # balancing aims at every class
+    score = selection_score(result, run.balance.active)  # balancing aims at every class
     improved = score > progress.best_score
     if improved:
         progress.best_score, progress.best_epoch = score, row["epoch"]
-        progress.best_top1, progress.best_top5 = result.top1, result.top5
-        progress.best_balanced_acc, progress.best_f1_macro = result.balanced_acc, result.f1_macro
+        if multi:
+            progress.best_values, progress.best_thresholds = result_fields(result), list(result.thresholds)
+        else:
+            progress.best_top1, progress.best_top5 = result.top1, result.top5
+            progress.best_balanced_acc, progress.best_f1_macro = result.balanced_acc, result.f1_macro
         run.best_val_probs = result.probs
     stopped = _stops_early(current, result, run)
     if progress.stage_epoch == stage.epochs or stopped:
         trainable, frozen = parameter_counts(model)
         progress.stage_results.append({"name": stage.name, "epochs": progress.stage_epoch, "stopped_early": stopped,
-                                       "val_top1": result.top1, "val_top5": result.top5,
-                                       "val_balanced_acc": result.balanced_acc, "val_f1_macro": result.f1_macro,
-                                       "trainable_params": trainable, "frozen_params": frozen,
+                                       **result_fields(result), "trainable_params": trainable, "frozen_params": frozen,
                                        "cached_features": current.data.cached, "solver": stage.solver})
     if run.writes:
         commit_epoch(run.run_dir, model, progress, current.state, improved)
+        if improved and multi:  # model.json's thresholds follow model.safetensors
+            model.info.thresholds = list(progress.best_thresholds)
+            checkpoint.save_model_info(run.run_dir, model.info)
     if run.tensorboard is not None:
         _log_tensorboard(run.tensorboard, row)
     current.mark = time.perf_counter()
@@ -358,8 +375,10 @@ def _log_tensorboard(writer, row: dict[str, Any]) -> None:
     step = row["epoch"]
     for key in ("train_loss", "val_loss"):
         writer.add_scalar(f"loss/{key[:-5]}", row[key], step)
-    for key in ("train_top1", "val_top1", "val_top5", "val_balanced_acc", "val_f1_macro"):
-        writer.add_scalar(f"accuracy/{key}", row[key], step)
+    for key in ("train_top1", "train_f1_micro", "val_top1", "val_top5", "val_balanced_acc", "val_f1_macro",
+                "val_map", "val_f1_micro"):
+        if key in row:
+            writer.add_scalar(f"accuracy/{key}", row[key], step)
     for key in ("lr_head", "lr_backbone"):
         if isinstance(row[key], float):
             writer.add_scalar(f"lr/{key[3:]}", row[key], step)
@@ -368,10 +387,15 @@ def _log_tensorboard(writer, row: dict[str, Any]) -> None:
 
 def _summary(model: Classifier, run: Run) -> dict[str, Any]:
     progress, data = run.progress, run.data
+    if model.info.multi_label:
+        figures = {"val_map": 0.0, "val_f1_micro": 0.0, "val_f1_macro": 0.0, **progress.best_values,
+                   "thresholds": list(progress.best_thresholds)}
+    else:
+        figures = {"val_top1": max(progress.best_top1, 0.0), "val_top5": progress.best_top5,
+                   "val_balanced_acc": progress.best_balanced_acc, "val_f1_macro": progress.best_f1_macro}
     return {
         "model": model.info.name, "weights": model.info.weights_id, "strategy": run.config.train.strategy,
-        "val_top1": max(progress.best_top1, 0.0), "val_top5": progress.best_top5,
-        "val_balanced_acc": progress.best_balanced_acc, "val_f1_macro": progress.best_f1_macro,
+        "task": model.info.task, **figures,
         "balance": run.balance.mode, "train_class_counts": list(run.balance.counts),
         "train_imbalance_ratio": round(imbalance_ratio(run.balance.counts), 2),
         "best_epoch": progress.best_epoch, "train_seconds": round(progress.train_seconds, 2),

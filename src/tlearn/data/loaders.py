@@ -20,7 +20,10 @@ class ImageDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        return self.transform(self.samples.load(index, self.decode_size)), self.samples.labels[index]
+        label = self.samples.labels[index]
+        if isinstance(label, tuple):  # multi-label: a multi-hot tuple becomes a float target row
+            label = torch.tensor(label, dtype=torch.float32)
+        return self.transform(self.samples.load(index, self.decode_size)), label
 
 
 def default_workers(samples: Samples, device: torch.device | None = None) -> int:

@@ -8,7 +8,9 @@ extension matches the one image file with that stem. Every file under the root i
 once (`FileIndex`), never one glob per row: tables run to 100k rows.
 
 A label cell becomes a tuple of labels (`label_values`): exactly one for single-label data;
-a multi-label delimiter splits the cell there and nowhere else.
+a multi-label delimiter (`--label-delim`) splits the cell there and nowhere else. Multi-label
+samples carry multi-hot tuples (one 0/1 per class, in class order); an empty cell is a valid
+image with no labels.
 """
 from __future__ import annotations
 
@@ -191,13 +193,14 @@ def table_split(data: DataConfig, split: str, seed: int) -> TableSplit:
     by the split the row belongs to; those of training and validation rows by train.
     """
     root = Path(data.source)
-    table = read_table(data.labels, data.path_col, data.label_col)
+    multi = data.label_delim is not None
+    table = read_table(data.labels, data.path_col, data.label_col, data.label_delim)
     if split == "test" and not table.has_test:
         raise DataError(f"{table.path} has no test rows (a split column with test); use --split val or all")
     index = FileIndex(root)
     entries, problems, seen = [], [], {}
     for row in table.rows:
-        path, reason = index.resolve(row.path) if row.labels else (os.path.join(root, row.path), "no label")
+        path, reason = index.resolve(row.path) if row.labels or multi else (os.path.join(root, row.path), "no label")
         if reason is None and path in seen:
             reason = f"the same file as row {seen[path]}"
         if reason is None:
@@ -207,7 +210,8 @@ def table_split(data: DataConfig, split: str, seed: int) -> TableSplit:
             problems.append((row, path, reason))
     assigned, carved = _assign_splits(table, [row for row, _ in entries], data.val_split, seed)
     pool = ("train", "val") if split in ("train", "val") else ("train", "val", "test") if split == "all" else (split,)
-    names = sorted({row.labels[0] for row in table.rows if row.labels and _row_split(row) in pool})
+    names = sorted({label for row in table.rows if _row_split(row) in pool
+                    for label in (row.labels if multi else row.labels[:1])})
     known = {name: i for i, name in enumerate(names)}
     chosen = [(row, path, where) for (row, path), where in zip(entries, assigned)
               if where == split or (split == "all" and where in pool)]
@@ -224,7 +228,8 @@ def table_split(data: DataConfig, split: str, seed: int) -> TableSplit:
             raise DataError(f"row {row.row}: {reason}: {path} (drop --strict-images to skip such rows)")
         else:
             skipped.append((path, f"row {row.row}: {reason}"))
-    samples = FileSamples([path for _, path, _ in kept], [known[row.labels[0]] for row, _, _ in kept])
+    labels = [multi_hot(row.labels, known) if multi else known[row.labels[0]] for row, _, _ in kept]
+    samples = FileSamples([path for _, path, _ in kept], labels)
     if split == "train":
         _require_every_class(samples, names, table.path)
     description = f"{table.path} under {root}" + (f", {data.val_split:g} held out for val" if carved and split in pool else "")
@@ -242,15 +247,29 @@ def _assign_splits(table: Table, rows: list[TableRow], val_split: float, seed: i
     if "val" in assigned:
         return assigned, False
     pool = [i for i, where in enumerate(assigned) if where == "train"]
-    names = {name: i for i, name in enumerate(sorted({rows[i].labels[0] for i in pool}))}
-    _, val = stratified_split([names[rows[i].labels[0]] for i in pool], val_split, seed)
+    names = {name: i for i, name in enumerate(sorted({_stratum(rows[i]) for i in pool}))}
+    _, val = stratified_split([names[_stratum(rows[i])] for i in pool], val_split, seed)
     for position in val:
         assigned[pool[position]] = "val"
     return assigned, True
 
 
+def _stratum(row: TableRow) -> str:
+    """What carving val stratifies by: the label (a multi-label row's first; "" for none)."""
+    return row.labels[0] if row.labels else ""
+
+
+def multi_hot(labels: tuple[str, ...], known: dict[str, int]) -> tuple[int, ...]:
+    """A multi-label sample's label: 1 for each class in `labels`, 0 for the others, in class order."""
+    present = {known[label] for label in labels if label in known}
+    return tuple(int(i in present) for i in range(len(known)))
+
+
 def _require_every_class(samples: FileSamples, class_names: list[str], table: Path) -> None:
-    counts = Counter(samples.labels)
+    if samples.labels and isinstance(samples.labels[0], tuple):
+        counts = Counter({i: n for i, n in enumerate(map(sum, zip(*samples.labels)))})
+    else:
+        counts = Counter(samples.labels)
     empty = [name for i, name in enumerate(class_names) if not counts[i]]
     if empty:
         raise DataError(f"label(s) with no usable training image in {table}: {', '.join(empty[:10])}")

@@ -28,6 +28,15 @@ class ModelInfo:
     # --balance and the training split's class counts and priors (balance.Balance.to_dict); with
     # logit-adjust the head's bias already holds -tau * log(prior)
     balance: dict[str, Any] = field(default_factory=dict)
+    # "single-label" (softmax; model.json of older runs has no key) or "multi-label" (sigmoid: a class
+    # is predicted when its probability >= its threshold, chosen on val; multilabel.py)
+    task: str = "single-label"
+    thresholds: list[float] = field(default_factory=list)
+    label_delim: str | None = None  # multi-label: how the labels table joined labels (predict writes them so)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task == "multi-label"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
