@@ -1,6 +1,7 @@
 """What a stage trains on: images through the whole model, or cached features through the head."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -10,12 +11,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .balance import BalancedSampler
-from .config import RunConfig
+from .config import DataConfig, RunConfig
 from .data.loaders import make_loader
 from .data.sources import DatasetSplits
 from .data.transforms import eval_transform, train_transform
 from .features import FeatureExtractor
 from .models.classifier import Classifier
+from .preprocessing import Preprocessing
 from .runtime import Runtime
 from .strategy import Stage
 
@@ -94,6 +96,24 @@ def label_tensor(labels: list) -> torch.Tensor:
 
 def _balanced_sampler(data, config, num_replicas: int = 1, rank: int = 0) -> BalancedSampler:
     return BalancedSampler(data.train.labels, config.train.seed, num_replicas, rank)
+
+
+def cache_decoded_images(data: DatasetSplits, prep: Preprocessing, data_config: DataConfig, runtime: Runtime,
+                         cache_dir: Path) -> DatasetSplits:
+    """Stages that train on images decode every image every epoch: decode them once instead
+    (data/image_cache.py); under torchrun rank 0 builds the cache and the others read it."""
+    from .data.image_cache import cache_images, default_image_cache_gb
+
+    budget = default_image_cache_gb() if data_config.image_cache_gb is None else data_config.image_cache_gb
+    cached = {}
+    for split in ("train", "val"):
+        if runtime.distributed and not runtime.is_main:
+            runtime.barrier()  # rank 0 decodes and writes the cache first
+        cached[split] = cache_images(getattr(data, split), prep, cache_dir, budget, workers=data_config.workers,
+                                     description=f"{split} images", build=runtime.is_main)
+        if runtime.distributed and runtime.is_main:
+            runtime.barrier()
+    return dataclasses.replace(data, **cached)
 
 
 def lone_last_batch(count: int, batch_size: int) -> bool:

@@ -7,7 +7,6 @@ one committed, resumable state (train_state.py), written atomically.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from .optim import make_optimizer, make_scheduler
 from .runtime import Runtime, seed_everything, setup_runtime
 from .small_images import adapt_preprocessing
 from .solved_heads import head_key, load_solved, store_solved
-from .stage_data import StageData, build_stage_data
+from .stage_data import StageData, build_stage_data, cache_decoded_images
 from .strategy import Stage, parameter_counts, parameter_groups, plan_stages, set_train_mode, trainable_names
 from .train_state import Progress, ResumePoint, TrainState, commit_epoch, repair_run_folder, run_folder_writes
 
@@ -112,7 +111,8 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
     if run.writes and tc.tensorboard:
         run.tensorboard = _open_tensorboard(run.run_dir)
     stages = plan_stages(config, model, tuple(progress.as_is_trainable))
-    _cache_decoded_images(run, model, stages)
+    if run.cache_dir is not None and not all(stage.on_features for stage in stages):
+        run.data = cache_decoded_images(run.data, model.info.preprocessing, config.data, runtime, run.cache_dir)
     start, stage_state = progress.stage_index, None
     if resume is not None:
         resume.restore_rng()
@@ -132,26 +132,6 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
         if run.tensorboard is not None:
             run.tensorboard.close()
     return _finish_run(model, run)
-
-
-def _cache_decoded_images(run: Run, model: Classifier, stages: list[Stage]) -> None:
-    """Stages that train on images decode every image every epoch: decode them once instead
-    (data/image_cache.py). Frozen stages on cached features read each image once anyway."""
-    if run.cache_dir is None or all(stage.on_features for stage in stages):
-        return
-    from .data.image_cache import cache_images, default_image_cache_gb
-
-    dc, runtime = run.config.data, run.runtime
-    budget = default_image_cache_gb() if dc.image_cache_gb is None else dc.image_cache_gb
-    cached = {}
-    for split in ("train", "val"):
-        if runtime.distributed and not runtime.is_main:
-            runtime.barrier()  # rank 0 decodes and writes the cache first
-        cached[split] = cache_images(getattr(run.data, split), model.info.preprocessing, run.cache_dir, budget,
-                                     workers=dc.workers, description=f"{split} images", build=runtime.is_main)
-        if runtime.distributed and runtime.is_main:
-            runtime.barrier()
-    run.data = dataclasses.replace(run.data, **cached)
 
 
 def _note_changed_flags(model: Classifier, stage: Stage) -> None:
