@@ -14,6 +14,16 @@ from tlearn.runtime import setup_runtime
 from conftest import TINY_MODEL
 
 
+def _eager_val_probabilities(run, image_folder):
+    """The saved best model's validation probabilities, through PyTorch eager."""
+    best = tlearn.load(run)
+    samples = tlearn.api.eval_samples(run, str(image_folder), "val")
+    runtime = setup_runtime("cpu")
+    loader = make_loader(samples, eval_transform(best.preprocessing), batch_size=64, shuffle=False, workers=0,
+                         device=runtime.device)
+    return predict_logits(best.model, loader, runtime).softmax(dim=1)
+
+
 @pytest.mark.parametrize("solver, epochs", [("lbfgs", 1), ("sgd", 3)])
 def test_probe_report_uses_the_cached_features(image_folder, tmp_path, monkeypatch, solver, epochs):
     seen = {}
@@ -32,12 +42,7 @@ def test_probe_report_uses_the_cached_features(image_folder, tmp_path, monkeypat
                val_split=0.25, lr=0.05)
     assert (run / "report.html").is_file() and seen["probs"] is not None
     monkeypatch.undo()
-    best = tlearn.load(run)
-    samples = tlearn.api.eval_samples(run, str(image_folder), "val")
-    runtime = setup_runtime("cpu")
-    loader = make_loader(samples, eval_transform(best.preprocessing), batch_size=64, shuffle=False, workers=0,
-                         device=runtime.device)
-    eager = predict_logits(best.model, loader, runtime).softmax(dim=1)
+    eager = _eager_val_probabilities(run, image_folder)
     assert torch.allclose(seen["probs"], eager, atol=1e-4)  # onnxruntime features agree with PyTorch's
 
 
@@ -53,12 +58,7 @@ def test_fine_tuned_run_is_reported_from_its_best_epochs_validation(image_folder
     tlearn.fit(model, str(image_folder), out=run, strategy="finetune", epochs=2, val_split=0.25, lr=0.05)
     assert (run / "report.html").is_file() and seen["probs"] is not None
     monkeypatch.undo()
-    best = tlearn.load(run)
-    samples = tlearn.api.eval_samples(run, str(image_folder), "val")
-    runtime = setup_runtime("cpu")
-    loader = make_loader(samples, eval_transform(best.preprocessing), batch_size=64, shuffle=False, workers=0,
-                         device=runtime.device)
-    eager = predict_logits(best.model, loader, runtime).softmax(dim=1)
+    eager = _eager_val_probabilities(run, image_folder)
     assert torch.allclose(seen["probs"], eager, atol=1e-5)  # the saved model, evaluated again, agrees
 
 
