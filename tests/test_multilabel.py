@@ -7,6 +7,7 @@ tiny random-weight model separates them a little.
 """
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+import tlearn
 from tlearn import checkpoint
 from tlearn.config import DataConfig
 from tlearn.data.tables import read_table, table_split
@@ -201,3 +203,19 @@ def test_killed_multilabel_run_resumes_bit_identical(tmp_path):
     for name in (checkpoint.LAST_FILE, checkpoint.MODEL_FILE):
         a, b = load_file(str(reference / name)), load_file(str(run / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{name} differs"
+
+
+def test_torchrun_two_processes_train_a_multilabel_run_that_one_process_scores_the_same(tmp_path):
+    root = make_multilabel(tmp_path / "data", count=45)  # 9 val images: odd, so the shards differ
+    out = tmp_path / "run"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    result = subprocess.run(torchrun + ["-m", "tlearn", "train", "--data", str(root), "--labels",
+                                        str(root / "labels.csv"), "--label-delim", " ", *TINY, "--device", "cpu",
+                                        "--strategy", "two-stage", "--head-epochs", "1", "--epochs", "2",
+                                        "--out", str(out)],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = _summary(out)
+    assert summary["task"] == "multi-label" and len(summary["stages"]) == 2 and (out / "report.html").is_file()
+    alone = tlearn.evaluate(out, str(root), split="val", device="cpu")  # one process, every val image
+    assert alone["count"] == 9 and abs(alone["map"] - summary["val_map"]) < 1e-9
