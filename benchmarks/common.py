@@ -10,22 +10,32 @@ ROOT = Path(__file__).resolve().parents[1]
 TARBALL = ROOT.parent / "shared" / "data" / "cifar10-jpg-train.tar.gz"
 
 
+def members_by_class(archive: tarfile.TarFile) -> dict[str, list[tarfile.TarInfo]]:
+    """The tarball's JPEG members by class folder, each list sorted by name (a seeded shuffle's start)."""
+    by_class = defaultdict(list)
+    for member in archive.getmembers():
+        if member.isfile() and member.name.endswith(".jpg"):
+            by_class[Path(member.name).parent.name].append(member)
+    return {name: sorted(items, key=lambda m: m.name) for name, items in by_class.items()}
+
+
+def share(total: int, index: int, parts: int) -> int:
+    """Class `index`'s part of `total` images split as evenly as possible over `parts` classes."""
+    return total // parts + (index < total % parts)
+
+
 def sample_cifar(out: Path, train_images: int, val_images: int, seed: int = 0) -> Path:
     """Write `out/train/<class>/*.jpg` and `out/val/<class>/*.jpg`, stratified and seeded."""
     if not TARBALL.is_file():
         raise SystemExit(f"{TARBALL} not found: the benchmarks read the project's shared data folder")
     with tarfile.open(TARBALL) as archive:
-        members = [m for m in archive.getmembers() if m.isfile() and m.name.endswith(".jpg")]
-        by_class = defaultdict(list)
-        for member in members:
-            by_class[Path(member.name).parent.name].append(member)
+        by_class = members_by_class(archive)
         classes = sorted(by_class)
         rng = random.Random(seed)
         for index, name in enumerate(classes):
-            items = sorted(by_class[name], key=lambda m: m.name)
+            items = by_class[name]
             rng.shuffle(items)
-            n_train = train_images // len(classes) + (index < train_images % len(classes))
-            n_val = val_images // len(classes) + (index < val_images % len(classes))
+            n_train, n_val = share(train_images, index, len(classes)), share(val_images, index, len(classes))
             for split, chosen in (("train", items[:n_train]), ("val", items[n_train:n_train + n_val])):
                 folder = out / split / name
                 folder.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, TARBALL  # noqa: E402
+from common import ROOT, TARBALL, members_by_class, share  # noqa: E402
 
 SIZE = (500, 375)
 
@@ -29,12 +29,11 @@ def make_photos(out: Path, classes: list[str], train: int = 245, val: int = 153,
         raise SystemExit(f"{TARBALL} not found: the benchmarks read the project's shared data folder")
     rng = random.Random(seed)
     with tarfile.open(TARBALL) as archive:
-        members = [m for m in archive.getmembers() if m.isfile() and m.name.endswith(".jpg")]
+        by_class = members_by_class(archive)
         for index, name in enumerate(classes):
-            chosen = sorted((m for m in members if Path(m.name).parent.name == name), key=lambda m: m.name)
+            chosen = by_class[name]
             rng.shuffle(chosen)
-            n_train = train // len(classes) + (index < train % len(classes))
-            n_val = val // len(classes) + (index < val % len(classes))
+            n_train, n_val = share(train, index, len(classes)), share(val, index, len(classes))
             for split, items in (("train", chosen[:n_train]), ("val", chosen[n_train:n_train + n_val])):
                 folder = out / split / name
                 folder.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,22 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "tlearn", *args], capture_output=True, text=True,
                           cwd=cwd, env=full_env, timeout=timeout)
+
+
+KILLER = ROOT / "tests" / "kill_points.py"
+
+
+def kill_chain(train: list[str], events: list[str], reference: Path, run: Path) -> None:
+    """`tlearn train TRAIN` uninterrupted into `reference`; into `run`, SIGKILLed at each of `events`
+    (see kill_points.py: the first starts the run, the others resume it), then resumed to the end."""
+    def tlearn(event: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(KILLER), event, *args], capture_output=True, text=True,
+                              timeout=300, check=False)
+
+    assert tlearn("none:0", "train", *train, "--out", str(reference)).returncode == 0
+    for number, event in enumerate(events):
+        command = ["train", *train, "--out", str(run)] if number == 0 else ["train", "--resume", str(run)]
+        result = tlearn(event, *command)
+        assert result.returncode == -signal.SIGKILL, f"{event} was never reached: {result.stderr[-2000:]}"
+    result = tlearn("none:0", "train", "--resume", str(run))
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -7,7 +7,6 @@ exactly 1 + patience epochs, never by chance.
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,12 +19,11 @@ from tlearn import checkpoint
 from tlearn.early_stopping import observe
 from tlearn.metrics import EvalResult
 
-from conftest import TINY_MODEL, make_folder
+from conftest import TINY_MODEL, kill_chain, make_folder
 
 TINY = ["--model", TINY_MODEL, "--weights", "none", "--image-size", "32", "--batch-size", "4", "--workers", "0",
         "--no-report"]
 FROZEN = ["--lr", "1e-9", "--min-delta", "0.01"]
-KILLER = Path(__file__).with_name("kill_points.py")
 
 
 def _stages(run: Path) -> list[dict]:
@@ -91,10 +89,6 @@ def test_a_metric_the_task_lacks_is_one_line_before_training(tmp_path, capsys):
     assert not (run / "metrics.csv").exists()
 
 
-def _tlearn(event: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(KILLER), event, *args], capture_output=True, text=True, timeout=300,
-                          check=False)
-
 
 def test_killed_in_the_middle_of_a_patience_run_resumes_to_the_same_result(tmp_path):
     """Both stages stop after 3 of 6 epochs (patience 2). Kills: when the probe's stopping epoch is
@@ -105,13 +99,7 @@ def test_killed_in_the_middle_of_a_patience_run_resumes_to_the_same_result(tmp_p
     train = ["--data", str(data), *TINY, *FROZEN, "--deterministic", "--seed", "5", "--strategy", "two-stage",
              "--probe-augment", "default", "--head-epochs", "6", "--epochs", "6", "--patience", "2"]
     reference, run = tmp_path / "reference", tmp_path / "run"
-    assert _tlearn("none:0", "train", *train, "--out", str(reference)).returncode == 0
-    for number, event in enumerate(["commit:3", "commit:2"]):
-        command = ["train", *train, "--out", str(run)] if number == 0 else ["train", "--resume", str(run)]
-        result = _tlearn(event, *command)
-        assert result.returncode == -signal.SIGKILL, f"{event} was never reached: {result.stderr[-2000:]}"
-    result = _tlearn("none:0", "train", "--resume", str(run))
-    assert result.returncode == 0, result.stderr[-3000:]
+    kill_chain(train, ["commit:3", "commit:2"], reference, run)
     assert [(s["epochs"], s["stopped_early"]) for s in _stages(reference)] == [(3, True), (3, True)]
     assert _stages(run) == _stages(reference)
     assert _metric_rows(run) == _metric_rows(reference)

@@ -8,7 +8,6 @@ tiny random-weight model separates them a little.
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,13 +25,12 @@ from tlearn.data.tables import read_table, table_split
 from tlearn.errors import ConfigError
 from tlearn.multilabel import average_precision, best_f1_threshold, choose_thresholds, f1_scores, score
 
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, kill_chain
 
 TINY = ["--model", TINY_MODEL, "--weights", "none", "--image-size", "32", "--batch-size", "4", "--workers", "0"]
 CHANNEL = {"red": 0, "green": 1, "blue": 2}
 PATTERNS = [("red",), ("green",), ("blue",), ("red", "green"), ("green", "blue"), ("red", "blue"),
             ("red", "green", "blue"), ()]
-KILLER = Path(__file__).with_name("kill_points.py")
 
 
 def make_multilabel(root: Path, count: int = 40) -> Path:
@@ -177,10 +175,6 @@ def test_two_stage_with_fine_tuning_early_stopping_on_map_and_the_report(tmp_pat
                  "--patience", "1", "--monitor", "val_top1", "--out", str(tmp_path / "bad")]) == 2
 
 
-def _tlearn(event: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(KILLER), event, *args], capture_output=True, text=True, timeout=300,
-                          check=False)
-
 
 def test_killed_multilabel_run_resumes_bit_identical(tmp_path):
     """L-BFGS probe then 2 fine-tuning epochs; killed mid-epoch in fine-tuning, then right after the
@@ -189,13 +183,7 @@ def test_killed_multilabel_run_resumes_bit_identical(tmp_path):
     train = ["--data", str(root), "--labels", str(root / "labels.csv"), "--label-delim", " ", *TINY, "--no-report",
              "--deterministic", "--seed", "3", "--strategy", "two-stage", "--epochs", "2"]
     reference, run = tmp_path / "reference", tmp_path / "run"
-    assert _tlearn("none:0", "train", *train, "--out", str(reference)).returncode == 0
-    for number, event in enumerate(["step:3", "commit:1"]):
-        command = ["train", *train, "--out", str(run)] if number == 0 else ["train", "--resume", str(run)]
-        result = _tlearn(event, *command)
-        assert result.returncode == -signal.SIGKILL, f"{event} was never reached: {result.stderr[-2000:]}"
-    result = _tlearn("none:0", "train", "--resume", str(run))
-    assert result.returncode == 0, result.stderr[-3000:]
+    kill_chain(train, ["step:3", "commit:1"], reference, run)
     strip = lambda s: {k: v for k, v in s.items() if k != "train_seconds"}
     assert [strip(s) for s in _summary(run)["stages"]] == [strip(s) for s in _summary(reference)["stages"]]
     assert _summary(run)["thresholds"] == _summary(reference)["thresholds"]
