@@ -15,7 +15,7 @@ from .errors import ConfigError
 STRATEGIES = ("linear-probe", "finetune", "two-stage", "as-is")
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-AUGMENTS = ("default", "none")
+AUGMENTS = ("default", "randaugment", "trivialaugment", "autoaugment", "none")  # data/augment.py
 HEAD_SOLVERS = ("sgd", "lbfgs")
 AMP_DTYPES = ("bf16", "fp16")
 SMALL_IMAGES = ("auto", "weights")
@@ -54,10 +54,17 @@ class DataConfig:
     val_split: float = option(0.1, "fraction held out for validation when there is no val/ or test/ folder",
                               group="data")
     image_size: int | None = option(None, "input (crop) size; default: the weights'", group="data")
-    augment: str = option("default", "fine-tuning augmentation: random-resized-crop + flip, or none",
-                          group="data", choices=AUGMENTS)
+    augment: str = option("default", "fine-tuning augmentation: random-resized-crop + flip (default), that plus "
+                                     "torchvision's RandAugment, TrivialAugmentWide or AutoAugment (ImageNet "
+                                     "policy), or none", group="data", choices=AUGMENTS)
     probe_augment: str = option("none", "augmentation in frozen-backbone stages (none: features are cached)",
                                 group="data", choices=AUGMENTS)
+    # Stages that train on images only (mixing.py); a head on cached features ignores these three.
+    random_erasing: float = option(0.0, "erase a random rectangle of each training image (noise-filled, after "
+                                        "normalisation) with this probability (timm's --reprob)", group="data")
+    mixup: float = option(0.0, "mixup alpha: blend batches, lambda ~ Beta(alpha, alpha); 0: off", group="data")
+    cutmix: float = option(0.0, "cutmix alpha: paste a box of the batch in reverse order, area ~ Beta(alpha, "
+                                "alpha); 0: off; with --mixup, one of the two per batch, 50/50", group="data")
     batch_size: int = option(32, "images per batch", group="data")
     workers: int | None = option(None, "decoding processes; default: min(4, cores) for files, 0 for decoded "
                                        "images and on CPUs of 2 cores or fewer",
@@ -98,6 +105,11 @@ class DataConfig:
         if self.image_cache_gb is not None and self.image_cache_gb < 0:
             raise ConfigError(f"--image-cache-gb must be 0 or more, got {self.image_cache_gb}")
         _check_choice("--augment", self.augment, AUGMENTS)
+        if not 0.0 <= self.random_erasing <= 1.0:
+            raise ConfigError(f"--random-erasing must be a probability in [0, 1], got {self.random_erasing}")
+        for flag, alpha in (("--mixup", self.mixup), ("--cutmix", self.cutmix)):
+            if not 0.0 <= alpha < float("inf"):
+                raise ConfigError(f"{flag} must be an alpha of 0 (off) or more, got {alpha}")
         _check_choice("--probe-augment", self.probe_augment, AUGMENTS)
         _check_choice("--small-images", self.small_images, SMALL_IMAGES)
 

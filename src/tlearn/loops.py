@@ -31,7 +31,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     scheduler, runtime: Runtime, loss_fn: Callable, *, num_classes: int,
                     scaler: torch.amp.GradScaler | None = None, aux_weight: float = 0.0,
                     description: str = "train", prepare: Callable | None = None, sharded: bool = True,
-                    multi_label: bool = False) -> EpochStats:
+                    multi_label: bool = False, mix: Callable | None = None) -> EpochStats:
     """One pass over `loader`; the LR schedule steps per batch. Returns loss, top1, images/s and
     where the time went: waiting for data, forward + backward, the optimiser step (on CUDA the
     split is approximate: kernels run asynchronously).
@@ -39,6 +39,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     `prepare(batch_inputs)` moves inputs to the device; images by default, features too.
     `sharded`: each torchrun process saw a different part of the data (sum the metrics).
     `multi_label`: multi-hot targets; "top1" is then micro F1 at 0.5 (multilabel.py).
+    `mix(inputs, targets)`: mixup/cutmix (mixing.py) -> inputs, soft targets, targets to count.
     """
     prepare = prepare or runtime.to_device
     meter = TrainMeter(num_classes) if multi_label else ClassificationMeter(num_classes)
@@ -51,6 +52,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         began = time.perf_counter()
         waited += began - mark
         inputs, targets = prepare(inputs), targets.to(runtime.device, non_blocking=True)
+        counted = targets
+        if mix is not None:
+            inputs, targets, counted = mix(inputs, targets)
         with runtime.autocast():
             loss, logits = compute_loss(model(inputs), targets, loss_fn, aux_weight)
         if not math.isfinite(loss.item()):
@@ -68,7 +72,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             optimizer.step()
         scheduler.step()
         stepped += time.perf_counter() - backward_done
-        meter.update(logits, targets, loss.item())
+        meter.update(logits, counted, loss.item())
         seen += len(targets)
         if progress.disable is False and step % 5 == 0:
             rate = seen / max(time.perf_counter() - start, 1e-9)

@@ -77,8 +77,8 @@ def _image_data(model, data, config, runtime, augment) -> StageData:
 
         train_sampler = DistributedSampler(range(len(data.train)), runtime.world_size, runtime.rank,
                                            shuffle=True, seed=seed)
-    train = make_loader(data.train, train_transform(prep, augment), batch_size=dc.batch_size, shuffle=True,
-                        workers=dc.workers, device=runtime.device, seed=seed, sampler=train_sampler,
+    train = make_loader(data.train, train_transform(prep, augment, dc.random_erasing), batch_size=dc.batch_size,
+                        shuffle=True, workers=dc.workers, device=runtime.device, seed=seed, sampler=train_sampler,
                         drop_last=lone_last_batch(len(data.train), dc.batch_size))
     if runtime.distributed:
         val_sampler = list(range(runtime.rank, len(data.val), runtime.world_size))  # no padding

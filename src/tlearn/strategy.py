@@ -86,7 +86,7 @@ class Stage:
     name: str  # "linear-probe" | "finetune" | "as-is": what logs, metrics.csv and summary.json say
     epochs: int  # the real count: an L-BFGS solve is one
     trains: str  # "head" (plus `unfreeze_last` blocks) | "all" | "as-is" (the names in `trainable`)
-    augment: str  # training augmentation of this stage: "default" | "none"
+    augment: str  # training augmentation of this stage: one of config.AUGMENTS
     on_features: bool = False  # backbone frozen, inputs fixed: the head trains on cached features
     solver: str = "sgd"  # "lbfgs": one full-batch solve on the features | "sgd": epochs of the optimiser
     unfreeze_last: int = 0

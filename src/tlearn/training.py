@@ -26,6 +26,7 @@ from .features import default_cache_dir
 from .head_solver import HeadObjective, fit_linear_head_lbfgs
 from .loops import evaluate_loader, train_one_epoch
 from .metrics import EpochStats, EvalResult
+from .mixing import make_mixer, warn_if_ignored
 from .models.classifier import Classifier
 from .multilabel import check_config, is_multi_label, label_counts
 from .optim import make_optimizer, make_scheduler
@@ -206,6 +207,7 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
     stage_data = build_stage_data(model, stage, run.data, run.config, runtime, run.cache_dir)
     if stage_data.cached:
         run.val_features = stage_data.val.dataset.tensors[0]
+        warn_if_ignored(run.config, stage.name)
     how = {"lbfgs": ", L-BFGS head on cached features", "sgd": ", head on cached features"}
     logger.info(f"stage {index + 1} {stage.name}: {stage.epochs} epoch{'s' if stage.epochs != 1 else ''}, "
                 f"trainable params {trainable:,}, frozen params {frozen:,}"
@@ -226,8 +228,10 @@ def _train_epochs(current: StageRun, run: Run) -> None:
     model, stage, stage_data, state = current.model, current.stage, current.data, current.state
     tc, runtime = run.config.train, run.runtime
     multi = model.info.multi_label
+    mixer = None if stage_data.cached else make_mixer(run.config, model.info.num_classes, multi)
+    smoothing = 0.0 if mixer is not None else tc.label_smoothing  # the mixer's soft targets carry it
     loss_fn = nn.BCEWithLogitsLoss() if multi else \
-        run.balance.training_loss(tc.label_smoothing, runtime.device, sampled=stage_data.balanced_sampler)
+        run.balance.training_loss(smoothing, runtime.device, sampled=stage_data.balanced_sampler)
     eval_loss = nn.BCEWithLogitsLoss() if multi else nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
     train_module = stage_data.module
     if runtime.distributed and not stage_data.cached:
@@ -240,7 +244,8 @@ def _train_epochs(current: StageRun, run: Run) -> None:
                                     loss_fn, num_classes=model.info.num_classes, scaler=state.scaler,
                                     aux_weight=run.config.model.aux_weight,
                                     description=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
-                                    prepare=stage_data.prepare, sharded=not stage_data.cached, multi_label=multi)
+                                    prepare=stage_data.prepare, sharded=not stage_data.cached, multi_label=multi,
+                                    mix=mixer)
         evaluated = time.perf_counter()
         result = evaluate_loader(stage_data.module, stage_data.val, runtime, model.info.num_classes, eval_loss,
                                  prepare=stage_data.prepare, description="val", sharded=not stage_data.cached,

@@ -13,6 +13,7 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
 from ..preprocessing import Preprocessing
+from .augment import erasing_transforms, policy_transforms
 
 _INTERPOLATION = {
     "bilinear": T.InterpolationMode.BILINEAR,
@@ -100,15 +101,19 @@ def normalize_batch(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     return torch.addcmul(-mean / std, images.float(), scale)
 
 
-def train_transform(prep: Preprocessing, augment: str) -> Pipeline:
+def train_transform(prep: Preprocessing, augment: str, random_erasing: float = 0.0) -> Pipeline:
     """`default`: random-resized-crop + horizontal flip (torchvision's reference recipe), of the
-    presized image."""
+    presized image; `randaugment` | `trivialaugment` | `autoaugment` add that policy on the uint8
+    crop (data/augment.py). `random_erasing`: erase a rectangle of the normalised image with this
+    probability, whatever `augment` is (an explicit flag)."""
     if augment == "none":
-        return eval_transform(prep)
+        return Pipeline([*eval_transform(prep).transforms, *erasing_transforms(random_erasing)], decode_size(prep))
     return Pipeline([
         T.PILToTensor(),
         Presize(prep),
         T.RandomResizedCrop(prep.crop_size, interpolation=interpolation_mode(prep.interpolation), antialias=True),
         T.RandomHorizontalFlip(),
+        *policy_transforms(augment),
         *_to_float(prep),
+        *erasing_transforms(random_erasing),
     ], decode_size(prep))
