@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_models import FAMILIES
 
 import tlearn
 from tlearn import checkpoint
@@ -15,7 +16,6 @@ from tlearn.runtime import seed_everything
 from tlearn.strategy import parameter_groups
 
 from conftest import TINY_MODEL, kill_chain, make_folder
-from test_models import FAMILIES
 
 TIMM_TINY = [(TINY_MODEL, 32), ("timm:test_vit", 160), ("timm:test_efficientnet", 32)]
 TINY = ["--model", TINY_MODEL, "--weights", "none", "--image-size", "32", "--batch-size", "4", "--workers", "0",
@@ -168,3 +168,12 @@ def test_bad_values_are_one_line_and_exit_2(args, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_models_groups_prints_the_block_groups(capsys):
+    from tlearn.cli import main
+
+    assert main(["models", "--groups", TINY_MODEL]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(f"{TINY_MODEL}: 5 block groups, input to output")
+    assert [line.split()[1] for line in lines[1:]] == ["conv1+bn1", "layer1", "layer2", "layer3", "layer4"]
