@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = command("models", help="list model names; marks weights usable offline")
     models.add_argument("pattern", nargs="?", default=None, help="glob or substring, e.g. 'resnet*' or timm:vit")
+    models.add_argument("--groups", metavar="NAME", default=None,
+                        help="print NAME's backbone block groups (--unfreeze gradual, --layer-decay)")
     return parser
 
 
@@ -290,6 +292,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from .models.registry import list_models
 
+    if args.groups:
+        from .models.block_groups import print_block_groups
+
+        print_block_groups(args.groups)
+        return 0
     rows = list_models(args.pattern)
     if not rows:
         raise UserError(f"no model matches {args.pattern!r}")

@@ -21,7 +21,9 @@ AMP_DTYPES = ("bf16", "fp16")
 SMALL_IMAGES = ("auto", "weights")
 # What early stopping watches: val_map and val_balanced_acc exist only for some tasks (early_stopping.py).
 MONITORS = ("val_loss", "val_top1", "val_map", "val_balanced_acc")
+UNFREEZE_MODES = ("all", "gradual")  # fine-tuning: everything at once, or block group by group (layer_groups.py)
 BALANCE_MODES = ("none", "reweight", "resample", "logit-adjust")  # see balance.py
+BACKBONE_LR_MULT = 0.1  # the default of --backbone-lr-mult; --layer-decay replaces it
 BUILTIN_DATASETS = ("digits", "cifar10", "cifar100")  # --data names that are not folders
 
 
@@ -139,6 +141,9 @@ class TrainConfig:
     # The probe then trains on images, not cached features.
     unfreeze_last: int = option(0, "linear-probe / two-stage's probe: also train the last N backbone blocks",
                                 group="strategy")
+    unfreeze: str = option("all", "fine-tuning: all trains everything from the start; gradual trains the head and "
+                                  "the top k block groups in epoch k, then everything", group="strategy",
+                           choices=UNFREEZE_MODES)
     bn_train: bool = option(False, "fine-tuning: update BatchNorm running statistics (default: keep the "
                                    "pretrained ones)", group="strategy")
     # Cached-feature head: full-batch L-BFGS logistic regression with an L2 sweep on val
@@ -156,7 +161,10 @@ class TrainConfig:
                           choices=BALANCE_MODES)
     balance_tau: float = option(1.0, "tau of --balance logit-adjust", group="strategy")
     lr: float | None = option(None, "head LR (default 1e-3 AdamW, 0.01 SGD)", group="optimizer")
-    backbone_lr_mult: float = option(0.1, "backbone LR = head LR x this, when fine-tuning", group="optimizer")
+    backbone_lr_mult: float = option(BACKBONE_LR_MULT, "backbone LR = head LR x this, when fine-tuning", group="optimizer")
+    # BEiT / timm: depth 0 is the head, 1 the top block group; replaces --backbone-lr-mult.
+    layer_decay: float | None = option(None, "layer-wise LR decay: a backbone block group's LR = head LR x this ^ "
+                                             "its depth from the top (e.g. 0.75); default off", group="optimizer")
     optimizer: str = option("adamw", "optimiser", group="optimizer", choices=OPTIMIZERS)
     momentum: float = option(0.9, "SGD momentum", group="optimizer")
     weight_decay: float | None = option(None, "default 0.01 AdamW, 1e-4 SGD (none on norms and biases)",
@@ -205,6 +213,14 @@ class TrainConfig:
             raise ConfigError(f"--unfreeze-last must be 0 or more, got {self.unfreeze_last}")
         if self.unfreeze_last and self.strategy not in ("linear-probe", "two-stage"):
             raise ConfigError(f"--unfreeze-last applies to linear-probe and two-stage, not {self.strategy}")
+        _check_choice("--unfreeze", self.unfreeze, UNFREEZE_MODES)
+        if self.unfreeze == "gradual" and self.strategy not in ("finetune", "two-stage"):
+            raise ConfigError(f"--unfreeze gradual applies to finetune and two-stage, not {self.strategy}")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"--layer-decay must be above 0 and at most 1, got {self.layer_decay}")
+        if self.layer_decay is not None and self.backbone_lr_mult != BACKBONE_LR_MULT:
+            raise ConfigError("--layer-decay replaces --backbone-lr-mult (the top block group gets head LR x "
+                              "decay); give one of them")
         _check_choice("--monitor", self.monitor, MONITORS)
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"--patience must be at least 1, got {self.patience}")

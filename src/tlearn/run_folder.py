@@ -24,7 +24,8 @@ METRIC_COLUMNS = ["stage", "stage_epoch", "epoch", "train_loss", "train_top1", "
                   "images_per_s", "cached_features",
                   "data_seconds", "compute_seconds", "optimizer_seconds", "eval_seconds",
                   # multi-label runs (their top-1 columns stay empty): micro F1 at 0.5, mAP, micro F1
-                  "train_f1_micro", "val_map", "val_f1_micro"]
+                  "train_f1_micro", "val_map", "val_f1_micro",
+                  "trainable_params"]  # --unfreeze gradual: it rises epoch by epoch
 
 
 def default_run_dir() -> Path:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from .config import RunConfig, TrainConfig
+from .layer_groups import layer_decay_parameter_groups
+from .models.block_groups import block_groups
 from .models.classifier import Classifier
 
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
@@ -91,6 +93,7 @@ class Stage:
     solver: str = "sgd"  # "lbfgs": one full-batch solve on the features | "sgd": epochs of the optimiser
     unfreeze_last: int = 0
     trainable: tuple[str, ...] = ()  # as-is: the parameters the user left trainable
+    gradual: bool = False  # --unfreeze gradual: epoch k trains the head and the top k block groups (layer_groups.py)
 
     def apply(self, model: Classifier) -> None:
         if self.trains == "all":
@@ -117,15 +120,16 @@ def plan_stages(config: RunConfig, model: Classifier, as_is_trainable: tuple[str
 
     if tc.strategy == "linear-probe":
         return [probe(tc.epochs, tc.unfreeze_last)]
+    gradual = tc.unfreeze == "gradual"
     if tc.strategy == "finetune":
-        return [Stage("finetune", tc.epochs, "all", dc.augment)]
+        return [Stage("finetune", tc.epochs, "all", dc.augment, gradual=gradual)]
     if tc.strategy == "as-is":
         return [_as_is_stage(model, tc.epochs, as_is_trainable, probe_augment, dc.augment)]
     stages = []
     if tc.head_epochs > 0:
         stages.append(probe(tc.head_epochs, tc.unfreeze_last))
     if tc.epochs > 0:
-        stages.append(Stage("finetune", tc.epochs, "all", dc.augment))
+        stages.append(Stage("finetune", tc.epochs, "all", dc.augment, gradual=gradual))
     return stages
 
 
@@ -143,7 +147,10 @@ def _as_is_stage(model: Classifier, epochs: int, trainable: tuple[str, ...], pro
 
 
 def parameter_groups(model: Classifier, config: TrainConfig) -> list[dict]:
-    """Head at the base LR; a trainable backbone at LR x backbone_lr_mult (no decay on norms/biases)."""
+    """Head at the base LR; a trainable backbone at LR x backbone_lr_mult (no decay on norms/biases),
+    or with layer decay an LR per block group (layer_groups.py)."""
+    if config.layer_decay is not None:
+        return layer_decay_parameter_groups(model, block_groups(model), config)
     lr = config.resolved_lr
     decay = config.resolved_weight_decay
     groups = []

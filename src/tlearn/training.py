@@ -24,9 +24,11 @@ from .early_stopping import monitor_value, observe, require_monitor
 from .epoch_figures import describe, result_fields, selection_score, train_fields
 from .features import default_cache_dir
 from .head_solver import HeadObjective, fit_linear_head_lbfgs
+from .layer_groups import backbone_trains, gradual_epoch, log_block_groups
 from .loops import evaluate_loader, train_one_epoch
 from .metrics import EpochStats, EvalResult
 from .mixing import make_mixer, warn_if_ignored
+from .models.block_groups import block_groups
 from .models.classifier import Classifier
 from .multilabel import check_config, is_multi_label, label_counts
 from .optim import make_optimizer, make_scheduler
@@ -211,7 +213,10 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
     how = {"lbfgs": ", L-BFGS head on cached features", "sgd": ", head on cached features"}
     logger.info(f"stage {index + 1} {stage.name}: {stage.epochs} epoch{'s' if stage.epochs != 1 else ''}, "
                 f"trainable params {trainable:,}, frozen params {frozen:,}"
-                + (how[stage.solver] if stage.on_features else ""))
+                + (how[stage.solver] if stage.on_features else "")
+                + (", unfrozen gradually" if stage.gradual else ""))
+    if backbone_trains(model):
+        log_block_groups(block_groups(model), tc)
     if stage.solver == "lbfgs":
         _solve_head(StageRun(model, stage, stage_data, None, mark), run)
         return
@@ -233,11 +238,12 @@ def _train_epochs(current: StageRun, run: Run) -> None:
     loss_fn = nn.BCEWithLogitsLoss() if multi else \
         run.balance.training_loss(smoothing, runtime.device, sampled=stage_data.balanced_sampler)
     eval_loss = nn.BCEWithLogitsLoss() if multi else nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
-    train_module = stage_data.module
-    if runtime.distributed and not stage_data.cached:
-        train_module = nn.parallel.DistributedDataParallel(model, find_unused_parameters=bool(model.info.aux_modules))
+    train_module = _train_module(model, stage_data, runtime)
+    groups = block_groups(model) if stage.gradual else []
     for epoch in range(run.progress.stage_epoch, stage.epochs):
         stage_data.start_epoch(tc.seed, epoch)
+        if stage.gradual and gradual_epoch(model, groups, epoch):
+            train_module = _train_module(model, stage_data, runtime)  # DDP syncs only what trained when built
         set_train_mode(model, tc.bn_train)
         with torch.autograd.set_detect_anomaly(tc.detect_anomaly):
             stats = train_one_epoch(train_module, stage_data.train, state.optimizer, state.scheduler, runtime,
@@ -256,6 +262,12 @@ def _train_epochs(current: StageRun, run: Run) -> None:
                     f"{describe(result)} | {stats.images_per_s:.0f} img/s")
         if _finish_epoch(current, stats, result, run):
             break
+
+
+def _train_module(model: Classifier, stage_data: StageData, runtime: Runtime) -> nn.Module:
+    if runtime.distributed and not stage_data.cached:
+        return nn.parallel.DistributedDataParallel(model, find_unused_parameters=bool(model.info.aux_modules))
+    return stage_data.module
 
 
 def _solve_head(current: StageRun, run: Run) -> None:
@@ -296,7 +308,8 @@ def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run:
     multi = model.info.multi_label
     row = {"stage": stage.name, "stage_epoch": progress.stage_epoch, "epoch": len(progress.rows) + 1,
            **train_fields(stats.loss, stats.top1, multi), "val_loss": result.loss, **result_fields(result),
-           "lr_head": lrs.get("head", lrs.get("head_no_decay", "")), "lr_backbone": lrs.get("backbone", ""),
+           "lr_head": lrs.get("head", lrs.get("head_no_decay", "")), "lr_backbone": next((lr for name, lr in lrs.items() if name.startswith("backbone")), ""),
+           "trainable_params": parameter_counts(model)[0],
            "seconds": now - current.mark, "images_per_s": stats.images_per_s, "cached_features": current.data.cached,
            "data_seconds": stats.data_seconds, "compute_seconds": stats.compute_seconds,
            "optimizer_seconds": stats.optimizer_seconds, "eval_seconds": stats.eval_seconds}
