@@ -124,3 +124,22 @@ def test_lite0_on_cifar10_mini_two_sizes(tmp_path):
     rows = _rows(out)
     assert sorted(row["image_size"] for row in rows) == ["32", "64"]
     assert all(float(row["val_top1"]) > 0.3 for row in rows)  # 10 classes: chance is 0.1
+
+
+def test_multi_label_ranks_by_map(tmp_path):
+    """A labels table with --label-delim: the probe is one-vs-rest and the leaderboard's metric is mAP."""
+    import tlearn
+
+    data = make_folder(tmp_path / "images")
+    tags = {"cat": "a b", "dog": "b", "fox": "a c"}
+    table = tmp_path / "tags.csv"
+    table.write_text("file,tags\n" + "".join(f"{path.relative_to(data)},{tags[path.parent.name]}\n"
+                                            for path in sorted(data.rglob("*.png"))))
+    out = tmp_path / "select"
+    selection = tlearn.select_backbone(data, ["timm:test_resnet"], [32], out, weights="none", labels=str(table),
+                                       label_delim=" ")
+    assert selection.metric == "val_map"
+    [result] = selection.results
+    assert result.val_top1 is None and 0.0 < result.val_map <= 1.0
+    [row] = _rows(out)
+    assert row["val_top1"] == "" and float(row["val_map"]) == pytest.approx(result.val_map, abs=1e-4)

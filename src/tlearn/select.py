@@ -214,6 +214,8 @@ def _run_model(name: str, sizes: list[int | None], data, config: RunConfig, sett
         logger.warning(f"{name}: could not build it: {first_line(error, 200)}")
         return []
     model.to(settings.runtime.device).eval()
+    if settings.runtime.channels_last:  # as training runs it (and the extraction of a training run)
+        model.to(memory_format=torch.channels_last)
     base, results = model.info.preprocessing, []
     for size in sizes:
         label = f"[{position[0] + len(results) + 1}/{position[1]}] {name} at {size or base.crop_size} px"

@@ -122,7 +122,7 @@ def scatter_png(selection: Selection, metric: str) -> bytes:
         ys = [r.val_map if r.val_map is not None else r.val_top1 for r in points]
         axes.plot(xs, ys, "o-", color=colours(index % 10), label=model)
         for r, x, y in zip(points, xs, ys):
-            axes.annotate(f"{r.image_size}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            axes.annotate(f"{r.image_size} px", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     best = selection.results[0]
     axes.plot([best.images_per_s], [best.val_map if best.val_map is not None else best.val_top1], "*",
               markersize=18, color="gold", markeredgecolor="black", label="best", zorder=5)

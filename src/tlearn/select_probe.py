@@ -77,6 +77,7 @@ class PreparedCandidate:
     seconds_per_image: float
     images_to_extract: int
     started: float
+    to_extract: tuple[str, ...]  # the splits whose features are not in the cache
 
     @property
     def estimate_seconds(self) -> float:
@@ -90,12 +91,12 @@ def prepare_candidate(model: Classifier, base: Preprocessing, image_size: int | 
     prep = base.with_image_size(image_size)
     model.info.preprocessing = adapt_preprocessing(prep, data.train, settings.small_images)
     extractor = _extractor(settings)
-    pending = [split for split in (data.train, data.val) if not _is_cached(extractor, model, split)]
-    for split in pending[1:]:  # the val graph (its fixed batch may differ) exported now, outside the timed extraction
-        _engine(model, split, settings)
+    pending = tuple(name for name in ("train", "val") if not _is_cached(extractor, model, getattr(data, name)))
+    if "val" in pending:  # the val graph (its fixed batch may differ) exported now, outside the timed extraction
+        _engine(model, data.val, settings)
     seconds_per_image = _time_batch(model, data.train, settings)
-    pending = sum(len(split) for split in pending)
-    return PreparedCandidate(model, model.info.preprocessing.crop_size, seconds_per_image, pending, started)
+    images = sum(len(getattr(data, name)) for name in pending)
+    return PreparedCandidate(model, model.info.preprocessing.crop_size, seconds_per_image, images, started, pending)
 
 
 def probe_candidate(prepared: PreparedCandidate, data: DatasetSplits, settings: ProbeSettings) -> ProbeResult:
@@ -104,7 +105,7 @@ def probe_candidate(prepared: PreparedCandidate, data: DatasetSplits, settings: 
     extractor = _extractor(settings)
     extracted, extraction_seconds, features = 0, 0.0, {}
     for split, samples in (("train", data.train), ("val", data.val)):
-        fresh = not _is_cached(extractor, model, samples)
+        fresh = split in prepared.to_extract
         began = time.perf_counter()
         features[split] = extractor.cached(model, samples, description=f"{split} features").flatten(1)
         if fresh:
