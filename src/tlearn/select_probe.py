@@ -92,8 +92,6 @@ def prepare_candidate(model: Classifier, base: Preprocessing, image_size: int | 
     model.info.preprocessing = adapt_preprocessing(prep, data.train, settings.small_images)
     extractor = _extractor(settings)
     pending = tuple(name for name in ("train", "val") if not _is_cached(extractor, model, getattr(data, name)))
-    if "val" in pending:  # the val graph (its fixed batch may differ) exported now, outside the timed extraction
-        _engine(model, data.val, settings)
     seconds_per_image = _time_batch(model, data.train, settings)
     images = sum(len(getattr(data, name)) for name in pending)
     return PreparedCandidate(model, model.info.preprocessing.crop_size, seconds_per_image, images, started, pending)
@@ -104,6 +102,8 @@ def probe_candidate(prepared: PreparedCandidate, data: DatasetSplits, settings: 
     model = prepared.model
     extractor = _extractor(settings)
     extracted, extraction_seconds, features = 0, 0.0, {}
+    if "val" in prepared.to_extract:  # the val graph (its fixed batch may differ) exported outside the timing
+        _engine(model, data.val, settings)
     for split, samples in (("train", data.train), ("val", data.val)):
         fresh = split in prepared.to_extract
         began = time.perf_counter()
