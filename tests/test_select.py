@@ -143,3 +143,17 @@ def test_multi_label_ranks_by_map(tmp_path):
     assert result.val_top1 is None and 0.0 < result.val_map <= 1.0
     [row] = _rows(out)
     assert row["val_top1"] == "" and float(row["val_map"]) == pytest.approx(result.val_map, abs=1e-4)
+
+
+def test_finetune_best_trains_the_winner(tmp_path):
+    import tlearn
+
+    data, out = make_folder(tmp_path / "images"), tmp_path / "select"
+    selection = tlearn.select_backbone(data, TINY_MODELS.split(","), [32], out, weights="none", finetune_best=True,
+                                       epochs=1, head_epochs=1, report=False)
+    best = selection.results[0]
+    assert selection.best_run == out / "best" and (out / "best" / "model.safetensors").is_file()
+    assert selection.best_summary["model"] == best.model and selection.best_summary["strategy"] == "two-stage"
+    assert [stage["name"] for stage in selection.best_summary["stages"]] == ["linear-probe", "finetune"]
+    assert json.loads((out / "select.json").read_text())["best_run"] == str(out / "best")
+    assert tlearn.load(out / "best").model.info.preprocessing.crop_size == best.image_size
