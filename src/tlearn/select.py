@@ -168,6 +168,9 @@ def run_selection(config: RunConfig, models: Sequence[str] | None, image_sizes: 
     for item in skipped:
         logger.info(f"skipped {item.describe()}")
     data = load_data(config.data, config.train.seed)
+    if data.skipped:  # as tlearn train says it: the candidates see only the usable images
+        path, reason = data.skipped[0]
+        logger.warning(f"skipped {len(data.skipped)} unusable file(s), e.g. {path} ({reason})")
     tc = config.train
     runtime = setup_runtime(tc.device, tc.amp, tc.amp_dtype, tc.channels_last)
     cache_dir = _cache_dir(tc)
