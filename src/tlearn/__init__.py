@@ -19,6 +19,7 @@ _EXPORTS = {
     "DataConfig": "config", "ModelConfig": "config", "RunConfig": "config", "TrainConfig": "config",
     "UserError": "errors", "Classifier": "models", "create_model": "models", "list_models": "models",
     "freeze": "strategy", "unfreeze": "strategy", "configure_allocator": "allocator",
+    "select_backbone": "select",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .allocator import configure_allocator
 from .cli_flags import add_config_flags, add_table_flags, config_from_flags
+from .cli_select import add_select_flags
 from .config import BUILTIN_DATASETS, DEVICES, SMALL_IMAGES
 from .errors import UserError
 
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", default=None, help="default: RUN/export/model.onnx or model.torchscript.pt")
 
     _add_features_flags(command("features", help="write backbone embeddings of a dataset to an .npz"))
+
+    add_select_flags(command("select", help="rank backbones and input sizes on your data by a linear probe"))
 
     models = command("models", help="list model names; marks weights usable offline")
     models.add_argument("pattern", nargs="?", default=None, help="glob or substring, e.g. 'resnet*' or timm:vit")
@@ -350,6 +353,29 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_select(args: argparse.Namespace) -> int:
+    if not args.data:
+        raise UserError("select needs --data (a folder, digits, cifar10 or cifar100)")
+    _check_train_paths(args, args.data)
+    if args.data not in BUILTIN_DATASETS:
+        _require_folder(args.data, "--data", exists=True)
+    from .select import check_request, parse_list, parse_sizes
+
+    models, sizes = parse_list(args.models, "--models"), parse_sizes(args.image_sizes)
+    config = config_from_flags(args, strategy="two-stage")
+    check_request(models, sizes, args.budget, config.model.weights)  # before the data is read
+    from .select import run_selection
+    from .select_page import format_leaderboard
+
+    selection = run_selection(config, models, sizes, args.out, budget=args.budget, finetune_best=args.finetune_best,
+                              download=args.download)
+    print()
+    print(format_leaderboard(selection))
+    if selection.best_summary is not None:
+        _print_summary(selection.best_summary, selection.best_run)
+    return 0 if selection.results else 1
+
+
 def _require_folder(path: str, what: str, exists: bool = False) -> None:
     """`path` is a folder, or (unless it must exist) can be made one. A file there or above it
     would otherwise surface as an OSError deep inside training, prediction or export."""
@@ -379,7 +405,7 @@ def _require_parent_folder(path: str, what: str) -> None:
 
 
 COMMANDS = {"train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "models": cmd_models,
-            "features": cmd_features, "predict": cmd_predict, "export": cmd_export}
+            "features": cmd_features, "predict": cmd_predict, "export": cmd_export, "select": cmd_select}
 
 
 if __name__ == "__main__":
