@@ -1,0 +1,65 @@
+"""What Grad-CAM adds to the report's wall time: the report of one run written with and without it.
+
+    python benchmarks/report_grad_cam.py [--data ../shared/data/cifar10-mini] [--model efficientnet_lite0]
+                                         [--rounds 3]
+
+Trains a linear probe once (`--no-report`, into data/report_grad_cam, git-ignored), computes the
+validation probabilities once, then writes the report `--rounds` times each way, alternating:
+as `tlearn train` does (probabilities given; the model loaded for Grad-CAM, the shown images
+run forward and backward) and with the explainer removed (the page as before Grad-CAM).
+Prints one JSON line per report and a JSON summary of the medians.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-mini"))
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    import tlearn
+    import tlearn.run_report as run_report
+    from tlearn import checkpoint
+    from tlearn.inference import classify
+    from tlearn.runtime import setup_runtime
+
+    out = ROOT / "data" / "report_grad_cam"
+    run = out / "run"
+    shutil.rmtree(run, ignore_errors=True)  # a fresh run each time; the feature cache is kept
+    tlearn.train(tlearn.RunConfig(
+        data=tlearn.DataConfig(source=args.data), model=tlearn.ModelConfig(name=args.model),
+        train=tlearn.TrainConfig(strategy="linear-probe", epochs=1, report=False, cache_dir=str(out / "cache"))), run)
+    samples = tlearn.api.eval_samples(run, args.data, "val")
+    runtime = setup_runtime("cpu")
+    logits, _ = classify(checkpoint.load_model(run), samples, runtime, cache_dir=out / "cache")
+    probs = logits.softmax(dim=1)
+    explainer = run_report._explainer
+    times: dict[str, list[float]] = {"with_grad_cam": [], "without": []}
+    for round_index in range(args.rounds):
+        for variant in times:
+            run_report._explainer = explainer if variant == "with_grad_cam" else (lambda *a: None)
+            start = time.perf_counter()
+            run_report.report_run(run, samples, runtime, probs=probs)
+            seconds = time.perf_counter() - start
+            times[variant].append(seconds)
+            print(json.dumps({"round": round_index, "variant": variant, "seconds": round(seconds, 2)}), flush=True)
+    medians = {k: round(statistics.median(v), 2) for k, v in times.items()}
+    print(json.dumps({"model": args.model, "data": args.data, "val_images": len(samples), "rounds": args.rounds,
+                      "median_seconds": medians,
+                      "grad_cam_adds_seconds": round(medians["with_grad_cam"] - medians["without"], 2)}))
+
+
+if __name__ == "__main__":
+    main()
