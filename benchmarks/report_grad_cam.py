@@ -32,6 +32,7 @@ def main() -> None:
     import tlearn
     import tlearn.run_report as run_report
     from tlearn import checkpoint
+    from tlearn.api import eval_samples
     from tlearn.inference import classify
     from tlearn.runtime import setup_runtime
 
@@ -41,7 +42,7 @@ def main() -> None:
     tlearn.train(tlearn.RunConfig(
         data=tlearn.DataConfig(source=args.data), model=tlearn.ModelConfig(name=args.model),
         train=tlearn.TrainConfig(strategy="linear-probe", epochs=1, report=False, cache_dir=str(out / "cache"))), run)
-    samples = tlearn.api.eval_samples(run, args.data, "val")
+    samples = eval_samples(run, args.data, "val")
     runtime = setup_runtime("cpu")
     logits, _ = classify(checkpoint.load_model(run), samples, runtime, cache_dir=out / "cache")
     probs = logits.softmax(dim=1)

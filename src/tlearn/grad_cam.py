@@ -2,9 +2,11 @@
 
 The map of a class c is ReLU(sum_k w_k A_k), where A is the activation of the model's last
 convolutional stage and w_k the spatial mean of d(logit_c)/dA_k; it is upsampled to the input
-size and scaled to [0, 1] per image. A forward hook keeps the activation, and the gradient is
-taken at that activation alone: no parameter gradient is computed, whatever the model's
-requires_grad flags (they are switched off for the pass and restored after).
+size and scaled to [0, 1] per image. A forward hook swaps the activation for a copy that requires
+grad, so autograd records only what lies between the target and the logits (the stages before it
+run without a graph: less memory and time), and the gradient is taken at that copy alone. No
+parameter gradient is computed: the requires_grad flags are switched off for the pass and
+restored after.
 
 Vision transformers have no feature map: their patch tokens are reshaped to the patch grid
 (class and distillation tokens dropped). For models that read the class token, the last block's
@@ -82,7 +84,12 @@ def grad_cam(model: Classifier, images: torch.Tensor, classes: torch.Tensor,
     """
     target = target or find_target(model)
     kept: list[torch.Tensor] = []
-    handle = target.module.register_forward_hook(lambda module, inputs, output: kept.append(output))
+
+    def start_graph_here(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        kept.append(output.detach().requires_grad_(True))
+        return kept[-1].clone()  # later in-place ops (DenseNet's final ReLU) must not touch the leaf
+
+    handle = target.module.register_forward_hook(start_graph_here)
     was_training = model.training
     flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
     # --deterministic: some CUDA backward kernels (adaptive pooling) have no deterministic version;
@@ -96,9 +103,7 @@ def grad_cam(model: Classifier, images: torch.Tensor, classes: torch.Tensor,
         for parameter, _ in flags:
             parameter.requires_grad_(False)
         with torch.enable_grad():
-            # the input carries the graph: only what lies between the target and the logits is needed
-            images = images.detach().float().requires_grad_(True)
-            logits = model(images)
+            logits = model(images.detach().float())
             activation = kept[-1]
             scores = logits.gather(1, classes.view(-1, 1).to(logits.device)).sum()
             (gradient,) = torch.autograd.grad(scores, activation)
