@@ -7,7 +7,7 @@ Trains a linear probe once (`--no-report`, into data/report_grad_cam, git-ignore
 validation probabilities once, then writes the report `--rounds` times each way, alternating:
 as `tlearn train` does (probabilities given; the model loaded for Grad-CAM, the shown images
 run forward and backward) and with the explainer removed (the page as before Grad-CAM).
-Prints one JSON line per report and a JSON summary of the medians.
+Prints one JSON line per report (wall and CPU seconds of this process) and a JSON summary of the medians.
 """
 from __future__ import annotations
 
@@ -47,18 +47,22 @@ def main() -> None:
     logits, _ = classify(checkpoint.load_model(run), samples, runtime, cache_dir=out / "cache")
     probs = logits.softmax(dim=1)
     explainer = run_report._explainer
-    times: dict[str, list[float]] = {"with_grad_cam": [], "without": []}
+    # the last report written is the one with Grad-CAM (data/report_grad_cam/run/report.html)
+    times: dict[str, list[float]] = {"without": [], "with_grad_cam": []}
+    cpu: dict[str, list[float]] = {"without": [], "with_grad_cam": []}
     for round_index in range(args.rounds):
         for variant in times:
             run_report._explainer = explainer if variant == "with_grad_cam" else (lambda *a: None)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run_report.report_run(run, samples, runtime, probs=probs)
-            seconds = time.perf_counter() - start
-            times[variant].append(seconds)
-            print(json.dumps({"round": round_index, "variant": variant, "seconds": round(seconds, 2)}), flush=True)
+            times[variant].append(time.perf_counter() - start)
+            cpu[variant].append(time.process_time() - start_cpu)  # all threads: less sensitive to a busy machine
+            print(json.dumps({"round": round_index, "variant": variant, "seconds": round(times[variant][-1], 2),
+                              "cpu_seconds": round(cpu[variant][-1], 2)}), flush=True)
     medians = {k: round(statistics.median(v), 2) for k, v in times.items()}
+    cpu_medians = {k: round(statistics.median(v), 2) for k, v in cpu.items()}
     print(json.dumps({"model": args.model, "data": args.data, "val_images": len(samples), "rounds": args.rounds,
-                      "median_seconds": medians,
+                      "median_seconds": medians, "median_cpu_seconds": cpu_medians,
                       "grad_cam_adds_seconds": round(medians["with_grad_cam"] - medians["without"], 2)}))
 
 

@@ -129,6 +129,8 @@ def _as_nchw(tensor: torch.Tensor, target: CamTarget) -> torch.Tensor:
         if side * side != patches.shape[1]:
             raise ValueError(f"{patches.shape[1]} patch tokens do not form a square grid")
         return patches.transpose(1, 2).reshape(len(tensor), -1, side, side)
+    if tensor.ndim != 4:
+        raise ValueError(f"the Grad-CAM target gives a {tuple(tensor.shape)} tensor, not a feature map")
     return tensor
 
 

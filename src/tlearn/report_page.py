@@ -22,7 +22,7 @@ import numpy as np
 
 from .balance import WARN_RATIO, imbalance_ratio
 from .files import atomic_write
-from .report_cards import Explain, card, choose_samples, grid_note, image_pictures, thumbnail_png  # noqa: F401
+from .report_cards import Explain, card, choose_samples, grid_note, image_pictures
 from .run_folder import METRICS_FILE
 
 REPORT_FILE = "report.html"
