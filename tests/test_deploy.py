@@ -153,7 +153,8 @@ def test_tensorboard_scalars_are_readable(trained_run):
 def test_report_files_exist(trained_run):
     run, _ = trained_run
     html = (run / "report.html").read_text()
-    for needle in ("Training curves", "Confusion matrix", "Per-class metrics", "precision", "data:image/png;base64"):
+    for needle in ("Training curves", "Confusion matrix", "Per-class metrics", "precision", "data:image/png;base64",
+                   "Grad-CAM", "<figure class='pair'>", "<details id='settings'>"):
         assert needle in html
     assert (run / "curves.png").stat().st_size > 0 and (run / "confusion.png").stat().st_size > 0
 

@@ -171,6 +171,7 @@ def test_two_stage_with_fine_tuning_early_stopping_on_map_and_the_report(tmp_pat
         ("linear-probe", 1, False), ("finetune", 2, True)]
     page = (run / "report.html").read_text()
     assert "mAP" in page and "Worst-scored images" in page and "average precision" in page
+    assert "Grad-CAM for the highest-scored class" in page and page.index("id='samples'") < page.index("<details")
     assert main(["train", "--data", str(root), "--labels", str(root / "labels.csv"), "--label-delim", " ", *TINY,
                  "--patience", "1", "--monitor", "val_top1", "--out", str(tmp_path / "bad")]) == 2
 

@@ -1,6 +1,8 @@
-"""The report page of a multi-label run: mAP and F1 at the stored thresholds, per-class AP, F1,
-threshold and support, the training curves, and the worst-scored validation images (highest
-binary cross-entropy summed over the classes), with their true and predicted labels."""
+"""The report page of a multi-label run, results first like the single-label page: mAP and F1 at
+the stored thresholds, a grid of sample predictions, the training curves, per-class AP, F1,
+threshold and support, the worst-scored validation images (highest binary cross-entropy summed
+over the classes) with their true and predicted labels, and the settings, folded. Grad-CAM
+overlays (with `explain`) are for each image's highest-scored class."""
 from __future__ import annotations
 
 import html
@@ -10,6 +12,7 @@ import numpy as np
 
 from .files import atomic_write
 from .multilabel import score
+from .report_cards import Explain, card, choose_samples, grid_note, image_pictures
 from .report_page import (
     _PAGE,
     CURVES_FILE,
@@ -18,13 +21,13 @@ from .report_page import (
     _curves_png,
     _figure_section,
     _settings_section,
-    thumbnail_png,
 )
 
 
 def write_multilabel_report(run_dir: Path, *, probs: np.ndarray, targets: np.ndarray, class_names: list[str],
                             thresholds: list[float], describe, load_image, settings: dict,
-                            summary: dict | None = None, title: str = "tlearn run report") -> Path:
+                            summary: dict | None = None, title: str = "tlearn run report",
+                            explain: Explain | None = None) -> Path:
     """Write report.html and curves.png into `run_dir` for multi-hot `targets` and sigmoid `probs`."""
     import matplotlib
 
@@ -32,12 +35,21 @@ def write_multilabel_report(run_dir: Path, *, probs: np.ndarray, targets: np.nda
     targets = np.asarray(targets).reshape(len(probs), len(class_names)) > 0
     thresholds = list(thresholds) or [0.5] * len(class_names)
     result = score(probs, targets, thresholds)
-    sections = [_headline(result), _settings_section(settings, summary)]
+    loss = _loss(probs, targets)
+    exact = ((probs >= np.asarray(thresholds)) == targets).all(axis=1)
+    samples, worst = choose_samples(exact), [int(i) for i in np.argsort(-loss, kind="stable")[:MAX_WRONG]]
+    pictures = image_pictures([*samples, *worst], probs.argmax(1) if len(probs) else probs, load_image, explain)
+    cards = _Cards(probs, targets, thresholds, loss, class_names, describe, pictures)
+    sections = [_headline(result),
+                # calibration (reliability diagram) goes here: results first, right after the headline
+                _grid("samples", f"Sample predictions ({len(samples)} validation images, all labels right and "
+                      "not)", samples, cards)]
     curves = _curves_png(run_dir)
     if curves is not None:
         sections.append(_figure_section("Training curves", curves, CURVES_FILE))
     sections.append(_per_class(result, class_names))
-    sections.append(_worst(probs, targets, thresholds, class_names, describe, load_image))
+    sections.append(_grid("mistakes", "Worst-scored images (binary cross-entropy over all classes)", worst, cards))
+    sections.append(_settings_section(settings, summary))
     path = run_dir / REPORT_FILE
     atomic_write(path, _PAGE.format(title=html.escape(title), body="\n".join(sections)))
     return path
@@ -62,22 +74,31 @@ def _per_class(result, class_names: list[str]) -> str:
             f"{rows}</table></div></section>")
 
 
-def _worst(probs: np.ndarray, targets: np.ndarray, thresholds: list[float], class_names: list[str], describe,
-           load_image) -> str:
-    """The images with the highest binary cross-entropy summed over the classes."""
-    if len(probs) == 0:
-        return ""
+def _loss(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Each image's binary cross-entropy summed over the classes."""
     clipped = np.clip(probs, 1e-7, 1 - 1e-7)
-    loss = -(targets * np.log(clipped) + (~targets) * np.log(1 - clipped)).sum(axis=1)
-    worst = np.argsort(-loss, kind="stable")[:MAX_WRONG]
-    cards = []
-    for index in worst:
-        true = ", ".join(n for n, t in zip(class_names, targets[index]) if t) or "(none)"
-        predicted = ", ".join(f"{n} ({p:.2f})" for n, p, t in zip(class_names, probs[index], thresholds)
+    return -(targets * np.log(clipped) + (~targets) * np.log(1 - clipped)).sum(axis=1)
+
+
+class _Cards:
+    """An image's card: its pictures, true and predicted labels, and loss."""
+
+    def __init__(self, probs, targets, thresholds, loss, class_names, describe, pictures):
+        self.probs, self.targets, self.thresholds, self.loss = probs, targets, thresholds, loss
+        self.class_names, self.describe, self.pictures = class_names, describe, pictures
+
+    def __call__(self, index: int) -> str:
+        names = self.class_names
+        true = ", ".join(n for n, t in zip(names, self.targets[index]) if t) or "(none)"
+        predicted = ", ".join(f"{n} ({p:.2f})" for n, p, t in zip(names, self.probs[index], self.thresholds)
                               if p >= t) or "(none)"
-        name = html.escape(str(describe(int(index))))
-        cards.append(f"<figure><img alt='{name}' title='{name}' src='data:image/png;base64,"
-                     f"{thumbnail_png(load_image(int(index)))}'><figcaption>true <b>{html.escape(true)}</b><br>"
-                     f"predicted <b>{html.escape(predicted)}</b><br>loss {loss[index]:.2f}</figcaption></figure>")
-    return ("<section><h2>Worst-scored images (binary cross-entropy over all classes)</h2><div class='grid'>"
-            + "".join(cards) + "</div></section>")
+        return card(self.pictures[index], str(self.describe(index)),
+                    f"true <b>{html.escape(true)}</b><br>predicted <b>{html.escape(predicted)}</b><br>"
+                    f"loss {self.loss[index]:.2f}")
+
+
+def _grid(anchor: str, title: str, indices: list[int], cards: _Cards) -> str:
+    if not indices:
+        return ""
+    return (f"<section id='{anchor}'><h2>{html.escape(title)}</h2>{grid_note(cards.pictures, 'the highest-scored class')}<div class='grid'>"
+            + "".join(cards(i) for i in indices) + "</div></section>")

@@ -3,10 +3,12 @@
 It draws what it is given (predicted probabilities, labels, the run's files); run_report.py
 decides what to predict.
 
-A headline (top-1, balanced accuracy, macro-F1; a warning when the classes are imbalanced),
-settings, loss/accuracy curves across stages, the confusion matrix as a heat map,
-per-class precision/recall/F1, and the validation images the model got most confidently
-wrong. The plots are saved as PNG files too (matplotlib, Agg backend).
+Results first: a headline (top-1, balanced accuracy, macro-F1; a warning when the classes are
+imbalanced), a grid of sample validation predictions, loss/accuracy curves across stages,
+per-class precision/recall/F1, the confusion matrix as a heat map, the validation images the
+model got most confidently wrong, and last the run's settings, folded (<details>). With an
+`explain` (run_report.py), the images come with their Grad-CAM overlays. The plots are saved as
+PNG files too (matplotlib, Agg backend).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import numpy as np
 
 from .balance import WARN_RATIO, imbalance_ratio
 from .files import atomic_write
+from .report_cards import Explain, card, choose_samples, grid_note, image_pictures
 from .run_folder import METRICS_FILE
 
 REPORT_FILE = "report.html"
@@ -30,23 +33,27 @@ MAX_WRONG = 24
 
 def write_report(run_dir: Path, *, probs: np.ndarray, labels: np.ndarray, class_names: list[str],
                  describe, load_image, settings: dict, summary: dict | None = None,
-                 title: str = "tlearn run report") -> Path:
-    """Write report.html, curves.png and confusion.png into `run_dir`."""
+                 title: str = "tlearn run report", explain: Explain | None = None) -> Path:
+    """Write report.html, curves.png and confusion.png into `run_dir`; `explain` adds Grad-CAM."""
     import matplotlib
 
     matplotlib.use("Agg")
     predictions = probs.argmax(1)
+    samples, wrong = choose_samples(predictions == labels), _most_confident_wrong(probs, labels)
+    pictures = image_pictures([*samples, *wrong], predictions, load_image, explain)
     sections = [_headline_section(labels, predictions, len(class_names), summary),
-                _settings_section(settings, summary)]
+                # calibration (reliability diagram) goes here: results first, right after the headline
+                _samples_section(samples, pictures, probs, labels, class_names, describe)]
     curves = _curves_png(run_dir)
     if curves is not None:
         sections.append(_figure_section("Training curves", curves, CURVES_FILE))
+    sections.append(_per_class_section(labels, predictions, class_names))
     confusion_png = _confusion_png(labels, predictions, class_names)
     atomic_write(run_dir / CONFUSION_FILE, confusion_png)
     sections.append(_figure_section("Confusion matrix (rows: true, columns: predicted)", confusion_png,
                                     CONFUSION_FILE, scroll=True))
-    sections.append(_per_class_section(labels, predictions, class_names))
-    sections.append(_wrong_section(probs, labels, class_names, describe, load_image))
+    sections.append(_wrong_section(wrong, pictures, probs, labels, class_names, describe))
+    sections.append(_settings_section(settings, summary))
     page = _PAGE.format(title=html.escape(title), body="\n".join(sections))
     path = run_dir / REPORT_FILE
     atomic_write(path, page)
@@ -67,7 +74,8 @@ def _settings_section(settings: dict, summary: dict | None) -> str:
         else:
             rows.append((section, values))
     cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows)
-    return f"<section><h2>Run</h2><table class='kv'>{cells}</table></section>"
+    return (f"<section><details id='settings'><summary><h2>Run settings ({len(rows)})</h2></summary>"
+            f"<table class='kv'>{cells}</table></details></section>")
 
 
 def _headline_section(labels: np.ndarray, predictions: np.ndarray, num_classes: int, summary: dict | None) -> str:
@@ -200,33 +208,34 @@ def _per_class_section(labels: np.ndarray, predictions: np.ndarray, class_names:
             f"<th>F1</th><th>support</th></tr>{rows}</table></div></section>")
 
 
-def _wrong_section(probs, labels, class_names, describe, load_image) -> str:
+def _most_confident_wrong(probs: np.ndarray, labels: np.ndarray) -> list[int]:
     predictions = probs.argmax(1)
     wrong = np.flatnonzero(predictions != labels)
-    wrong = wrong[np.argsort(-probs[wrong, predictions[wrong]])][:MAX_WRONG]
+    return [int(i) for i in wrong[np.argsort(-probs[wrong, predictions[wrong]], kind="stable")][:MAX_WRONG]]
+
+
+def _prediction_card(index: int, pictures: dict, probs, labels, class_names, describe) -> str:
+    predicted = int(probs[index].argmax())
+    true, pred = html.escape(class_names[labels[index]]), html.escape(class_names[predicted])
+    verdict = "right" if predicted == labels[index] else "wrong"
+    caption = (f"<span class='{verdict}'>{verdict}</span><br>true <b>{true}</b><br>predicted <b>{pred}</b> "
+               f"({probs[index, predicted]:.2f})")
+    return card(pictures[index], str(describe(index)), caption)
+
+
+def _samples_section(samples: list[int], pictures: dict, probs, labels, class_names, describe) -> str:
+    if not samples:
+        return ""
+    cards = "".join(_prediction_card(i, pictures, probs, labels, class_names, describe) for i in samples)
+    return (f"<section id='samples'><h2>Sample predictions ({len(samples)} validation images, right and wrong)"
+            f"</h2>{grid_note(pictures)}<div class='grid'>{cards}</div></section>")
+
+
+def _wrong_section(wrong: list[int], pictures: dict, probs, labels, class_names, describe) -> str:
     if len(wrong) == 0:
         return "<section><h2>Most confident mistakes</h2><p>No validation image was misclassified.</p></section>"
-    cards = []
-    for index in wrong:
-        data = thumbnail_png(load_image(int(index)))
-        true, pred = class_names[labels[index]], class_names[predictions[index]]
-        name = html.escape(str(describe(int(index))))
-        cards.append(f"<figure><img alt='{name}' title='{name}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption>true <b>{html.escape(true)}</b><br>predicted <b>{html.escape(pred)}</b> "
-                     f"({probs[index, predictions[index]]:.2f})</figcaption></figure>")
-    return ("<section><h2>Most confident mistakes</h2><div class='grid'>" + "".join(cards) + "</div></section>")
-
-
-def thumbnail_png(image) -> str:
-    """A base64 PNG thumbnail of at most 128 px, tiny images enlarged to 64 px (pixelated)."""
-    image = image.convert("RGB")
-    image.thumbnail((128, 128))
-    if min(image.size) < 64:  # tiny images (CIFAR, digits): enlarge so a person can see them
-        scale = 64 / min(image.size)
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample=0)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+    cards = "".join(_prediction_card(i, pictures, probs, labels, class_names, describe) for i in wrong)
+    return f"<section id='mistakes'><h2>Most confident mistakes</h2><div class='grid'>{cards}</div></section>"
 
 
 _PAGE = """<!DOCTYPE html>
@@ -242,6 +251,11 @@ img {{ max-width: 100%; }}
 .headline {{ font-size: 1.2em; }} .warning {{ color: #a40; font-weight: 600; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 12px; }}
 figure {{ margin: 0; width: 150px; font-size: 12px; }} figure img {{ image-rendering: pixelated; }}
+figure.pair {{ width: 236px; }} figure.pair img {{ width: 116px; image-rendering: auto; }} .pictures {{ display: flex; gap: 4px; }}
+.missing {{ width: 128px; height: 64px; background: #eee; color: #777; display: flex; align-items: center;
+  justify-content: center; }}
+.right {{ color: #262; }} .wrong {{ color: #a22; font-weight: 600; }} .note {{ color: #555; font-size: 0.9em; }}
+details summary {{ cursor: pointer; }} details summary h2 {{ display: inline; }}
 </style></head>
 <body><h1>{title}</h1>
 {body}
