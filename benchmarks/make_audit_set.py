@@ -22,9 +22,8 @@ import random
 import shutil
 from pathlib import Path
 
-from PIL import Image
-
 from common import ROOT, sample_cifar
+from PIL import Image
 
 KINDS = ("exact", "reencode", "resize", "crop")
 

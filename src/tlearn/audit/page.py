@@ -35,8 +35,8 @@ def _balance(audit) -> str:
     head = "".join(f"<th>{html.escape(split)}</th>" for split in splits)
     rows = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{audit.balance[s][c]}</td>" for s in splits)
                    + "</tr>" for c, name in enumerate(audit.class_names))
-    ratios = "".join(f"<tr><td><i>imbalance ratio</i></td>" + "".join(
-        f"<td>{audit.imbalance(s):.2f}</td>" for s in splits) + "</tr>")
+    ratios = ("<tr><td><i>imbalance ratio</i></td>"
+              + "".join(f"<td>{audit.imbalance(s):.2f}</td>" for s in splits) + "</tr>")
     return f"<section><h2>Class balance</h2><table><tr><th>class</th>{head}</tr>{rows}{ratios}</table></section>"
 
 

@@ -8,8 +8,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..config import DataConfig
 from ..data.sources import resolve_split
 from ..errors import DataError
