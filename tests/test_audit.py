@@ -122,3 +122,17 @@ def test_audit_bad_input_exits_2_with_one_line(tmp_path, args, message):
     result = run_cli("audit", *args, "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def test_audit_skips_label_issues_for_multi_label_tables(tmp_path):
+    rows = ["file,tags"]
+    for i in range(8):
+        smooth_image(i).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'ant bee' if i % 2 else 'ant'}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    result = run_cli("audit", "--data", str(tmp_path), "--labels", str(tmp_path / "labels.csv"), "--label-delim", " ",
+                     "--out", str(out), "--model", TINY_MODEL, "--weights", "none")
+    assert result.returncode == 0, result.stderr
+    assert "likely label errors: skipped: multi-label" in result.stdout
+    assert (out / "label_issues.csv").read_text().strip() == "path,given,suggested,score"

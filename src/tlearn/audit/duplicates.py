@@ -5,9 +5,10 @@ Near: re-encoded, resized or slightly cropped copies. Neither signal alone is en
 small images: measured on 32 px CIFAR copies (README, "Auditing a data set"), backbone
 cosine similarity of planted copies overlapped that of unrelated look-alikes, while the
 perceptual hash (with its crop variants, hashing.py) kept them apart for most copies; a copy
-that moved more pHash bits (a crop) mostly still has a high cosine. So a pair is near when its pHash distance is small, or when its
-cosine is very high and its pHash distance moderately small. Candidates come from all
-pHash distances computed as matrix products in row chunks, never a Python loop over pairs.
+that moved more pHash bits (a crop) mostly still has a high cosine. So a pair is near when its
+pHash distance is small, or when its cosine is high and its pHash distance moderately small.
+Candidates come from all pHash distances computed as matrix products in row chunks, never a
+Python loop over pairs.
 """
 from __future__ import annotations
 
