@@ -44,13 +44,14 @@ def _pairs(audit, image) -> str:
     if not audit.duplicates:
         return "<section><h2>Duplicates</h2><p>No duplicate pairs found.</p></section>"
     cards = []
-    for pair, cross in list(zip(audit.duplicates, audit.cross_split))[:MAX_PAIRS]:
+    leaks_first = sorted(zip(audit.duplicates, audit.cross_split), key=lambda item: not item[1])  # stable
+    for pair, cross in leaks_first[:MAX_PAIRS]:
         flag = " <b class='bad'>train/val leak</b>" if cross else ""
         cards.append(f"<figure class='pair'>{image(pair.first)}{image(pair.second)}<figcaption>{pair.kind}, "
                      f"cosine {pair.similarity:.3f}, pHash distance {pair.phash_distance}{flag}<br>"
                      f"{html.escape(audit.paths[pair.first])}<br>{html.escape(audit.paths[pair.second])}"
                      "</figcaption></figure>")
-    more = f"<p>First {MAX_PAIRS} of {len(audit.duplicates)}: see duplicates.csv.</p>" \
+    more = f"<p>First {MAX_PAIRS} of {len(audit.duplicates)}, train/val leaks first: see duplicates.csv.</p>" \
         if len(audit.duplicates) > MAX_PAIRS else ""
     return f"<section><h2>Duplicates</h2>{more}<div class='grid'>{''.join(cards)}</div></section>"
 
