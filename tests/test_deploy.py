@@ -221,3 +221,23 @@ def test_report_with_100_classes_stays_readable(tmp_path):
     widths, errors, overflow = _check_in_browser(path, tmp_path / "report100.png")
     assert all(w > 0 for w in widths) and errors == []
     assert overflow and all(o == "auto" for o in overflow)
+
+
+def test_audit_page_renders_in_chromium(tmp_path):
+    from PIL import Image
+
+    from tlearn.audit.duplicates import DuplicatePair
+    from tlearn.audit.label_issues import LabelIssue
+    from tlearn.audit.oddities import OddImage
+    from tlearn.audit.page import write_audit_page
+    from tlearn.audit.run import AuditResult
+
+    paths = [f"data/train/c{i % 3}/{i}.jpg" for i in range(12)]
+    result = AuditResult("a test folder", paths, ["c0", "c1", "c2"], {"train": [4, 4, 4]},
+                         [DuplicatePair(0, 1, 1.0, "exact", 0), DuplicatePair(2, 5, 0.93, "near", 4)], [False, True],
+                         [LabelIssue(3, 0, 1, 0.02)], "", [OddImage(paths[4], "tiny (20x20 px)", 4),
+                                                           OddImage("data/train/c1/broken.jpg", "unreadable image")])
+    page = write_audit_page(tmp_path / "audit.html", result,
+                            lambda i: Image.new("RGB", (32, 20 + i), (20 * i, 100, 0)))
+    widths, errors, _ = _check_in_browser(page, tmp_path / "audit.png")
+    assert len(widths) == 6 and all(w > 0 for w in widths) and errors == []

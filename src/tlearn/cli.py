@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_features_flags(command("features", help="write backbone embeddings of a dataset to an .npz"))
 
     add_select_flags(command("select", help="rank backbones and input sizes on your data by a linear probe"))
+    audit = command("audit", help="check a data set before training: duplicates, label errors, balance, odd images")
+    audit.add_argument("--data", required=True, help="folder of class folders, dataset root, or digits/cifar10")
+    audit.add_argument("--out", required=True, help="folder for duplicates.csv, label_issues.csv, audit.html")
+    audit.add_argument("--model", default="efficientnet_lite0", help="backbone for the features")
+    audit.add_argument("--weights", default="default")
+    audit.add_argument("--batch-size", type=int, default=64)
+    audit.add_argument("--device", choices=DEVICES, default="auto")
+    add_table_flags(audit)
 
     models = command("models", help="list model names; marks weights usable offline")
     models.add_argument("pattern", nargs="?", default=None, help="glob or substring, e.g. 'resnet*' or timm:vit")
@@ -376,6 +384,23 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0 if selection.results else 1
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    if args.data not in BUILTIN_DATASETS:
+        _require_folder(args.data, "--data", exists=True)
+    _require_folder(args.out, "--out")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    from .audit.run import run_audit, summary_lines
+    from .config import DataConfig
+
+    data = DataConfig(source=args.data, labels=args.labels, path_col=args.path_col, label_col=args.label_col,
+                      label_delim=args.label_delim)
+    result = run_audit(data, Path(args.out), model_name=args.model, weights=args.weights, device=args.device,
+                       batch_size=args.batch_size)
+    print("\n".join(summary_lines(result, Path(args.out))))
+    return 0
+
+
 def _require_folder(path: str, what: str, exists: bool = False) -> None:
     """`path` is a folder, or (unless it must exist) can be made one. A file there or above it
     would otherwise surface as an OSError deep inside training, prediction or export."""
@@ -405,7 +430,8 @@ def _require_parent_folder(path: str, what: str) -> None:
 
 
 COMMANDS = {"train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "models": cmd_models,
-            "features": cmd_features, "predict": cmd_predict, "export": cmd_export, "select": cmd_select}
+            "features": cmd_features, "predict": cmd_predict, "export": cmd_export, "select": cmd_select,
+            "audit": cmd_audit}
 
 
 if __name__ == "__main__":
