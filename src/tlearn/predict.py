@@ -47,14 +47,16 @@ def collect_paths(inputs: list[str]) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(found)), missing
 
 
-def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch_size: int = 32) -> Predictions:
-    """Batched prediction, decoding a batch at a time; files that fail to decode are listed, not fatal."""
+def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch_size: int = 32,
+                  min_confidence: float | None = None) -> Predictions:
+    """Batched prediction, decoding a batch at a time; files that fail to decode are listed, not fatal.
+    Below `min_confidence` (calibrated top probability) an image's label is "unknown"."""
     result = Predictions([])
     batch: list[tuple[str, torch.Tensor]] = []
 
     def flush():
         if batch:
-            outputs = trained.predict_batch(torch.stack([tensor for _, tensor in batch]), top_k)
+            outputs = trained.predict_batch(torch.stack([tensor for _, tensor in batch]), top_k, min_confidence)
             result.rows += [{"path": path, "labels": output["labels"], "probs": output["probs"],
                              **({"scores": output["scores"]} if "scores" in output else {})}
                             for (path, _), output in zip(batch, outputs)]

@@ -45,6 +45,9 @@ def write_report(run_dir: Path, *, probs: np.ndarray, labels: np.ndarray, class_
     atomic_write(run_dir / CONFUSION_FILE, confusion_png)
     sections.append(_figure_section("Confusion matrix (rows: true, columns: predicted)", confusion_png,
                                     CONFUSION_FILE, scroll=True))
+    from .report_calibration import reliability_section  # accuracy vs confidence, before and after T
+
+    sections.append(reliability_section(run_dir, probs, labels, summary))
     sections.append(_per_class_section(labels, predictions, class_names))
     sections.append(_wrong_section(probs, labels, class_names, describe, load_image))
     page = _PAGE.format(title=html.escape(title), body="\n".join(sections))

@@ -10,11 +10,21 @@ from pathlib import Path
 import torch
 
 from . import checkpoint, run_folder
+from .calibration import probabilities
 from .data.samples import Samples
 from .files import read_json
 from .inference import classify
+from .models.classifier import ModelInfo
 from .report_page import write_report
 from .runtime import Runtime
+
+
+def best_model_logits(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size: int = 64,
+                      workers: int | None = None, cache_dir: Path | None = None) -> tuple[torch.Tensor, ModelInfo]:
+    """The run's best model's logits of `samples`, in order, and its description."""
+    model = checkpoint.load_model(run_dir).to(runtime.device)
+    logits, _ = classify(model, samples, runtime, batch_size=batch_size, workers=workers, cache_dir=cache_dir)
+    return logits, model.info
 
 
 def report_run(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size: int = 64,
@@ -23,11 +33,9 @@ def report_run(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size:
     """Predict `samples` with the run's best model (unless `probs` are given) and write
     report.html and the PNG plots. `cache_dir`: where the CPU engine's graph is kept."""
     if probs is None:
-        model = checkpoint.load_model(run_dir).to(runtime.device)
-        logits, labels = classify(model, samples, runtime, batch_size=batch_size, workers=workers,
-                                  cache_dir=cache_dir)
-        info = model.info
-        probs = logits.sigmoid() if info.multi_label else logits.softmax(dim=1)
+        logits, info = best_model_logits(run_dir, samples, runtime, batch_size=batch_size, workers=workers,
+                                         cache_dir=cache_dir)
+        probs, labels = probabilities(logits, info), torch.tensor(samples.labels)
     else:
         info, labels = checkpoint.read_model_info(run_dir), torch.tensor(samples.labels)
     config_path = run_dir / run_folder.CONFIG_FILE
