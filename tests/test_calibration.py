@@ -8,8 +8,13 @@ import pytest
 import torch
 
 import tlearn
-from tlearn.calibration import (coverage_table, expected_calibration_error, fit_temperature, reliability,
-                                threshold_for_coverage)
+from tlearn.calibration import (
+    coverage_table,
+    expected_calibration_error,
+    fit_temperature,
+    reliability,
+    threshold_for_coverage,
+)
 from tlearn.cli import main
 from tlearn.errors import ConfigError
 
@@ -88,20 +93,26 @@ def test_eval_json_has_both_eces(calibrated_run, capsys):
     assert 0 <= result["ece"] <= 1 and 0 <= result["ece_uncalibrated"] <= 1
     assert result["temperature"] == json.loads((run / "model.json").read_text())["temperature"]
     assert 0.75 <= result["answered"] <= 1  # the validation split, at the threshold train --coverage picked
+    assert main(["eval", str(run), "--data", str(data)]) == 0
+    assert f"calibration: ECE {result['ece']:.4f}" in capsys.readouterr().out
 
 
-def _predicted(run, data, tmp_path, *flags):
+def _predicted(run, data, tmp_path, *flags, capsys=None):
     out = tmp_path / "predictions.csv"
     assert main(["predict", str(run), str(data / "val"), "--output", str(out), *flags]) == 0
-    return [(row["label"], float(row["prob"])) for row in csv.DictReader(out.open())]
+    rows = [(row["label"], float(row["prob"])) for row in csv.DictReader(out.open())]
+    if capsys is not None:
+        unknown = sum(label == "unknown" for label, _ in rows)
+        assert f"{unknown} of {len(rows)} images answered 'unknown'" in capsys.readouterr().out
+    return rows
 
 
-def test_predict_answers_unknown_below_the_threshold(calibrated_run, tmp_path):
+def test_predict_answers_unknown_below_the_threshold(calibrated_run, tmp_path, capsys):
     run, data, summary = calibrated_run
     everything = _predicted(run, data, tmp_path, "--min-confidence", "0")
     assert all(label != "unknown" for label, _ in everything)
     middle = float(np.median([prob for _, prob in everything]))
-    rows = _predicted(run, data, tmp_path, "--min-confidence", str(middle))
+    rows = _predicted(run, data, tmp_path, "--min-confidence", str(middle), capsys=capsys)
     assert [label == "unknown" for label, _ in rows] == [prob < middle for _, prob in everything]
     assert [prob for _, prob in rows] == [prob for _, prob in everything]  # the confidence stays shown
     # by default the run's own threshold (train --coverage 0.75): at least 3 in 4 validation images answered
