@@ -18,7 +18,7 @@ from tlearn.calibration import (
 from tlearn.cli import main
 from tlearn.errors import ConfigError
 
-from conftest import TINY_MODEL, make_folder
+from conftest import TINY_MODEL, kill_chain, make_folder
 
 
 def test_fit_temperature_recovers_a_known_temperature():
@@ -163,3 +163,20 @@ def test_train_coverage_is_checked_before_anything_runs(tmp_path, capsys):
     with pytest.raises(ConfigError, match="single-label"):
         check_config(tlearn.RunConfig(data=tlearn.DataConfig(source="x", labels="t.csv", label_delim=" "),
                                       train=tlearn.TrainConfig(coverage=0.9)))
+
+
+def test_a_killed_run_resumes_to_the_same_calibration(tmp_path):
+    """Killed right after its only epoch's commit, the resumed process has no validation probabilities
+    of its own: it predicts the validation split again with the best model and fits the same T."""
+    data = make_folder(tmp_path / "data", classes=("ant", "bee", "cat", "dog"), per_class=8, split_dirs=True)
+    train = ["--data", str(data), "--model", TINY_MODEL, "--weights", "none", "--image-size", "32",
+             "--strategy", "linear-probe", "--epochs", "1", "--coverage", "0.75", "--deterministic", "--no-report",
+             "--workers", "0"]
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    kill_chain(train, ["commit:1"], reference, run)
+    resumed, expected = (json.loads((folder / "model.json").read_text()) for folder in (run, reference))
+    assert resumed["temperature"] == pytest.approx(expected["temperature"], rel=1e-3)
+    assert resumed["min_confidence"] == pytest.approx(expected["min_confidence"], abs=1e-4)
+    assert json.loads((run / "summary.json").read_text())["val_ece"] == pytest.approx(
+        json.loads((reference / "summary.json").read_text())["val_ece"], abs=1e-4)
+    assert (run / "calibration.json").is_file()
