@@ -67,7 +67,7 @@ def probabilities(logits: torch.Tensor, info) -> torch.Tensor:
     softmax(logits / T) with the run's temperature (`info`: a ModelInfo)."""
     if info.multi_label:
         return logits.sigmoid()
-    return scaled_probabilities(logits, getattr(info, "temperature", 1.0))
+    return scaled_probabilities(logits, info.temperature)
 
 
 @dataclass
