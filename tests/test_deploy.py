@@ -132,7 +132,7 @@ else:
     image = image.crop((left, top, left + meta["crop_size"], top + meta["crop_size"]))
 x = (np.asarray(image, dtype=np.float32) / 255 - meta["mean"]) / meta["std"]
 x = x.transpose(2, 0, 1)[None].astype(np.float32)
-logits = ort.InferenceSession(model_path).run(None, {"images": x})[0][0]
+logits = ort.InferenceSession(model_path).run(None, {"images": x})[0][0] / meta["temperature"]  # calibrated
 probs = np.exp(logits - logits.max()); probs /= probs.sum()
 print(meta["classes"][int(probs.argmax())], float(probs.max()))
 '''

@@ -13,6 +13,7 @@ from PIL import Image
 
 from . import checkpoint, run_folder, training
 from .balance import class_counts, imbalance_ratio, warn_if_imbalanced
+from .calibration import probabilities
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data.images import open_rgb
 from .data.samples import Samples
@@ -26,6 +27,7 @@ from .models.classifier import Classifier
 from .models.factory import create_model
 from .multilabel import DEFAULT_THRESHOLD, predict_multi_label, remap_multi_hot, score
 from .preprocessing import Preprocessing
+from .run_calibration import calibration_figures, mark_unknown, resolve_min_confidence
 from .runtime import seed_everything, setup_runtime
 from .train_state import ResumePoint
 
@@ -115,6 +117,7 @@ class TrainedModel:
     model: Classifier
     preprocessing: Preprocessing
     class_names: list[str]
+    run_dir: Path | None = None  # where it was loaded from: predict's --coverage reads its calibration.json
 
     @property
     def multi_label(self) -> bool:
@@ -125,31 +128,41 @@ class TrainedModel:
         return eval_transform(self.preprocessing)
 
     def predict(self, images: Iterable[str | Path | Image.Image | torch.Tensor] | str | Path,
-                top_k: int = 1, batch_size: int = 32) -> list[dict[str, Any]]:
-        """Top-k labels and probabilities for paths, PIL images, or preprocessed tensors.
+                top_k: int = 1, batch_size: int = 32, *, min_confidence: float | None = None,
+                coverage: float | None = None) -> list[dict[str, Any]]:
+        """Top-k labels and (calibrated) probabilities for paths, PIL images, or preprocessed tensors.
 
         Inputs are decoded a batch at a time, so a long list of paths never sits in memory decoded.
+        Below `min_confidence` (or the threshold answering `coverage` of the validation images; by
+        default the run's own, from train --coverage) the label is "unknown".
         """
         if isinstance(images, (str, Path, Image.Image, torch.Tensor)):
             images = [images]
+        threshold = self.min_confidence(min_confidence, coverage)
         results: list[dict[str, Any]] = []
         for batch in _batched(images, batch_size):
-            results += self.predict_batch(torch.stack([self.prepare(item) for item in batch]), top_k)
+            results += self.predict_batch(torch.stack([self.prepare(item) for item in batch]), top_k, threshold)
         return results
 
+    def min_confidence(self, min_confidence: float | None = None, coverage: float | None = None) -> float | None:
+        """The confidence threshold predict applies (run_calibration.resolve_min_confidence)."""
+        return resolve_min_confidence(self.model.info, self.run_dir, min_confidence, coverage)
+
     @torch.inference_mode()
-    def predict_batch(self, batch: torch.Tensor, top_k: int = 1) -> list[dict[str, Any]]:
-        """Top-k of a batch of preprocessed images (what `tlearn predict` feeds). Multi-label: the
-        labels at or above their thresholds ("labels", "probs") and every class's probability ("scores")."""
+    def predict_batch(self, batch: torch.Tensor, top_k: int = 1,
+                      min_confidence: float | None = None) -> list[dict[str, Any]]:
+        """Top-k of a batch of preprocessed images (what `tlearn predict` feeds); "unknown" below
+        `min_confidence` (a number: `min_confidence()` resolves flags). Multi-label: the labels at or
+        above their thresholds ("labels", "probs") and every class's probability ("scores")."""
         self.model.eval()
         logits = self.model(batch.to(next(self.model.parameters()).device)).float()
         if self.multi_label:
             return predict_multi_label(logits.sigmoid().cpu(), self.model.info.thresholds, self.class_names)
-        probs = logits.softmax(dim=1)
+        probs = probabilities(logits, self.model.info)  # softmax(logits / T): calibrated
         values, indices = probs.topk(min(top_k, len(self.class_names)), dim=1)
-        return [{"labels": [self.class_names[i] for i in row_indices], "probs": row_values,
-                 "label": self.class_names[row_indices[0]], "prob": row_values[0]}
-                for row_values, row_indices in zip(values.tolist(), indices.tolist())]
+        return mark_unknown([{"labels": [self.class_names[i] for i in row_indices], "probs": row_values,
+                              "label": self.class_names[row_indices[0]], "prob": row_values[0]}
+                             for row_values, row_indices in zip(values.tolist(), indices.tolist())], min_confidence)
 
     def prepare(self, item: str | Path | Image.Image | torch.Tensor) -> torch.Tensor:
         """One input as the model's preprocessed CHW tensor."""
@@ -174,7 +187,7 @@ def load(run_dir: str | Path, device: str = "cpu") -> TrainedModel:
     """Load a run folder's best model with its preprocessing and class names."""
     model = checkpoint.load_model(run_dir)
     model.to(torch.device(device))
-    return TrainedModel(model, model.info.preprocessing, list(model.info.class_names))
+    return TrainedModel(model, model.info.preprocessing, list(model.info.class_names), Path(run_dir))
 
 
 def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
@@ -197,7 +210,7 @@ def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: s
 @dataclass
 class Evaluation:
     result: dict  # what `evaluate` returns
-    probs: torch.Tensor  # softmax (multi-label: sigmoid) of every sample, in order (the report's input)
+    probs: torch.Tensor  # softmax(logits / T) (multi-label: sigmoid) of every sample, in order (the report's input)
     samples: Samples
 
 
@@ -220,8 +233,10 @@ def evaluation(run_or_model: str | Path | TrainedModel, data: str | Path, split:
     meter = ClassificationMeter(len(trained.class_names))
     if len(targets):
         meter.update(logits, targets, torch.nn.functional.cross_entropy(logits, targets).item())
-    result = {**meter.result().to_dict(trained.class_names), "imbalance_ratio": round(imbalance_ratio(counts), 2)}
-    return Evaluation(result, logits.softmax(dim=1), samples)
+    probs = probabilities(logits, trained.model.info)  # calibrated: softmax(logits / T)
+    result = {**meter.result().to_dict(trained.class_names), "imbalance_ratio": round(imbalance_ratio(counts), 2),
+              **calibration_figures(logits, probs, targets, trained.model.info)}
+    return Evaluation(result, probs, samples)
 
 
 def eval_samples(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,

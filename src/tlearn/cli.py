@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", default=None, help="write predictions to a .csv or .json file")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--device", choices=DEVICES, default="cpu")
+    predict.add_argument("--min-confidence", type=float, default=None, metavar="P",
+                         help="answer 'unknown' when the calibrated top probability is below P (0: always answer; "
+                              "default: the run's own, from train --coverage)")
+    predict.add_argument("--coverage", type=float, default=None, metavar="C",
+                         help="answer a fraction C of images: the threshold that answers C of the validation split")
 
     export = command("export", help="export a run's model to ONNX or TorchScript, parity-checked")
     export.add_argument("run")
@@ -273,11 +278,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     trained = api.load(args.run, device=args.device)
     top_k = min(args.top_k, len(trained.class_names))
-    predictions = predict_files(trained, paths, top_k=top_k, batch_size=args.batch_size)
+    threshold = trained.min_confidence(args.min_confidence, args.coverage)
+    predictions = predict_files(trained, paths, top_k=top_k, batch_size=args.batch_size, min_confidence=threshold)
     delim = (trained.model.info.label_delim or " ") if trained.multi_label else None
     from .cli_output import print_predictions
 
     print_predictions(predictions, delim)
+    if threshold:
+        unknown = sum(not row.get("answered", True) for row in predictions.rows)
+        print(f"min confidence {threshold:.4f}: {unknown} of {len(predictions.rows)} images answered 'unknown'")
     if args.output:
         write_predictions(predictions, args.output, top_k, delim, trained.class_names if delim else None)
         print(f"wrote {args.output}")

@@ -22,6 +22,11 @@ def print_summary(summary: dict, run_dir) -> None:
     print(f"best val top-1 {summary['val_top1']:.4f}, balanced accuracy {summary['val_balanced_acc']:.4f}, "
           f"macro-F1 {summary['val_f1_macro']:.4f} (epoch {summary['best_epoch']}), "
           f"{summary['train_seconds']:.1f} s; run folder: {run_dir}")
+    if "temperature" in summary:  # calibration.py: fitted on val at the end of training
+        threshold = summary.get("min_confidence")
+        print(f"calibration: temperature {summary['temperature']:.3f}, val ECE {summary['val_ece_uncalibrated']:.4f} "
+              f"-> {summary['val_ece']:.4f}"
+              + (f"; predict answers 'unknown' below confidence {threshold:.4f}" if threshold is not None else ""))
 
 
 def print_evaluation(result: dict) -> None:
@@ -39,6 +44,11 @@ def print_evaluation(result: dict) -> None:
     print(f"images {result['count']}  top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  "
           f"balanced accuracy {result['balanced_acc']:.4f}  macro-F1 {result['f1_macro']:.4f}  "
           f"loss {result['loss']:.4f}")
+    if "ece" in result:
+        answered = (f"; {result['answered']:.1%} answered at min confidence {result['min_confidence']:.4f}, "
+                    f"top-1 on them {result['answered_top1']:.4f}") if "answered" in result else ""
+        print(f"calibration: ECE {result['ece']:.4f} at temperature {result['temperature']:.3f} "
+              f"({result['ece_uncalibrated']:.4f} without){answered}")
     print("\nper-class accuracy")
     for name, accuracy in result["per_class"].items():
         print(f"  {name:<{width}}  {accuracy:.4f}")

@@ -187,6 +187,10 @@ class TrainConfig:
                                          "~/.cache/tlearn)", group="output")
     report: bool = option(True, "skip report.html", group="output", flag="--no-report")
     tensorboard: bool = option(False, "write TensorBoard scalars to the run folder", group="output")
+    # calibration.py: the threshold is picked on the calibrated validation confidences.
+    coverage: float | None = option(None, "answer this fraction of images (e.g. 0.95): store the confidence "
+                                          "threshold that answers it on val in model.json; predict answers "
+                                          "'unknown' below it (single-label)", group="output")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -236,6 +240,8 @@ class TrainConfig:
             raise ConfigError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
         if self.warmup_epochs < 0:
             raise ConfigError(f"--warmup-epochs must be 0 or more, got {self.warmup_epochs}")
+        if self.coverage is not None and not 0.0 < self.coverage <= 1.0:
+            raise ConfigError(f"--coverage must be above 0 and at most 1, got {self.coverage}")
 
     @property
     def resolved_lr(self) -> float:

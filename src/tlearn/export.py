@@ -2,9 +2,11 @@
 
 The sidecar `FILE.json` says what torchvision's `ImageClassification` transform means:
 resize the shorter side to `resize_size`, center-crop `crop_size`, scale to [0, 1],
-normalise with `mean`/`std`. Parity: logits of the exported file vs PyTorch on real
-preprocessed images, max abs difference <= 1e-4 and the same top-1 for every sample (a
-multi-label model: the same labels, sigmoid(logit) >= the sidecar's `thresholds`).
+normalise with `mean`/`std`; a single-label run's probabilities are softmax(logits /
+`temperature`), "unknown" below `min_confidence` when the run has one. Parity: logits of
+the exported file vs PyTorch on real preprocessed images, max abs difference <= 1e-4 and the
+same top-1 for every sample (a multi-label model: the same labels, sigmoid(logit) >= the
+sidecar's `thresholds`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .calibration import sidecar_fields
 from .checkpoint import load_model
 from .data.transforms import eval_transform
 from .errors import UserError, first_line
@@ -47,7 +50,7 @@ def sidecar(model: Classifier) -> dict:
     if model.info.multi_label:  # the ONNX output stays logits: sigmoid, then each class's threshold
         return {**_single_label_sidecar(model), "task": "multi-label", "thresholds": list(model.info.thresholds),
                 "output": "logits (sigmoid for probabilities; a class applies when its probability >= its threshold)"}
-    return _single_label_sidecar(model)
+    return {**_single_label_sidecar(model), **sidecar_fields(model.info)}  # temperature, min_confidence
 
 
 def _single_label_sidecar(model: Classifier) -> dict:

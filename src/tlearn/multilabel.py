@@ -38,6 +38,8 @@ def check_config(config: RunConfig) -> None:
                           "--balance none")
     if tc.label_smoothing:
         raise ConfigError("--label-smoothing is for single-label data (cross-entropy), not multi-label")
+    if tc.coverage is not None:  # calibration.py: multi-label runs answer per class at their thresholds
+        raise ConfigError("--coverage is for single-label data; multi-label runs use per-class thresholds")
 
 
 def label_counts(labels, num_classes: int) -> list[int]:

@@ -22,7 +22,7 @@ from .files import atomic_write
 
 @dataclass
 class Predictions:
-    rows: list[dict]  # path, labels, probs (multi-label: and scores, every class's probability)
+    rows: list[dict]  # path, labels, probs, answered (multi-label: scores, every class's probability, no answered)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -47,16 +47,18 @@ def collect_paths(inputs: list[str]) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(found)), missing
 
 
-def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch_size: int = 32) -> Predictions:
-    """Batched prediction, decoding a batch at a time; files that fail to decode are listed, not fatal."""
+def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch_size: int = 32,
+                  min_confidence: float | None = None) -> Predictions:
+    """Batched prediction, decoding a batch at a time; files that fail to decode are listed, not fatal.
+    Below `min_confidence` (calibrated top probability) an image's label is "unknown"."""
     result = Predictions([])
     batch: list[tuple[str, torch.Tensor]] = []
 
     def flush():
         if batch:
-            outputs = trained.predict_batch(torch.stack([tensor for _, tensor in batch]), top_k)
+            outputs = trained.predict_batch(torch.stack([tensor for _, tensor in batch]), top_k, min_confidence)
             result.rows += [{"path": path, "labels": output["labels"], "probs": output["probs"],
-                             **({"scores": output["scores"]} if "scores" in output else {})}
+                             **{key: output[key] for key in ("scores", "answered") if key in output}}
                             for (path, _), output in zip(batch, outputs)]
             batch.clear()
 

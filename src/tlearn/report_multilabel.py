@@ -41,7 +41,7 @@ def write_multilabel_report(run_dir: Path, *, probs: np.ndarray, targets: np.nda
     pictures = image_pictures([*samples, *worst], probs.argmax(1) if len(probs) else probs, load_image, explain)
     cards = _Cards(probs, targets, thresholds, loss, class_names, describe, pictures)
     sections = [_headline(result),
-                # calibration (reliability diagram) goes here: results first, right after the headline
+                # no reliability diagram: a multi-label run is not calibrated (calibration.py)
                 _grid("samples", f"Sample predictions ({len(samples)} validation images, all labels right and "
                       "not)", samples, cards)]
     curves = _curves_png(run_dir)

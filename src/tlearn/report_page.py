@@ -41,8 +41,10 @@ def write_report(run_dir: Path, *, probs: np.ndarray, labels: np.ndarray, class_
     predictions = probs.argmax(1)
     samples, wrong = choose_samples(predictions == labels), _most_confident_wrong(probs, labels)
     pictures = image_pictures([*samples, *wrong], predictions, load_image, explain)
+    from .report_calibration import reliability_section  # accuracy vs confidence, before and after T
+
     sections = [_headline_section(labels, predictions, len(class_names), summary),
-                # calibration (reliability diagram) goes here: results first, right after the headline
+                reliability_section(run_dir, probs, labels, summary),
                 _samples_section(samples, pictures, probs, labels, class_names, describe)]
     curves = _curves_png(run_dir)
     if curves is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint, run_folder
+from .calibration import probabilities
 from .data.samples import Samples
 from .data.transforms import eval_transform_uint8, normalize_batch
 from .errors import UserError
@@ -26,6 +27,14 @@ from .runtime import Runtime
 CAM_BATCH = 8
 
 
+def best_model_logits(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size: int = 64,
+                      workers: int | None = None, cache_dir: Path | None = None) -> tuple[torch.Tensor, Classifier]:
+    """The run's best model's logits of `samples`, in order, and the model."""
+    model = checkpoint.load_model(run_dir).to(runtime.device)
+    logits, _ = classify(model, samples, runtime, batch_size=batch_size, workers=workers, cache_dir=cache_dir)
+    return logits, model
+
+
 def report_run(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size: int = 64,
                workers: int | None = None, title: str | None = None, probs: torch.Tensor | None = None,
                cache_dir: Path | None = None) -> Path:
@@ -33,11 +42,10 @@ def report_run(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size:
     report.html and the PNG plots. `cache_dir`: where the CPU engine's graph is kept."""
     model = None
     if probs is None:
-        model = checkpoint.load_model(run_dir).to(runtime.device)
-        logits, labels = classify(model, samples, runtime, batch_size=batch_size, workers=workers,
-                                  cache_dir=cache_dir)
+        logits, model = best_model_logits(run_dir, samples, runtime, batch_size=batch_size, workers=workers,
+                                          cache_dir=cache_dir)
         info = model.info
-        probs = logits.sigmoid() if info.multi_label else logits.softmax(dim=1)
+        probs, labels = probabilities(logits, info), torch.tensor(samples.labels)
     else:
         info, labels = checkpoint.read_model_info(run_dir), torch.tensor(samples.labels)
     explain = _explainer(run_dir, model, samples, runtime)

@@ -151,6 +151,9 @@ def _note_changed_flags(model: Classifier, stage: Stage) -> None:
 
 def _finish_run(model: Classifier, run: Run) -> dict[str, Any]:
     summary = _summary(model, run)
+    probs = _best_val_probabilities(model, run) if run.writes else None
+    if run.writes and not model.info.multi_label and run.progress.best_epoch > 0:
+        probs = _calibrate(model, run, probs, summary)
     if run.writes:
         with run_folder_writes(run.run_dir, "the run summary"):
             if run.progress.best_epoch == 0:  # zero epochs: still leave a loadable model
@@ -164,9 +167,25 @@ def _finish_run(model: Classifier, run: Run) -> dict[str, Any]:
 
             path = report_run(run.run_dir, run.data.val, run.runtime,
                               batch_size=max(run.config.data.batch_size, 64), workers=run.config.data.workers,
-                              probs=_best_val_probabilities(model, run), cache_dir=run.cache_dir)
+                              probs=probs, cache_dir=run.cache_dir)
             logger.info(f"report: {path}")
     return summary
+
+
+def _calibrate(model: Classifier, run: Run, probs: torch.Tensor | None, summary: dict[str, Any]) -> torch.Tensor:
+    """Fit the temperature on the best model's validation probabilities (a pass of its own when
+    they were not kept); returns the calibrated ones (run_calibration.py)."""
+    from .run_calibration import calibrate_run
+
+    if probs is None:
+        from .run_report import best_model_logits
+
+        logits, _ = best_model_logits(run.run_dir, run.data.val, run.runtime, workers=run.config.data.workers,
+                                      batch_size=max(run.config.data.batch_size, 64), cache_dir=run.cache_dir)
+        probs = logits.softmax(dim=1)
+    with run_folder_writes(run.run_dir, "the calibration"):
+        return calibrate_run(run.run_dir, model.info, probs.cpu().float(), run.data.val.labels,
+                             run.config.train.coverage, summary)
 
 
 @torch.inference_mode()
