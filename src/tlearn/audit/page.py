@@ -5,7 +5,7 @@ import html
 from pathlib import Path
 
 from ..files import atomic_write
-from ..report_page import thumbnail_png
+from ..report_cards import thumbnail_png
 
 MAX_PAIRS = 60  # pairs and issues shown with thumbnails; the CSV files hold them all
 MAX_ISSUES = 48
