@@ -16,8 +16,10 @@ technique), a fresh process, one at a time. One warm-up probe per data set fills
 and decoded-image caches first, so the wall times compare the techniques, not the caches.
 `tta` is `tlearn eval --tta` on the default run's model (no training of its own).
 
-Prints one JSON line per run and, at the end, a Markdown table: val top-1 (best epoch) mean
-and spread (min–max) over the seeds, and the median wall time of the whole command.
+Prints one JSON line per run (also appended to OUT/results.jsonl, so separate invocations add
+up) and, at the end, a Markdown table of every result in that file (the latest per data set,
+variant and seed): val top-1 (best epoch) mean and spread (min–max) over the seeds, and the
+median wall time of the whole command. `--table` only prints the table.
 """
 from __future__ import annotations
 
@@ -133,23 +135,39 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "data" / "ablation" / "runs"))
+    parser.add_argument("--table", action="store_true", help="print the table of OUT/results.jsonl and stop")
     args = parser.parse_args()
     datasets, variants = args.datasets.split(","), args.variants.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     out, cache = Path(args.out), Path(args.out) / "cache"
-    rows = []
+    results = out / "results.jsonl"
+    if not args.table:
+        run_all(datasets, variants, seeds, args.epochs, out, cache, results)
+    latest = {}
+    for line in results.read_text().splitlines():
+        row = json.loads(line)
+        latest[row["dataset"], row["variant"], row["seed"]] = row
+    print(table(list(latest.values()), datasets, [v for v in VARIANTS if v in variants]))
+
+
+def run_all(datasets: list[str], variants: list[str], seeds: list[int], epochs: int, out: Path, cache: Path,
+            results: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+
+    def record(row: dict) -> None:
+        print(json.dumps(row), flush=True)
+        with results.open("a") as file:
+            file.write(json.dumps(row) + "\n")
+
     for dataset in datasets:
         warm_caches(dataset, out, cache)
         for seed in seeds:
             for variant in variants:
                 if variant == "tta":
                     continue
-                rows.append(train(dataset, variant, seed, args.epochs, out, cache))
-                print(json.dumps(rows[-1]), flush=True)
-            if "tta" in variants and "default" in variants:
-                rows.append(tta(dataset, seed, out, cache))
-                print(json.dumps(rows[-1]), flush=True)
-    print(table(rows, datasets, variants))
+                record(train(dataset, variant, seed, epochs, out, cache))
+            if "tta" in variants and (out / dataset / f"default-seed{seed}" / "summary.json").is_file():
+                record(tta(dataset, seed, out, cache))
 
 
 if __name__ == "__main__":
