@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", default=None, metavar="RUN", help="continue an interrupted run")
     add_config_flags(train)
 
+    _add_lr_find_flags(command("lr-find", help="sweep the LR (fastai's lr_find): plot, csv and a suggested LR"))
+
     evaluate = command("eval", help="evaluate a run folder's model on a dataset")
     evaluate.add_argument("run")
     evaluate.add_argument("--data", required=True, help="folder of class folders, dataset root, or digits/cifar10")
@@ -78,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Flags of train that mean nothing to one sweep of at most an epoch.
+LR_FIND_SKIPPED = frozenset({"strategy", "epochs", "head_epochs", "head_solver", "patience", "min_delta", "monitor",
+                             "lr", "warmup_epochs", "report", "tensorboard", "unfreeze_last", "probe_augment"})
+
+
+def _add_lr_find_flags(lr_find: argparse.ArgumentParser) -> None:
+    lr_find.add_argument("--strategy", choices=("finetune", "linear-probe"), default="finetune",
+                         help="finetune: everything, backbone at --backbone-lr-mult x the LR; linear-probe: the "
+                              "head on cached features (default finetune)")
+    lr_find.add_argument("--out", default=".", help="folder for lr_find.csv and lr_find.png (default: here)")
+    add_config_flags(lr_find, skip=LR_FIND_SKIPPED)
+
+
 def _add_features_flags(features: argparse.ArgumentParser) -> None:
     features.add_argument("run", nargs="?", default=None, help="a run folder (instead of --model)")
     features.add_argument("--model", default=None, help="model name, when no run folder is given")
@@ -103,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     allocator = configure_allocator()
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose - args.quiet, to_stderr=getattr(args, "json", False))
-    logging.getLogger("tlearn").log(logging.INFO if args.command in ("train", "demo") else logging.DEBUG, allocator)
+    logging.getLogger("tlearn").log(logging.INFO if args.command in ("train", "demo", "lr-find") else logging.DEBUG, allocator)
     try:
         return COMMANDS[args.command](args)
     except UserError as error:
@@ -153,6 +168,25 @@ def _train(config, out):
     from . import api
 
     return api.train(config, out, data=data)
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    if not args.data:
+        raise UserError("lr-find needs --data (a folder, digits, cifar10 or cifar100)")
+    _check_train_paths(args, args.data)
+    config = config_from_flags(args)
+    if config.data.source not in BUILTIN_DATASETS and not os.path.exists(config.data.source):
+        raise UserError(f"data folder not found: {config.data.source} (or use {', '.join(BUILTIN_DATASETS)})")
+    from .lr_find_command import lr_find
+    from .lr_finder import CSV_FILE, PLOT_FILE
+
+    finding = lr_find(config, args.out)
+    if _is_main_process():
+        out = Path(args.out)
+        print(finding.describe())
+        print(f"wrote {out / CSV_FILE} and {out / PLOT_FILE}")
+    _close_process_group()
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -371,7 +405,7 @@ def _require_parent_folder(path: str, what: str) -> None:
         raise UserError(f"{what} {path} cannot be created: {parent} is a file, not a folder")
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "models": cmd_models,
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "lr-find": cmd_lr_find, "eval": cmd_eval, "models": cmd_models,
             "features": cmd_features, "predict": cmd_predict, "export": cmd_export}
 
 
