@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--report", action="store_true", help="write report.html for this data into RUN")
     add_table_flags(evaluate)
+    _add_tta_flags(evaluate)
 
     predict = command("predict", help="predict labels of image files, folders or globs")
     predict.add_argument("run")
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", default=None, help="write predictions to a .csv or .json file")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--device", choices=DEVICES, default="cpu")
+    _add_tta_flags(predict)
 
     export = command("export", help="export a run's model to ONNX or TorchScript, parity-checked")
     export.add_argument("run")
@@ -78,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     models = command("models", help="list model names; marks weights usable offline")
     models.add_argument("pattern", nargs="?", default=None, help="glob or substring, e.g. 'resnet*' or timm:vit")
     return parser
+
+
+def _add_tta_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average the logits of each image and its horizontal flip")
+    parser.add_argument("--tta-crops", type=int, default=1,
+                        help="5: average five crops (corners and centre) of the resized image, each with its flip "
+                             "under --tta (default 1: the centre crop)")
 
 
 # Flags of train that mean nothing to one sweep of at most an epoch.
@@ -247,6 +257,7 @@ def _print_summary(summary: dict, run_dir) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    _check_tta_crops(args.tta_crops)
     _require_folder(args.run, "run folder", exists=True)
     if args.data not in BUILTIN_DATASETS:
         _require_folder(args.data, "--data", exists=True)
@@ -255,7 +266,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     table = {"labels": args.labels, "path_col": args.path_col, "label_col": args.label_col,
              "label_delim": args.label_delim}
     evaluated = api.evaluation(args.run, args.data, split=args.split, batch_size=args.batch_size,
-                               device=args.device, workers=args.workers, **table)
+                               device=args.device, workers=args.workers, tta=args.tta, tta_crops=args.tta_crops,
+                               **table)
     result = evaluated.result
     if args.report:
         from .run_report import report_run
@@ -273,7 +285,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_tta_crops(crops: int) -> None:
+    if crops not in (1, 5):  # before any model or data is read
+        raise UserError(f"--tta-crops must be 1 or 5, got {crops}")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    _check_tta_crops(args.tta_crops)
     _require_folder(args.run, "run folder", exists=True)
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
@@ -294,7 +312,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     trained = api.load(args.run, device=args.device)
     top_k = min(args.top_k, len(trained.class_names))
-    predictions = predict_files(trained, paths, top_k=top_k, batch_size=args.batch_size)
+    predictions = predict_files(trained, paths, top_k=top_k, batch_size=args.batch_size, tta=args.tta,
+                                tta_crops=args.tta_crops)
     delim = (trained.model.info.label_delim or " ") if trained.multi_label else None
     from .cli_output import print_predictions
 
