@@ -4,7 +4,8 @@ Train for at most one epoch (at most 100 steps) while the LR rises exponentially
 10, record the loss and its debiased exponential moving average (beta 0.98), stop once that
 smoothed loss exceeds 4x its minimum, then put every weight (BatchNorm statistics included)
 and every random-number generator back as they were. The suggestion is fastai's "valley": the
-longest run of falling smoothed losses, taken at two thirds of its way down.
+longest run of falling smoothed losses, int(length/3) + int(length/6) steps into it (fastai's
+documentation says "2/3 of the way", its code steps about halfway in; this is its code).
 
 `sweep` is the loop; `find_stage_lr` runs it on a training stage's model and data (what
 `tlearn train --lr find` and `tlearn lr-find` both use); `write_finding` writes lr_find.csv
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 CSV_FILE, PLOT_FILE = "lr_find.csv", "lr_find.png"
 RULE = "valley"
-RULE_TEXT = "valley: 2/3 of the way down the longest falling stretch of the smoothed loss (fastai)"
+RULE_TEXT = "fastai's valley rule: about halfway into the longest falling stretch of the smoothed loss"
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,10 @@ def sweep(module: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
 
 
 def valley(losses: list[float]) -> int:
-    """fastai's valley rule on a loss curve: the index 2/3 of the way along the longest
-    strictly falling subsequence. As fastai, the first tenth and the last 5 points are left
-    out (the start is noise, the end is the blow-up) when the curve is long enough."""
+    """fastai's valley rule on a loss curve: the longest strictly falling subsequence, and the
+    index int(length/3) + int(length/6) past its start (fastai's arithmetic, start estimate
+    included). As fastai, the first tenth and the last 5 points are left out (the start is
+    noise, the end is the blow-up) when the curve is long enough."""
     start, end = len(losses) // 10, len(losses) - 5
     if end - start < 3:
         start, end = 0, len(losses)
