@@ -15,7 +15,7 @@ from ._lazy import lazy_exports
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "TrainedModel": "api", "evaluate": "api", "fit": "api", "load": "api", "train": "api",
+    "TrainedModel": "api", "evaluate": "api", "fit": "api", "load": "api", "predict": "api", "train": "api",
     "DataConfig": "config", "ModelConfig": "config", "RunConfig": "config", "TrainConfig": "config",
     "UserError": "errors", "Classifier": "models", "create_model": "models", "list_models": "models",
     "freeze": "strategy", "unfreeze": "strategy", "configure_allocator": "allocator",

@@ -30,6 +30,7 @@ from .preprocessing import Preprocessing
 from .run_calibration import calibration_figures, mark_unknown, resolve_min_confidence
 from .runtime import seed_everything, setup_runtime
 from .train_state import ResumePoint
+from .tta import Views, average_views, views_for, views_transform
 
 logger = logging.getLogger(__name__)
 
@@ -128,25 +129,34 @@ class TrainedModel:
         return eval_transform(self.preprocessing)
 
     def predict(self, images: Iterable[str | Path | Image.Image | torch.Tensor] | str | Path,
-                top_k: int = 1, batch_size: int = 32, *, min_confidence: float | None = None,
-                coverage: float | None = None) -> list[dict[str, Any]]:
+                top_k: int = 1, batch_size: int = 32, *, tta: bool = False, tta_crops: int = 1,
+                min_confidence: float | None = None, coverage: float | None = None) -> list[dict[str, Any]]:
         """Top-k labels and (calibrated) probabilities for paths, PIL images, or preprocessed tensors.
 
         Inputs are decoded a batch at a time, so a long list of paths never sits in memory decoded.
+        `tta`: average the logits of each image and its horizontal flip; `tta_crops=5`: of five
+        crops (tta.py). A preprocessed tensor is then its views, (V, C, H, W).
         Below `min_confidence` (or the threshold answering `coverage` of the validation images; by
         default the run's own, from train --coverage) the label is "unknown".
         """
         if isinstance(images, (str, Path, Image.Image, torch.Tensor)):
             images = [images]
+        transform = self.views_transform(tta, tta_crops)
         threshold = self.min_confidence(min_confidence, coverage)
         results: list[dict[str, Any]] = []
         for batch in _batched(images, batch_size):
-            results += self.predict_batch(torch.stack([self.prepare(item) for item in batch]), top_k, threshold)
+            results += self.predict_batch(torch.stack([self.prepare(item, transform) for item in batch]), top_k,
+                                          threshold)
         return results
 
     def min_confidence(self, min_confidence: float | None = None, coverage: float | None = None) -> float | None:
         """The confidence threshold predict applies (run_calibration.resolve_min_confidence)."""
         return resolve_min_confidence(self.model.info, self.run_dir, min_confidence, coverage)
+
+    def views_transform(self, tta: bool = False, tta_crops: int = 1):
+        """The transform of `--tta` / `--tta-crops` (None: the plain image)."""
+        views = views_for(tta, tta_crops)
+        return None if views is None else views_transform(self.preprocessing, views)
 
     @torch.inference_mode()
     def predict_batch(self, batch: torch.Tensor, top_k: int = 1,
@@ -155,7 +165,9 @@ class TrainedModel:
         `min_confidence` (a number: `min_confidence()` resolves flags). Multi-label: the labels at or
         above their thresholds ("labels", "probs") and every class's probability ("scores")."""
         self.model.eval()
-        logits = self.model(batch.to(next(self.model.parameters()).device)).float()
+        views = batch.shape[1] if batch.ndim == 5 else 1  # test-time augmentation: (images, views, C, H, W)
+        inputs = batch.flatten(0, 1) if batch.ndim == 5 else batch
+        logits = average_views(self.model(inputs.to(next(self.model.parameters()).device)).float(), views)
         if self.multi_label:
             return predict_multi_label(logits.sigmoid().cpu(), self.model.info.thresholds, self.class_names)
         probs = probabilities(logits, self.model.info)  # softmax(logits / T): calibrated
@@ -164,12 +176,24 @@ class TrainedModel:
                               "label": self.class_names[row_indices[0]], "prob": row_values[0]}
                              for row_values, row_indices in zip(values.tolist(), indices.tolist())], min_confidence)
 
-    def prepare(self, item: str | Path | Image.Image | torch.Tensor) -> torch.Tensor:
-        """One input as the model's preprocessed CHW tensor."""
+    def prepare(self, item: str | Path | Image.Image | torch.Tensor, transform=None) -> torch.Tensor:
+        """One input as the model's preprocessed CHW tensor (`transform`: its views, tta.py)."""
         if isinstance(item, torch.Tensor):
-            return item if item.ndim == 3 else item.squeeze(0)
-        image = item if isinstance(item, Image.Image) else open_rgb(item, self.transform.decode_size)
-        return self.transform(image.convert("RGB"))
+            return item if item.ndim == 3 or transform is not None else item.squeeze(0)
+        transform = transform or self.transform
+        image = item if isinstance(item, Image.Image) else open_rgb(item, transform.decode_size)
+        return transform(image.convert("RGB"))
+
+
+def predict(run_or_model: str | Path | TrainedModel, images: Iterable[str | Path | Image.Image] | str | Path,
+            top_k: int = 1, batch_size: int = 32, *, tta: bool = False, tta_crops: int = 1,
+            min_confidence: float | None = None, coverage: float | None = None,
+            device: str = "cpu") -> list[dict[str, Any]]:
+    """`load(run).predict(...)`: top-k labels of images (multi-label: those at their thresholds;
+    single-label: "unknown" below the confidence threshold, see TrainedModel.predict)."""
+    trained = run_or_model if isinstance(run_or_model, TrainedModel) else load(run_or_model, device)
+    return trained.predict(images, top_k, batch_size, tta=tta, tta_crops=tta_crops, min_confidence=min_confidence,
+                           coverage=coverage)
 
 
 def _batched(items: Iterable, size: int):
@@ -193,7 +217,7 @@ def load(run_dir: str | Path, device: str = "cpu") -> TrainedModel:
 def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
              batch_size: int = 64, device: str = "auto", workers: int | None = None, *,
              labels: str | Path | None = None, path_col: str | None = None, label_col: str | None = None,
-             label_delim: str | None = None) -> dict:
+             label_delim: str | None = None, tta: bool = False, tta_crops: int = 1) -> dict:
     """top1, top5, balanced_acc, f1_macro, per_class and confusion of a run on a dataset, classes
     matched by name; warns when the data's largest class has 10x the images of its smallest.
     A multi-label run: map, f1_micro, f1_macro (at its stored thresholds), per_class AP/F1/support.
@@ -202,9 +226,11 @@ def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: s
     without split folders, or a table's test rows. Built-in data sets, plain folders and tables
     are split as the run was. `labels`: a .csv/.tsv table of paths under `data` and labels; a
     run trained on a table reads it again when `data` is the run's own data folder.
+    `tta`: also top1_tta and top5_tta (multi-label: map_tta), the logits of each image and its
+    horizontal flip averaged; `tta_crops=5`: five crops (and their flips with `tta`), tta.py.
     """
     return evaluation(run_or_model, data, split, batch_size, device, workers, labels=labels, path_col=path_col,
-                      label_col=label_col, label_delim=label_delim).result
+                      label_col=label_col, label_delim=label_delim, tta=tta, tta_crops=tta_crops).result
 
 
 @dataclass
@@ -217,26 +243,48 @@ class Evaluation:
 def evaluation(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
                batch_size: int = 64, device: str = "auto", workers: int | None = None, *,
                labels: str | Path | None = None, path_col: str | None = None,
-               label_col: str | None = None, label_delim: str | None = None) -> Evaluation:
+               label_col: str | None = None, label_delim: str | None = None, tta: bool = False,
+               tta_crops: int = 1) -> Evaluation:
     """`evaluate`, with the probabilities and samples behind the figures (one pass for both)."""
+    views = views_for(tta, tta_crops)
     trained = run_or_model if isinstance(run_or_model, TrainedModel) else load(run_or_model)
     samples = eval_samples(run_or_model, data, split, trained.class_names, labels=labels, path_col=path_col,
                            label_col=label_col, label_delim=label_delim, multi_label=trained.multi_label)
     if trained.multi_label:
-        return _evaluate_multi_label(trained, samples, batch_size, device, workers)
+        return _evaluate_multi_label(trained, samples, batch_size, device, workers, views)
     counts = class_counts(samples.labels, len(trained.class_names))
     warn_if_imbalanced(counts, trained.class_names, f"the evaluation data ({data})")
     runtime = setup_runtime(device)
     trained.model.to(runtime.device)
-    logits, targets = classify(trained.model, samples, runtime, batch_size=batch_size, workers=workers,
-                               cache_dir=default_cache_dir())
-    meter = ClassificationMeter(len(trained.class_names))
+    logits, averaged, targets = _classify(trained, samples, runtime, batch_size, workers, views)
+    probs = probabilities(logits, trained.model.info)  # calibrated: softmax(logits / T)
+    result = {**_scores(logits, targets, trained.class_names), "imbalance_ratio": round(imbalance_ratio(counts), 2),
+              **calibration_figures(logits, probs, targets, trained.model.info)}
+    if averaged is not None:
+        tta_result = _scores(averaged, targets, trained.class_names)
+        result.update(top1_tta=tta_result["top1"], top5_tta=tta_result["top5"], tta_views=views.count)
+    return Evaluation(result, probs, samples)
+
+
+def _scores(logits: torch.Tensor, targets: torch.Tensor, class_names: list[str]) -> dict:
+    meter = ClassificationMeter(len(class_names))
     if len(targets):
         meter.update(logits, targets, torch.nn.functional.cross_entropy(logits, targets).item())
-    probs = probabilities(logits, trained.model.info)  # calibrated: softmax(logits / T)
-    result = {**meter.result().to_dict(trained.class_names), "imbalance_ratio": round(imbalance_ratio(counts), 2),
-              **calibration_figures(logits, probs, targets, trained.model.info)}
-    return Evaluation(result, probs, samples)
+    return meter.result().to_dict(class_names)
+
+
+def _classify(trained: TrainedModel, samples: Samples, runtime, batch_size: int, workers: int | None,
+              views: Views | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(plain logits, the views' averaged logits or None, labels): one pass when plain evaluation's
+    image is one of the views, else a plain pass too."""
+    logits, targets = classify(trained.model, samples, runtime, batch_size=batch_size, workers=workers,
+                               cache_dir=default_cache_dir(), views=views)
+    if views is None:
+        return logits, None, targets
+    index = views.plain_index(trained.preprocessing)
+    plain = logits[:, index] if index is not None else classify(
+        trained.model, samples, runtime, batch_size=batch_size, workers=workers, cache_dir=default_cache_dir())[0]
+    return plain.contiguous(), logits.mean(dim=1), targets
 
 
 def eval_samples(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
@@ -296,15 +344,21 @@ def _same_path(a: str | Path, b: str | Path) -> bool:
 
 
 def _evaluate_multi_label(trained: TrainedModel, samples: Samples, batch_size: int, device: str,
-                          workers: int | None) -> Evaluation:
-    """mAP, F1 at the run's stored thresholds (and at 0.5), per-class AP/F1/support."""
+                          workers: int | None, views: Views | None = None) -> Evaluation:
+    """mAP, F1 at the run's stored thresholds (and at 0.5), per-class AP/F1/support; with
+    `views`, map_tta and f1_micro_tta of the averaged logits too."""
     runtime = setup_runtime(device)
     trained.model.to(runtime.device)
-    logits, targets = classify(trained.model, samples, runtime, batch_size=batch_size, workers=workers,
-                               cache_dir=default_cache_dir())
+    logits, averaged, targets = _classify(trained, samples, runtime, batch_size, workers, views)
     targets = targets.float().reshape(len(logits), len(trained.class_names))
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets).item() if len(targets) else 0.0
-    probs = logits.sigmoid()
     thresholds = trained.model.info.thresholds or [DEFAULT_THRESHOLD] * len(trained.class_names)
-    result = score(probs.numpy(), targets.numpy(), thresholds, loss)
-    return Evaluation(result.to_dict(trained.class_names), probs, samples)
+
+    def scored(outputs: torch.Tensor):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(outputs, targets).item() if len(targets) else 0.0
+        return score(outputs.sigmoid().numpy(), targets.numpy(), thresholds, loss)
+
+    result = scored(logits).to_dict(trained.class_names)
+    if averaged is not None:
+        tta_result = scored(averaged)
+        result.update(map_tta=tta_result.map, f1_micro_tta=tta_result.f1_micro, tta_views=views.count)
+    return Evaluation(result, logits.sigmoid(), samples)

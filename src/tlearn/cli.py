@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", default=None, metavar="RUN", help="continue an interrupted run")
     add_config_flags(train)
 
+    _add_lr_find_flags(command("lr-find", help="sweep the LR (fastai's lr_find): plot, csv and a suggested LR"))
+
     evaluate = command("eval", help="evaluate a run folder's model on a dataset")
     evaluate.add_argument("run")
     evaluate.add_argument("--data", required=True, help="folder of class folders, dataset root, or digits/cifar10")
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--report", action="store_true", help="write report.html for this data into RUN")
     add_table_flags(evaluate)
+    _add_tta_flags(evaluate)
 
     predict = command("predict", help="predict labels of image files, folders or globs")
     predict.add_argument("run")
@@ -71,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "default: the run's own, from train --coverage)")
     predict.add_argument("--coverage", type=float, default=None, metavar="C",
                          help="answer a fraction C of images: the threshold that answers C of the validation split")
+    _add_tta_flags(predict)
 
     export = command("export", help="export a run's model to ONNX or TorchScript, parity-checked")
     export.add_argument("run")
@@ -94,6 +98,27 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--groups", metavar="NAME", default=None,
                         help="print NAME's backbone block groups (--unfreeze gradual, --layer-decay)")
     return parser
+
+
+def _add_tta_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average the logits of each image and its horizontal flip")
+    parser.add_argument("--tta-crops", type=int, default=1,
+                        help="5: average five crops (corners and centre) of the resized image, each with its flip "
+                             "under --tta (default 1: the centre crop)")
+
+
+# Flags of train that mean nothing to one sweep of at most an epoch.
+LR_FIND_SKIPPED = frozenset({"strategy", "epochs", "head_epochs", "head_solver", "patience", "min_delta", "monitor",
+                             "lr", "warmup_epochs", "report", "tensorboard", "unfreeze_last", "probe_augment"})
+
+
+def _add_lr_find_flags(lr_find: argparse.ArgumentParser) -> None:
+    lr_find.add_argument("--strategy", choices=("finetune", "linear-probe"), default="finetune",
+                         help="finetune: everything, backbone at --backbone-lr-mult x the LR; linear-probe: the "
+                              "head on cached features (default finetune)")
+    lr_find.add_argument("--out", default=".", help="folder for lr_find.csv and lr_find.png (default: here)")
+    add_config_flags(lr_find, skip=LR_FIND_SKIPPED)
 
 
 def _add_features_flags(features: argparse.ArgumentParser) -> None:
@@ -121,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     allocator = configure_allocator()
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose - args.quiet, to_stderr=getattr(args, "json", False))
-    logging.getLogger("tlearn").log(logging.INFO if args.command in ("train", "demo") else logging.DEBUG, allocator)
+    logging.getLogger("tlearn").log(logging.INFO if args.command in ("train", "demo", "lr-find") else logging.DEBUG, allocator)
     try:
         return COMMANDS[args.command](args)
     except UserError as error:
@@ -171,6 +196,25 @@ def _train(config, out):
     from . import api
 
     return api.train(config, out, data=data)
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    if not args.data:
+        raise UserError("lr-find needs --data (a folder, digits, cifar10 or cifar100)")
+    _check_train_paths(args, args.data)
+    config = config_from_flags(args)
+    if config.data.source not in BUILTIN_DATASETS and not os.path.exists(config.data.source):
+        raise UserError(f"data folder not found: {config.data.source} (or use {', '.join(BUILTIN_DATASETS)})")
+    from .lr_find_command import lr_find
+    from .lr_finder import CSV_FILE, PLOT_FILE
+
+    finding = lr_find(config, args.out)
+    if _is_main_process():
+        out = Path(args.out)
+        print(finding.describe())
+        print(f"wrote {out / CSV_FILE} and {out / PLOT_FILE}")
+    _close_process_group()
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -231,6 +275,7 @@ def _print_summary(summary: dict, run_dir) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    _check_tta_crops(args.tta_crops)
     _require_folder(args.run, "run folder", exists=True)
     if args.data not in BUILTIN_DATASETS:
         _require_folder(args.data, "--data", exists=True)
@@ -239,7 +284,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     table = {"labels": args.labels, "path_col": args.path_col, "label_col": args.label_col,
              "label_delim": args.label_delim}
     evaluated = api.evaluation(args.run, args.data, split=args.split, batch_size=args.batch_size,
-                               device=args.device, workers=args.workers, **table)
+                               device=args.device, workers=args.workers, tta=args.tta, tta_crops=args.tta_crops,
+                               **table)
     result = evaluated.result
     if args.report:
         from .run_report import report_run
@@ -257,7 +303,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_tta_crops(crops: int) -> None:
+    if crops not in (1, 5):  # before any model or data is read
+        raise UserError(f"--tta-crops must be 1 or 5, got {crops}")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    _check_tta_crops(args.tta_crops)
     _require_folder(args.run, "run folder", exists=True)
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
@@ -279,7 +331,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     trained = api.load(args.run, device=args.device)
     top_k = min(args.top_k, len(trained.class_names))
     threshold = trained.min_confidence(args.min_confidence, args.coverage)
-    predictions = predict_files(trained, paths, top_k=top_k, batch_size=args.batch_size, min_confidence=threshold)
+    predictions = predict_files(trained, paths, top_k=top_k, batch_size=args.batch_size, min_confidence=threshold,
+                                tta=args.tta, tta_crops=args.tta_crops)
     delim = (trained.model.info.label_delim or " ") if trained.multi_label else None
     from .cli_output import print_predictions
 
@@ -438,7 +491,7 @@ def _require_parent_folder(path: str, what: str) -> None:
         raise UserError(f"{what} {path} cannot be created: {parent} is a file, not a folder")
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "models": cmd_models,
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "lr-find": cmd_lr_find, "eval": cmd_eval, "models": cmd_models,
             "features": cmd_features, "predict": cmd_predict, "export": cmd_export, "select": cmd_select,
             "audit": cmd_audit}
 

@@ -44,7 +44,7 @@ def _add_flag(group, item: dataclasses.Field, default: Any) -> None:
         action = "store_false" if item.default else "store_true"
         group.add_argument(flag, dest=dest, action=action, default=default, help=meta["help"])
         return
-    kind = _TYPES[item.type.replace(" | None", "")]
+    kind = meta.get("parse") or _TYPES[item.type.replace(" | None", "")]
     text = meta["help"] if default == item.default else meta["help"].split("; default")[0]
     hint = text if default is None else f"{text} (default {default})"
     group.add_argument(flag, dest=dest, type=kind, default=default, choices=meta["choices"], help=hint)

@@ -36,6 +36,9 @@ def print_evaluation(result: dict) -> None:
         print(f"images {result['count']}  mAP {result['map']:.4f}  micro-F1 {result['f1_micro']:.4f}  "
               f"macro-F1 {result['f1_macro']:.4f} (stored thresholds; at 0.5: {result['f1_micro_at_0.5']:.4f}, "
               f"{result['f1_macro_at_0.5']:.4f})  loss {result['loss']:.4f}")
+        if "map_tta" in result:
+            print(f"with test-time augmentation ({result['tta_views']} views): mAP {result['map_tta']:.4f}  "
+                  f"micro-F1 {result['f1_micro_tta']:.4f}")
         print(f"\n  {'class':<{width}}  {'AP':>6}  {'F1':>6}  {'threshold':>9}  support")
         for name, row in result["per_class"].items():
             ap = "     -" if row["ap"] is None else f"{row['ap']:.4f}"
@@ -49,6 +52,9 @@ def print_evaluation(result: dict) -> None:
                     f"top-1 on them {result['answered_top1']:.4f}") if "answered" in result else ""
         print(f"calibration: ECE {result['ece']:.4f} at temperature {result['temperature']:.3f} "
               f"({result['ece_uncalibrated']:.4f} without){answered}")
+    if "top1_tta" in result:
+        print(f"with test-time augmentation ({result['tta_views']} views): top-1 {result['top1_tta']:.4f}  "
+              f"top-5 {result['top5_tta']:.4f}")
     print("\nper-class accuracy")
     for name, accuracy in result["per_class"].items():
         print(f"  {name:<{width}}  {accuracy:.4f}")

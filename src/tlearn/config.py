@@ -6,6 +6,7 @@ this file explain every number a run used.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,17 +26,29 @@ UNFREEZE_MODES = ("all", "gradual")  # fine-tuning: everything at once, or block
 BALANCE_MODES = ("none", "reweight", "resample", "logit-adjust")  # see balance.py
 BACKBONE_LR_MULT = 0.1  # the default of --backbone-lr-mult; --layer-decay replaces it
 BUILTIN_DATASETS = ("digits", "cifar10", "cifar100")  # --data names that are not folders
+LR_FIND = "find"  # --lr find: the LR finder picks the last stage's LR (lr_finder.py)
+
+
+def lr_value(text: str) -> float | str:
+    """--lr: a number, or `find`."""
+    if text.strip().lower() == LR_FIND:
+        return LR_FIND
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or {LR_FIND}, got {text!r}") from None
 
 
 def option(default: Any, help: str, *, group: str, choices: tuple[str, ...] | None = None,
-           flag: str | None = None, dest: str | None = None, cli: bool = True) -> Any:
+           flag: str | None = None, dest: str | None = None, cli: bool = True, parse: Any = None) -> Any:
     """A setting with its command-line description beside its default (cli_flags.py reads it).
 
     `flag`: the flag when it is not --field-name (a True default becomes --no-...); `dest`: the
-    argparse name when it differs from the field's; `cli=False`: no flag.
+    argparse name when it differs from the field's; `cli=False`: no flag; `parse`: the flag's
+    argparse type when the field's own type is not enough.
     """
     return field(default=default, metadata={"help": help, "group": group, "choices": choices, "flag": flag,
-                                            "dest": dest, "cli": cli})
+                                            "dest": dest, "cli": cli, "parse": parse})
 
 
 @dataclass(frozen=True)
@@ -160,7 +173,9 @@ class TrainConfig:
                                   "logit-adjust the predictions (subtract tau x log prior)", group="strategy",
                           choices=BALANCE_MODES)
     balance_tau: float = option(1.0, "tau of --balance logit-adjust", group="strategy")
-    lr: float | None = option(None, "head LR (default 1e-3 AdamW, 0.01 SGD)", group="optimizer")
+    lr: float | str | None = option(None, "head LR (default 1e-3 AdamW, 0.01 SGD), or find: the LR finder picks "
+                                          "the last stage's LR (fine-tuning's, in two-stage)", group="optimizer",
+                                    parse=lr_value)
     backbone_lr_mult: float = option(BACKBONE_LR_MULT, "backbone LR = head LR x this, when fine-tuning", group="optimizer")
     # BEiT / timm: depth 0 is the head, 1 the top block group; replaces --backbone-lr-mult.
     layer_decay: float | None = option(None, "layer-wise LR decay: a backbone block group's LR = head LR x this ^ "
@@ -230,7 +245,9 @@ class TrainConfig:
             raise ConfigError(f"--patience must be at least 1, got {self.patience}")
         if self.min_delta < 0:
             raise ConfigError(f"--min-delta must be 0 or more, got {self.min_delta}")
-        if self.lr is not None and self.lr <= 0:
+        if isinstance(self.lr, str) and self.lr != LR_FIND:
+            raise ConfigError(f"--lr must be a number above 0 or {LR_FIND}, got {self.lr!r}")
+        if self.lr is not None and self.lr != LR_FIND and self.lr <= 0:
             raise ConfigError(f"--lr must be above 0, got {self.lr}")
         if self.backbone_lr_mult <= 0:
             raise ConfigError(f"--backbone-lr-mult must be above 0, got {self.backbone_lr_mult}")
@@ -245,7 +262,7 @@ class TrainConfig:
 
     @property
     def resolved_lr(self) -> float:
-        if self.lr is not None:
+        if self.lr is not None and self.lr != LR_FIND:  # find: stages before the finder's use the default
             return self.lr
         return 1e-3 if self.optimizer == "adamw" else 0.01
 

@@ -68,8 +68,11 @@ class FeatureExtractor:
     cache_dir: Path | None = None  # None: no cache
     cache_failed: bool = field(default=False, init=False)  # warned once; stores are skipped since
 
-    def extract(self, model: Classifier, samples: Samples, description: str = "features") -> torch.Tensor:
+    def extract(self, model: Classifier, samples: Samples, description: str = "features",
+                transform=None) -> torch.Tensor:
         """Backbone outputs for every sample, in order, as float32 on the CPU (eval mode).
+        `transform`: decoded image -> uint8 image, or uint8 views (V, C, H, W): test-time
+        augmentation (tta.py), whose rows then come view after view.
 
         Under torchrun each process extracts its shard of whole batches and every process
         returns all the features, bit-identical to a single process's (feature_shards.py)."""
@@ -79,7 +82,7 @@ class FeatureExtractor:
         if runtime.distributed:
             shard = samples.subset(shard_indices(len(samples), self.batch_size, runtime.rank, runtime.world_size))
         chunks: list[torch.Tensor] = []
-        how, shares = self._forward(model, samples, shard, description, chunks.append), ""
+        how, shares = self._forward(model, samples, shard, description, chunks.append, transform), ""
         if runtime.distributed:
             features, counts = gather_batches(chunks, runtime)
             shares = f"; shards of {' + '.join(map(str, counts))} images over {runtime.world_size} processes"
@@ -88,13 +91,18 @@ class FeatureExtractor:
         _log_extraction(description, len(samples), how, start, shares)
         return features
 
-    def _forward(self, model: Classifier, samples: Samples, shard: Samples, description: str, consume) -> str:
+    def _forward(self, model: Classifier, samples: Samples, shard: Samples, description: str, consume,
+                 transform=None) -> str:
         """`consume(features)` for each batch of `shard`, in order; says which backend and decoding ran."""
         graph_batch = max(1, min(self.batch_size, len(samples)))  # the ONNX graph's fixed batch, from the whole
         backend = self._backend(model, graph_batch)
         where = "inline"
-        batches = _forward_batches(backend, shard, eval_transform_uint8(model.info.preprocessing), self.batch_size,
-                                   self.workers, self.runtime.device)
+
+        def forward(images: torch.Tensor) -> torch.Tensor:  # views of each image (tta.py) as consecutive rows
+            return backend(images.flatten(0, 1) if images.ndim == 5 else images)
+
+        batches = _forward_batches(forward, shard, transform or eval_transform_uint8(model.info.preprocessing),
+                                   self.batch_size, self.workers, self.runtime.device)
         with torch.inference_mode():
             for features, where in tqdm(batches, total=-(-len(shard) // self.batch_size), desc=description,
                                         leave=False, disable=None if self.runtime.is_main else True):

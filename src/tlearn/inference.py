@@ -18,6 +18,7 @@ from .features import FeatureExtractor
 from .loops import predict_logits
 from .models.classifier import Classifier
 from .runtime import Runtime
+from .tta import Views, views_transform, views_transform_uint8
 
 # Below this many images, PyTorch eager: exporting Lite0 to ONNX and checking it takes about as
 # long as eager evaluation of 150 images at 224 px on 2 cores (measured: export + session 5-18 s,
@@ -26,15 +27,29 @@ ENGINE_MIN_IMAGES = 256
 
 
 def classify(model: Classifier, samples: Samples, runtime: Runtime, *, batch_size: int = 64,
-             workers: int | None = None, cache_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) of every sample, in order, on the CPU; the model in eval mode."""
+             workers: int | None = None, cache_dir: Path | None = None,
+             views: Views | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of every sample, in order, on the CPU; the model in eval mode. With `views`
+    (tta.py): the logits of every view of every sample, (N, V, classes), through the same engine."""
     model.eval()
     labels = torch.tensor(samples.labels, dtype=torch.int64)
+    count = views.count if views is not None else 1
     if runtime.device.type != "cpu" or len(samples) < ENGINE_MIN_IMAGES:
-        loader = make_loader(samples, eval_transform(model.info.preprocessing), batch_size=batch_size,
-                             shuffle=False, workers=workers, device=runtime.device)
-        return predict_logits(model, loader, runtime), labels
-    extractor = FeatureExtractor(runtime, batch_size=batch_size, workers=workers, cache_dir=cache_dir)
-    features = extractor.extract(model, samples, description="evaluation")
-    with torch.inference_mode():
-        return model.head(features).float(), labels
+        prep = model.info.preprocessing
+        transform = eval_transform(prep) if views is None else views_transform(prep, views)
+        loader = make_loader(samples, transform, batch_size=batch_size, shuffle=False, workers=workers,
+                             device=runtime.device)
+        logits = predict_logits(model, _flattened(loader), runtime)
+    else:
+        extractor = FeatureExtractor(runtime, batch_size=batch_size, workers=workers, cache_dir=cache_dir)
+        transform = None if views is None else views_transform_uint8(model.info.preprocessing, views)
+        features = extractor.extract(model, samples, description="evaluation", transform=transform)
+        with torch.inference_mode():
+            logits = model.head(features).float()
+    return (logits if views is None else logits.reshape(len(samples), count, -1)), labels
+
+
+def _flattened(loader):
+    """Batches of (images, views, C, H, W) as (images x views, C, H, W), view after view."""
+    for images, labels in loader:
+        yield (images.flatten(0, 1) if images.ndim == 5 else images), labels

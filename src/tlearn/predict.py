@@ -47,11 +47,13 @@ def collect_paths(inputs: list[str]) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(found)), missing
 
 
-def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch_size: int = 32,
-                  min_confidence: float | None = None) -> Predictions:
+def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch_size: int = 32, *,
+                  min_confidence: float | None = None, tta: bool = False, tta_crops: int = 1) -> Predictions:
     """Batched prediction, decoding a batch at a time; files that fail to decode are listed, not fatal.
-    Below `min_confidence` (calibrated top probability) an image's label is "unknown"."""
+    Below `min_confidence` (calibrated top probability) an image's label is "unknown".
+    `tta`, `tta_crops`: test-time augmentation, the views' logits averaged (tta.py)."""
     result = Predictions([])
+    transform = trained.views_transform(tta, tta_crops)
     batch: list[tuple[str, torch.Tensor]] = []
 
     def flush():
@@ -64,7 +66,7 @@ def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch
 
     for path in paths:
         try:
-            batch.append((path, trained.prepare(path)))
+            batch.append((path, trained.prepare(path, transform)))
         except Exception as error:  # unreadable, truncated, not an image
             result.unreadable.append((path, first_line(error)))
         if len(batch) >= batch_size:

@@ -48,6 +48,13 @@ def write_config(run_dir: Path, config: RunConfig, resolved: dict[str, Any]) -> 
     atomic_write(run_dir / CONFIG_FILE, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
+def update_resolved(run_dir: Path, **values: Any) -> None:
+    """Add to config.yaml's resolved section what a run decides after it started (--lr find's LR)."""
+    data = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    data.setdefault("resolved", {}).update(values)
+    atomic_write(run_dir / CONFIG_FILE, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
 def read_config(run_dir: Path) -> RunConfig:
     path = run_dir / CONFIG_FILE
     if not path.is_file():

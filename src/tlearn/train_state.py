@@ -47,6 +47,8 @@ class Progress:
     # thresholds chosen on its validation probabilities (stored in model.json at the end).
     best_values: dict[str, float] = field(default_factory=dict)
     best_thresholds: list[float] = field(default_factory=list)
+    # --lr find: the finder's LR and rule (lr_finder.Finding.record), so a resumed run reuses it.
+    lr_found: dict[str, Any] | None = None
 
 
 @dataclass

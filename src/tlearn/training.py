@@ -18,7 +18,7 @@ from torch import nn
 
 from . import checkpoint, run_folder
 from .balance import Balance, imbalance_ratio, warn_if_imbalanced
-from .config import RunConfig
+from .config import LR_FIND, RunConfig
 from .data.sources import DatasetSplits
 from .early_stopping import monitor_value, observe, require_monitor
 from .epoch_figures import describe, result_fields, selection_score, train_fields
@@ -26,6 +26,7 @@ from .features import default_cache_dir
 from .head_solver import HeadObjective, fit_linear_head_lbfgs
 from .layer_groups import backbone_trains, gradual_epoch, log_block_groups
 from .loops import evaluate_loader, train_one_epoch
+from .lr_finder import stage_lr_config, stage_to_sweep
 from .metrics import EpochStats, EvalResult
 from .mixing import make_mixer, warn_if_ignored
 from .models.block_groups import block_groups
@@ -61,6 +62,7 @@ class Run:
     # The best epoch's validation probabilities, when that epoch ran in this process and this
     # process saw every validation image: the report then needs no pass of its own.
     best_val_probs: torch.Tensor | None = None
+    lr_stage: int | None = None  # --lr find: the stage whose LR the finder picks
 
     @property
     def writes(self) -> bool:
@@ -114,6 +116,7 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
     if run.writes and tc.tensorboard:
         run.tensorboard = _open_tensorboard(run.run_dir)
     stages = plan_stages(config, model, tuple(progress.as_is_trainable))
+    run.lr_stage = stage_to_sweep(stages) if tc.lr == LR_FIND else None
     if run.cache_dir is not None and not all(stage.on_features for stage in stages):
         run.data = cache_decoded_images(run.data, model.info.preprocessing, config.data, runtime, run.cache_dir)
     start, stage_state = progress.stage_index, None
@@ -239,6 +242,9 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
     if stage.solver == "lbfgs":
         _solve_head(StageRun(model, stage, stage_data, None, mark), run)
         return
+    if index == run.lr_stage:  # --lr find
+        tc = stage_lr_config(model, stage.name, stage_data, run.config, run.runtime, run.progress,
+                             _training_loss(run, stage_data, model), run.run_dir if run.writes else None)
     optimizer = make_optimizer(parameter_groups(model, tc), tc)
     steps = len(stage_data.train)
     scheduler = make_scheduler(optimizer, stage.epochs * steps, int(round(tc.warmup_epochs * steps)))
@@ -248,14 +254,22 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
     _train_epochs(StageRun(model, stage, stage_data, state, mark), run)
 
 
+def _training_loss(run: Run, stage_data: StageData, model: Classifier, smoothing: float | None = None) -> nn.Module:
+    """`smoothing`: None for --label-smoothing (0 when mixup/cutmix's soft targets carry it)."""
+    if model.info.multi_label:
+        return nn.BCEWithLogitsLoss()
+    smoothing = run.config.train.label_smoothing if smoothing is None else smoothing
+    return run.balance.training_loss(smoothing, run.runtime.device,
+                                     sampled=stage_data.balanced_sampler)
+
+
 def _train_epochs(current: StageRun, run: Run) -> None:
     model, stage, stage_data, state = current.model, current.stage, current.data, current.state
     tc, runtime = run.config.train, run.runtime
     multi = model.info.multi_label
     mixer = None if stage_data.cached else make_mixer(run.config, model.info.num_classes, multi)
     smoothing = 0.0 if mixer is not None else tc.label_smoothing  # the mixer's soft targets carry it
-    loss_fn = nn.BCEWithLogitsLoss() if multi else \
-        run.balance.training_loss(smoothing, runtime.device, sampled=stage_data.balanced_sampler)
+    loss_fn = _training_loss(run, stage_data, model, smoothing)
     eval_loss = nn.BCEWithLogitsLoss() if multi else nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
     train_module = _train_module(model, stage_data, runtime)
     groups = block_groups(model) if stage.gradual else []
