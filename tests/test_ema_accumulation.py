@@ -76,7 +76,8 @@ def test_a_head_average_is_published_in_place_of_the_live_head():
     assert published_weights(weights, None) is weights
 
 
-def _train_without_batchnorm(batch_size: int, accumulate: int, scaled: bool) -> tuple[nn.Module, int]:
+def _train_without_batchnorm(batch_size: int, accumulate: int, scaled: bool = False,
+                             wrap=lambda model: model) -> tuple[nn.Module, int]:
     """Two epochs of a conv + LayerNorm model on 22 samples: groups of 4-image micro-batches leave an
     incomplete last group (4 + 2 samples for N=2; 2 micro-batches instead of 4 for N=4)."""
     torch.manual_seed(0)
@@ -90,9 +91,10 @@ def _train_without_batchnorm(batch_size: int, accumulate: int, scaled: bool) -> 
     scheduler = make_scheduler(optimizer, 2 * steps, 1)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10) if scaled else None
     runtime = setup_runtime("cpu", channels_last=False)
+    module = wrap(model)
     for _ in range(2):
-        train_one_epoch(model, loader, optimizer, scheduler, runtime, nn.CrossEntropyLoss(), num_classes=3,
-                        scaler=scaler, accumulate=accumulate)
+        train_one_epoch(module, loader, optimizer, scheduler, runtime, nn.CrossEntropyLoss(), num_classes=3,
+                        scaler=scaler, accumulate=accumulate, sharded=False)
     return model, scheduler.last_epoch
 
 
@@ -106,6 +108,29 @@ def test_accumulating_n_batches_equals_one_batch_n_times_larger(accumulate, scal
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), f"{name}: max diff {(a - b).abs().max():.2e}"
     unaccumulated, _ = _train_without_batchnorm(4, 1, scaled)  # the test can fail: batch size matters
     assert not torch.allclose(unaccumulated[-1].weight, small[-1].weight, rtol=1e-5, atol=1e-6)
+
+
+class CountingDDP(nn.parallel.DistributedDataParallel):
+    unsynced = 0
+
+    def no_sync(self):
+        CountingDDP.unsynced += 1
+        return super().no_sync()
+
+
+def test_under_ddp_only_the_last_micro_batch_of_a_group_synchronises(tmp_path):
+    """A one-process gloo group: DDP with no_sync on the other micro-batches trains the same weights."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped, _ = _train_without_batchnorm(4, 4, wrap=CountingDDP)
+    finally:
+        dist.destroy_process_group()
+    plain, _ = _train_without_batchnorm(4, 4)
+    assert CountingDDP.unsynced == 2 * (3 + 1)  # 6 micro-batches an epoch, groups of 4 and 2: all but 2
+    for (name, a), b in zip(plain.state_dict().items(), wrapped.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
 
 
 def _rows_without_timing(run: Path) -> list[dict]:
