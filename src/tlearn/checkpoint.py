@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from .ema import published_weights
 from .errors import RunFolderError
 from .files import atomic_save_tensors, read_json, write_json
 from .models.classifier import Classifier, ModelInfo
@@ -98,7 +99,8 @@ def load_model(run_dir: str | Path, filename: str = MODEL_FILE) -> Classifier:
         # Killed between the first commit and its derived files: the committed epoch is the
         # only one, so it is also the last and the best.
         path = run_dir / STATE_FILE
-        weights = load_train_state(run_dir)[0]
+        weights, state = load_train_state(run_dir)
+        weights = published_weights(weights, (state.get("stage_state") or {}).get("ema"))
     else:
         weights = read_tensors(path)
     load_weights(model, weights, path)

@@ -186,6 +186,13 @@ class TrainConfig:
                                         group="optimizer")
     label_smoothing: float = option(0.0, "cross-entropy label smoothing", group="optimizer")
     warmup_epochs: float = option(0.0, "linear warm-up before the cosine decay, per stage", group="optimizer")
+    # ema.py: timm's ModelEmaV3 with warm-up; accumulation.py: exact for models without train-mode BatchNorm.
+    ema_decay: float | None = option(None, "keep an exponential moving average of the weights (decay D, e.g. "
+                                           "0.999, warmed up) in stages that run the optimiser; validation and "
+                                           "the saved model use it; an L-BFGS head solve has none",
+                                     group="optimizer")
+    accumulate: int = option(1, "micro-batches per optimiser step (gradient accumulation): the step sees "
+                                "--batch-size x N images", group="optimizer")
     device: str = option("auto", "where to train", group="runtime", choices=DEVICES)
     amp: bool = option(False, "mixed precision (CUDA): bf16 where supported, else fp16 with a grad scaler",
                        group="runtime")
@@ -259,6 +266,10 @@ class TrainConfig:
             raise ConfigError(f"--warmup-epochs must be 0 or more, got {self.warmup_epochs}")
         if self.coverage is not None and not 0.0 < self.coverage <= 1.0:
             raise ConfigError(f"--coverage must be above 0 and at most 1, got {self.coverage}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"--ema-decay must be between 0 and 1 (exclusive), got {self.ema_decay}")
+        if self.accumulate < 1:
+            raise ConfigError(f"--accumulate must be at least 1, got {self.accumulate}")
 
     @property
     def resolved_lr(self) -> float:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .accumulation import gradient_sync, micro_batches
 from .errors import TrainingError
 from .metrics import ClassificationMeter, EpochStats, EvalResult
 from .models.classifier import AuxOutput
@@ -31,8 +32,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     scheduler, runtime: Runtime, loss_fn: Callable, *, num_classes: int,
                     scaler: torch.amp.GradScaler | None = None, aux_weight: float = 0.0,
                     description: str = "train", prepare: Callable | None = None, sharded: bool = True,
-                    multi_label: bool = False, mix: Callable | None = None) -> EpochStats:
-    """One pass over `loader`; the LR schedule steps per batch. Returns loss, top1, images/s and
+                    multi_label: bool = False, mix: Callable | None = None, accumulate: int = 1,
+                    after_step: Callable[[], None] | None = None) -> EpochStats:
+    """One pass over `loader`; the LR schedule steps per optimiser step. Returns loss, top1, images/s and
     where the time went: waiting for data, forward + backward, the optimiser step (on CUDA the
     split is approximate: kernels run asynchronously).
 
@@ -40,6 +42,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     `sharded`: each torchrun process saw a different part of the data (sum the metrics).
     `multi_label`: multi-hot targets; "top1" is then micro F1 at 0.5 (multilabel.py).
     `mix(inputs, targets)`: mixup/cutmix (mixing.py) -> inputs, soft targets, targets to count.
+    `accumulate`: micro-batches per optimiser step (accumulation.py); `after_step()` runs after each
+    optimiser step (the EMA's update, ema.py).
     """
     prepare = prepare or runtime.to_device
     meter = TrainMeter(num_classes) if multi_label else ClassificationMeter(num_classes)
@@ -48,7 +52,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     progress = tqdm(loader, desc=description, leave=False, disable=None if runtime.is_main else True,
                     dynamic_ncols=True)
     mark = time.perf_counter()
-    for step, (inputs, targets) in enumerate(progress):
+    for step, (inputs, targets, micro) in enumerate(micro_batches(progress, accumulate)):
         began = time.perf_counter()
         waited += began - mark
         inputs, targets = prepare(inputs), targets.to(runtime.device, non_blocking=True)
@@ -60,17 +64,23 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         if not math.isfinite(loss.item()):
             raise TrainingError(f"non-finite loss ({loss.item()}) in {description}, step {step + 1}; "
                                 "the last good checkpoint is kept; try a lower --lr")
-        optimizer.zero_grad(set_to_none=True)
+        if micro.first:
+            optimizer.zero_grad(set_to_none=True)
         scaled = scaler is not None and scaler.is_enabled()
-        (scaler.scale(loss) if scaled else loss).backward()
+        weighted = loss if micro.share == 1 else loss * micro.share  # the group's mean loss, summed
+        with gradient_sync(model, micro):
+            (scaler.scale(weighted) if scaled else weighted).backward()
         backward_done = time.perf_counter()
         computed += backward_done - began
-        if scaled:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
+        if micro.last:
+            if scaled:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            if after_step is not None:
+                after_step()
         stepped += time.perf_counter() - backward_done
         meter.update(logits, counted, loss.item())
         seen += len(targets)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import checkpoint, run_folder
+from .ema import WeightAverage, published_weights
 from .errors import RunFolderError
 from .models.classifier import Classifier
 
@@ -58,16 +59,20 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
+    ema: WeightAverage | None = None  # --ema-decay
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict()}
+        saved = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict()}
+        return saved if self.ema is None else {**saved, "ema": self.ema.state_dict()}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         if saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["ema"])
 
 
 @dataclass
@@ -84,6 +89,11 @@ class ResumePoint:
         weights, saved = checkpoint.load_train_state(run_dir)
         return cls(weights, Progress(**saved["progress"]), saved["stage_state"], saved["rng"])
 
+    @property
+    def published_weights(self) -> dict[str, torch.Tensor]:
+        """The committed epoch's weights as last/model.safetensors hold them (averaged with --ema-decay)."""
+        return published_weights(self.weights, (self.stage_state or {}).get("ema"))
+
     def restore_rng(self) -> None:
         random.setstate(_as_tuple(self.rng["python"]))
         np.random.set_state(self.rng["numpy"])
@@ -94,22 +104,24 @@ def commit_epoch(run_dir: Path, model: Classifier, progress: Progress, state: Tr
                  improved: bool) -> None:
     """The committed state first (one atomic file), then what is derived from it."""
     epoch = len(progress.rows)
+    ema = state.ema if state is not None else None
+    published = model if ema is None else published_weights(model.state_dict(), ema.state_dict())
     with deferred_interrupt(), run_folder_writes(run_dir, f"the checkpoint of epoch {epoch}"):
         checkpoint.save_train_state(run_dir, model, {
             "progress": vars(progress),
             "stage_state": state.state_dict() if state is not None else None,
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
         })
-        checkpoint.save_model(run_dir, model, checkpoint.LAST_FILE, epoch=epoch)
+        checkpoint.save_model(run_dir, published, checkpoint.LAST_FILE, epoch=epoch)
         if improved:
-            checkpoint.save_model(run_dir, model, checkpoint.MODEL_FILE, epoch=epoch)
+            checkpoint.save_model(run_dir, published, checkpoint.MODEL_FILE, epoch=epoch)
         run_folder.write_metrics(run_dir, progress.rows)
 
 
 def repair_run_folder(run_dir: Path, point: ResumePoint) -> None:
     """Derived files level with the committed state again, after a kill between two files."""
     with run_folder_writes(run_dir, "the run folder's derived files"):
-        checkpoint.repair_derived_files(run_dir, point.weights, vars(point.progress))
+        checkpoint.repair_derived_files(run_dir, point.published_weights, vars(point.progress))
         run_folder.write_metrics(run_dir, point.progress.rows)
 
 

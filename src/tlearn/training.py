@@ -17,10 +17,12 @@ import torch
 from torch import nn
 
 from . import checkpoint, run_folder
+from .accumulation import optimizer_steps
 from .balance import Balance, imbalance_ratio, warn_if_imbalanced
 from .config import LR_FIND, RunConfig
 from .data.sources import DatasetSplits
 from .early_stopping import monitor_value, observe, require_monitor
+from .ema import start_weight_average
 from .epoch_figures import describe, result_fields, selection_score, train_fields
 from .features import default_cache_dir
 from .head_solver import HeadObjective, fit_linear_head_lbfgs
@@ -240,15 +242,18 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
     if backbone_trains(model):
         log_block_groups(block_groups(model), tc)
     if stage.solver == "lbfgs":
+        if tc.ema_decay is not None:
+            logger.info("  --ema-decay: an L-BFGS head solve has no steps to average; no EMA in this stage")
         _solve_head(StageRun(model, stage, stage_data, None, mark), run)
         return
     if index == run.lr_stage:  # --lr find
         tc = stage_lr_config(model, stage.name, stage_data, run.config, run.runtime, run.progress,
                              _training_loss(run, stage_data, model), run.run_dir if run.writes else None)
     optimizer = make_optimizer(parameter_groups(model, tc), tc)
-    steps = len(stage_data.train)
+    steps = optimizer_steps(len(stage_data.train), tc.accumulate)
     scheduler = make_scheduler(optimizer, stage.epochs * steps, int(round(tc.warmup_epochs * steps)))
-    state = TrainState(optimizer, scheduler, runtime.grad_scaler())
+    state = TrainState(optimizer, scheduler, runtime.grad_scaler(),
+                       start_weight_average(model, stage_data.module, tc.ema_decay))
     if stage_state is not None:
         state.load_state_dict(stage_state)
     _train_epochs(StageRun(model, stage, stage_data, state, mark), run)
@@ -284,9 +289,11 @@ def _train_epochs(current: StageRun, run: Run) -> None:
                                     aux_weight=run.config.model.aux_weight,
                                     description=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
                                     prepare=stage_data.prepare, sharded=not stage_data.cached, multi_label=multi,
-                                    mix=mixer)
+                                    mix=mixer, accumulate=tc.accumulate,
+                                    after_step=state.ema.update if state.ema else None)
         evaluated = time.perf_counter()
-        result = evaluate_loader(stage_data.module, stage_data.val, runtime, model.info.num_classes, eval_loss,
+        validated = state.ema.module if state.ema else stage_data.module  # --ema-decay: the averaged weights
+        result = evaluate_loader(validated, stage_data.val, runtime, model.info.num_classes, eval_loss,
                                  prepare=stage_data.prepare, description="val", sharded=not stage_data.cached,
                                  keep_probs=stage_data.cached or not runtime.distributed, multi_label=multi)
         stats.eval_seconds = time.perf_counter() - evaluated
@@ -361,6 +368,8 @@ def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run:
         run.best_val_probs = result.probs
     stopped = _stops_early(current, result, run)
     if progress.stage_epoch == stage.epochs or stopped:
+        if current.state is not None and current.state.ema is not None:
+            current.state.ema.copy_to_source()  # the next stage starts from the weights validated and saved
         trainable, frozen = parameter_counts(model)
         progress.stage_results.append({"name": stage.name, "epochs": progress.stage_epoch, "stopped_early": stopped,
                                        **result_fields(result), "trainable_params": trainable, "frozen_params": frozen,

@@ -1,0 +1,48 @@
+"""`--accumulate N`: one optimiser step every N micro-batches (gradient accumulation).
+
+Each micro-batch's mean loss is weighted by its share of its group's samples, so the summed
+gradient is the gradient of the mean loss over the whole group: the same as one batch N times
+larger, for a model whose forward pass does not mix samples (no BatchNorm in train mode). The
+last group of an epoch may be shorter (fewer micro-batches, a smaller last batch); its shares
+follow its own samples, so it too equals one batch of those samples. To know a group's samples
+before its first backward pass, a group's batches are read from the loader together.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Where a batch sits in its accumulation group."""
+
+    share: float  # its samples / the group's samples: the weight of its mean loss
+    first: bool  # zero the gradients before its backward pass
+    last: bool  # step the optimiser (and the schedule) after it
+
+
+def micro_batches(loader: Iterable, accumulate: int) -> Iterator[tuple[Any, Any, MicroBatch]]:
+    """(inputs, targets, MicroBatch) for every batch of `loader`, in order, grouped by `accumulate`."""
+    batches = iter(loader)
+    while group := list(itertools.islice(batches, accumulate)):
+        total = sum(len(targets) for _, targets in group)
+        for index, (inputs, targets) in enumerate(group):
+            yield inputs, targets, MicroBatch(len(targets) / total, index == 0, index == len(group) - 1)
+
+
+def optimizer_steps(batches: int, accumulate: int) -> int:
+    """Optimiser (and schedule) steps in an epoch of `batches` micro-batches: the last group counts too."""
+    return math.ceil(batches / accumulate)
+
+
+def gradient_sync(module: nn.Module, micro: MicroBatch) -> contextlib.AbstractContextManager:
+    """DDP all-reduces the gradients on every backward pass; only the group's last one needs it."""
+    if micro.last or not isinstance(module, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return module.no_sync()
