@@ -12,8 +12,10 @@ Data sets (built or named, nothing downloaded):
 Every run is `tlearn train --model efficientnet_lite0 --strategy two-stage --epochs E` (the
 probe is the L-BFGS head on cached features, then E fine-tuning epochs with the default
 random-resized-crop + flip) plus the variant's flags, `--no-report` (the report is not a
-technique), a fresh process, one at a time. One warm-up probe per data set fills the feature
-and decoded-image caches first, so the wall times compare the techniques, not the caches.
+technique), each a fresh process. `--jobs J` runs J of them side by side, each with
+OMP_NUM_THREADS = cores / J (on 2 cores, 2 one-thread runs get more done than one two-thread
+run; the wall times are then those of one-thread runs). One warm-up probe per data set fills the
+feature and decoded-image caches first, so the wall times compare the techniques, not the caches.
 `tta` is `tlearn eval --tta` on the default run's model (no training of its own).
 
 Prints one JSON line per run (also appended to OUT/results.jsonl, so separate invocations add
@@ -25,11 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -66,9 +71,13 @@ def data_source(name: str) -> str:
     return str(folder)
 
 
+THREADS = {"OMP_NUM_THREADS": str(os.cpu_count() or 1)}  # set by main from --jobs
+
+
 def tlearn(*args: str) -> tuple[float, subprocess.CompletedProcess]:
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "tlearn", *args], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "tlearn", *args], capture_output=True, text=True,
+                          env={**os.environ, **THREADS})
     seconds = time.perf_counter() - began
     if done.returncode != 0:
         raise SystemExit(f"tlearn {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
@@ -135,14 +144,16 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "data" / "ablation" / "runs"))
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side")
     parser.add_argument("--table", action="store_true", help="print the table of OUT/results.jsonl and stop")
     args = parser.parse_args()
     datasets, variants = args.datasets.split(","), args.variants.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     out, cache = Path(args.out), Path(args.out) / "cache"
     results = out / "results.jsonl"
+    THREADS["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
     if not args.table:
-        run_all(datasets, variants, seeds, args.epochs, out, cache, results)
+        run_all(datasets, variants, seeds, args.epochs, out, cache, results, args.jobs)
     latest = {}
     for line in results.read_text().splitlines():
         row = json.loads(line)
@@ -151,23 +162,28 @@ def main() -> None:
 
 
 def run_all(datasets: list[str], variants: list[str], seeds: list[int], epochs: int, out: Path, cache: Path,
-            results: Path) -> None:
+            results: Path, jobs: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
 
     def record(row: dict) -> None:
-        print(json.dumps(row), flush=True)
-        with results.open("a") as file:
-            file.write(json.dumps(row) + "\n")
+        with lock:
+            print(json.dumps(row), flush=True)
+            with results.open("a") as file:
+                file.write(json.dumps(row) + "\n")
 
     for dataset in datasets:
         warm_caches(dataset, out, cache)
-        for seed in seeds:
-            for variant in variants:
-                if variant == "tta":
-                    continue
-                record(train(dataset, variant, seed, epochs, out, cache))
-            if "tta" in variants and (out / dataset / f"default-seed{seed}" / "summary.json").is_file():
-                record(tta(dataset, seed, out, cache))
+        trainings = [(variant, seed) for variant in variants if variant != "tta" for seed in seeds]
+        with ThreadPoolExecutor(jobs) as pool:
+            for future in [pool.submit(train, dataset, variant, seed, epochs, out, cache)
+                           for variant, seed in trainings]:
+                record(future.result())
+        if "tta" in variants:
+            with ThreadPoolExecutor(jobs) as pool:
+                done = [seed for seed in seeds if (out / dataset / f"default-seed{seed}" / "summary.json").is_file()]
+                for future in [pool.submit(tta, dataset, seed, out, cache) for seed in done]:
+                    record(future.result())
 
 
 if __name__ == "__main__":
