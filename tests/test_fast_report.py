@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import tlearn
+import tlearn.run_outputs as run_outputs
 import tlearn.run_report as run_report
-import tlearn.training as training
 from tlearn.data.loaders import make_loader
 from tlearn.data.transforms import eval_transform
 from tlearn.loops import predict_logits
@@ -27,13 +27,13 @@ def _eager_val_probabilities(run, image_folder):
 @pytest.mark.parametrize("solver, epochs", [("lbfgs", 1), ("sgd", 3)])
 def test_probe_report_uses_the_cached_features(image_folder, tmp_path, monkeypatch, solver, epochs):
     seen = {}
-    real = training._best_val_probabilities
+    real = run_outputs.best_val_probabilities
 
     def spy(model, run):
         seen["probs"] = real(model, run)
         return seen["probs"]
 
-    monkeypatch.setattr(training, "_best_val_probabilities", spy)
+    monkeypatch.setattr(run_outputs, "best_val_probabilities", spy)
     monkeypatch.setattr(run_report, "classify",
                         lambda *a, **k: pytest.fail("the report ran the backbone again"))
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
@@ -48,8 +48,8 @@ def test_probe_report_uses_the_cached_features(image_folder, tmp_path, monkeypat
 
 def test_fine_tuned_run_is_reported_from_its_best_epochs_validation(image_folder, tmp_path, monkeypatch):
     seen = {}
-    real = training._best_val_probabilities
-    monkeypatch.setattr(training, "_best_val_probabilities",
+    real = run_outputs.best_val_probabilities
+    monkeypatch.setattr(run_outputs, "best_val_probabilities",
                         lambda model, run: seen.setdefault("probs", real(model, run)))
     monkeypatch.setattr(run_report, "classify",
                         lambda *a, **k: pytest.fail("the report ran the model again"))

@@ -6,7 +6,6 @@ one committed, resumable state (train_state.py), written atomically.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import checkpoint, run_folder
+from . import checkpoint
 from .accumulation import optimizer_steps
-from .balance import Balance, imbalance_ratio, warn_if_imbalanced
+from .balance import Balance, warn_if_imbalanced
 from .config import LR_FIND, RunConfig
 from .data.sources import DatasetSplits
 from .early_stopping import monitor_value, observe, require_monitor
@@ -35,12 +34,13 @@ from .models.block_groups import block_groups
 from .models.classifier import Classifier
 from .multilabel import check_config, is_multi_label, label_counts
 from .optim import make_optimizer, make_scheduler
+from .run_outputs import finish_run, log_tensorboard, open_tensorboard, start_run_folder
 from .runtime import Runtime, seed_everything, setup_runtime
 from .small_images import adapt_preprocessing
 from .solved_heads import head_key, load_solved, store_solved
 from .stage_data import StageData, build_stage_data, cache_decoded_images
 from .strategy import Stage, parameter_counts, parameter_groups, plan_stages, set_train_mode, trainable_names
-from .train_state import Progress, ResumePoint, TrainState, commit_epoch, repair_run_folder, run_folder_writes
+from .train_state import Progress, ResumePoint, TrainState, commit_epoch, repair_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +112,11 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
     cache_dir = (Path(tc.cache_dir) if tc.cache_dir else default_cache_dir()) if tc.use_cache else None
     run = Run(config, data, runtime, Path(run_dir) if run_dir is not None else None, progress, cache_dir, balance)
     if run.writes and resume is None:
-        _start_run_folder(run, model)
+        start_run_folder(run, model)
     if run.writes and resume is not None:
         repair_run_folder(run.run_dir, resume)
     if run.writes and tc.tensorboard:
-        run.tensorboard = _open_tensorboard(run.run_dir)
+        run.tensorboard = open_tensorboard(run.run_dir)
     stages = plan_stages(config, model, tuple(progress.as_is_trainable))
     run.lr_stage = stage_to_sweep(stages) if tc.lr == LR_FIND else None
     if run.cache_dir is not None and not all(stage.on_features for stage in stages):
@@ -139,7 +139,7 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
     finally:
         if run.tensorboard is not None:
             run.tensorboard.close()
-    return _finish_run(model, run)
+    return finish_run(model, run)
 
 
 def _note_changed_flags(model: Classifier, stage: Stage) -> None:
@@ -152,77 +152,6 @@ def _note_changed_flags(model: Classifier, stage: Stage) -> None:
     if trainable_names(model) != before:
         logger.info(f"note: strategy {stage.name} sets which parameters train ({given:,} trainable as given, "
                     f"{parameter_counts(model)[0]:,} now); strategy='as-is' keeps the model's own flags")
-
-
-def _finish_run(model: Classifier, run: Run) -> dict[str, Any]:
-    summary = _summary(model, run)
-    probs = _best_val_probabilities(model, run) if run.writes else None
-    if run.writes and not model.info.multi_label and run.progress.best_epoch > 0:
-        probs = _calibrate(model, run, probs, summary)
-    if run.writes:
-        with run_folder_writes(run.run_dir, "the run summary"):
-            if run.progress.best_epoch == 0:  # zero epochs: still leave a loadable model
-                checkpoint.save_model(run.run_dir, model, epoch=0)
-            if model.info.multi_label:  # the best epoch's thresholds (written with it, again after a resume)
-                model.info.thresholds = list(run.progress.best_thresholds)
-                checkpoint.save_model_info(run.run_dir, model.info)
-            run_folder.write_summary(run.run_dir, summary)
-        if run.config.train.report:
-            from .run_report import report_run
-
-            path = report_run(run.run_dir, run.data.val, run.runtime,
-                              batch_size=max(run.config.data.batch_size, 64), workers=run.config.data.workers,
-                              probs=probs, cache_dir=run.cache_dir)
-            logger.info(f"report: {path}")
-    return summary
-
-
-def _calibrate(model: Classifier, run: Run, probs: torch.Tensor | None, summary: dict[str, Any]) -> torch.Tensor:
-    """Fit the temperature on the best model's validation probabilities (a pass of its own when
-    they were not kept); returns the calibrated ones (run_calibration.py)."""
-    from .run_calibration import calibrate_run
-
-    if probs is None:
-        from .run_report import best_model_logits
-
-        logits, _ = best_model_logits(run.run_dir, run.data.val, run.runtime, workers=run.config.data.workers,
-                                      batch_size=max(run.config.data.batch_size, 64), cache_dir=run.cache_dir)
-        probs = logits.softmax(dim=1)
-    with run_folder_writes(run.run_dir, "the calibration"):
-        return calibrate_run(run.run_dir, model.info, probs.cpu().float(), run.data.val.labels,
-                             run.config.train.coverage, summary)
-
-
-@torch.inference_mode()
-def _best_val_probabilities(model: Classifier, run: Run) -> torch.Tensor | None:
-    """Validation probabilities of the best model without a pass of its own: kept from the best
-    epoch's validation, or, after a resume, from the cached features when its backbone is the one
-    those features came from (the best epoch trained on them); else None."""
-    if run.best_val_probs is not None:
-        return run.best_val_probs
-    if run.val_features is None or run.progress.best_epoch not in run.feature_epochs:
-        return None
-    head = copy.deepcopy(model.head).cpu().float().eval()
-    best = checkpoint.read_tensors(run.run_dir / checkpoint.MODEL_FILE)
-    head.load_state_dict({k[len("head."):]: v for k, v in best.items() if k.startswith("head.")})
-    logits = head(run.val_features.float())
-    return logits.sigmoid() if model.info.multi_label else logits.softmax(dim=1)
-
-
-def _start_run_folder(run: Run, model: Classifier) -> None:
-    config, runtime, data = run.config, run.runtime, run.data
-    resolved = {"lr": config.train.resolved_lr, "weight_decay": config.train.resolved_weight_decay,
-                "device": str(runtime.device), "world_size": runtime.world_size,
-                "amp_dtype": str(runtime.amp_dtype).replace("torch.", "") if runtime.amp_dtype else None,
-                "preprocessing": model.info.preprocessing.to_dict(), "weights_id": model.info.weights_id,
-                "data": data.description, "num_train": len(data.train), "num_val": len(data.val),
-                "class_names": list(data.class_names), "balance": run.balance.to_dict(),
-                "run_dir": str(run.run_dir)}
-    with run_folder_writes(run.run_dir, "the run folder", committed=False):
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        run_folder.write_config(run.run_dir, config, resolved)
-        run_folder.write_skipped(run.run_dir, data.skipped)
-        checkpoint.save_model_info(run.run_dir, model.info)
 
 
 def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_state: dict | None) -> None:
@@ -380,7 +309,7 @@ def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run:
             model.info.thresholds = list(progress.best_thresholds)
             checkpoint.save_model_info(run.run_dir, model.info)
     if run.tensorboard is not None:
-        _log_tensorboard(run.tensorboard, row)
+        log_tensorboard(run.tensorboard, row)
     current.mark = time.perf_counter()
     return stopped
 
@@ -400,46 +329,3 @@ def _stops_early(current: StageRun, result: EvalResult, run: Run) -> bool:
                 f"after {progress.stage_epoch} of {stage.epochs} epochs")
     return True
 
-
-def _open_tensorboard(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        from .errors import ConfigError
-
-        raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-
-def _log_tensorboard(writer, row: dict[str, Any]) -> None:
-    step = row["epoch"]
-    for key in ("train_loss", "val_loss"):
-        writer.add_scalar(f"loss/{key[:-5]}", row[key], step)
-    for key in ("train_top1", "train_f1_micro", "val_top1", "val_top5", "val_balanced_acc", "val_f1_macro",
-                "val_map", "val_f1_micro"):
-        if key in row:
-            writer.add_scalar(f"accuracy/{key}", row[key], step)
-    for key in ("lr_head", "lr_backbone"):
-        if isinstance(row[key], float):
-            writer.add_scalar(f"lr/{key[3:]}", row[key], step)
-    writer.flush()
-
-
-def _summary(model: Classifier, run: Run) -> dict[str, Any]:
-    progress, data = run.progress, run.data
-    if model.info.multi_label:
-        figures = {"val_map": 0.0, "val_f1_micro": 0.0, "val_f1_macro": 0.0, **progress.best_values,
-                   "thresholds": list(progress.best_thresholds)}
-    else:
-        figures = {"val_top1": max(progress.best_top1, 0.0), "val_top5": progress.best_top5,
-                   "val_balanced_acc": progress.best_balanced_acc, "val_f1_macro": progress.best_f1_macro}
-    return {
-        "model": model.info.name, "weights": model.info.weights_id, "strategy": run.config.train.strategy,
-        "task": model.info.task, **figures,
-        "balance": run.balance.mode, "train_class_counts": list(run.balance.counts),
-        "train_imbalance_ratio": round(imbalance_ratio(run.balance.counts), 2),
-        "best_epoch": progress.best_epoch, "train_seconds": round(progress.train_seconds, 2),
-        "stages": progress.stage_results, "num_classes": len(data.class_names),
-        "class_names": list(data.class_names), "num_train": len(data.train), "num_val": len(data.val),
-        "skipped_files": len(data.skipped), "epochs_completed": len(progress.rows),
-    }
