@@ -58,3 +58,32 @@ def test_torchrun_extracts_feature_shards_into_the_single_process_cache_entry(tm
         sharded_bytes = (tmp_path / "sharded" / "features" / name).read_bytes()
         assert sharded_bytes == (tmp_path / "single" / "features" / name).read_bytes()
         assert len(np.load(tmp_path / "sharded" / "features" / name)) in (135, 45)
+
+
+def test_torchrun_with_every_fine_tuning_technique_on(tmp_path):
+    """LR finder, gradual unfreezing with layer decay, policy augmentation, random erasing, mixup and
+    cutmix, EMA and accumulation together under two processes: one sweep result, one writer, and
+    the saved (averaged) weights score what the processes reported together."""
+    data = make_folder(tmp_path / "data", per_class=9, split_dirs=True)
+    out = tmp_path / "run"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(torchrun + ["-m", "tlearn", "train", "--data", str(data), "--model", TINY_MODEL,
+                                        "--weights", "none", "--image-size", "32", "--batch-size", "4",
+                                        "--strategy", "two-stage", "--head-epochs", "1", "--epochs", "2",
+                                        "--lr", "find", "--unfreeze", "gradual", "--layer-decay", "0.75",
+                                        "--augment", "trivialaugment", "--random-erasing", "0.25",
+                                        "--mixup", "0.2", "--cutmix", "1.0", "--ema-decay", "0.9",
+                                        "--accumulate", "2", "--device", "cpu", "--workers", "0",
+                                        "--no-report", "--out", str(out)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("stage 2 finetune") == 1  # one process talks
+    import yaml
+
+    found = yaml.safe_load((out / "config.yaml").read_text())["resolved"]["lr_found"]
+    assert found["lr"] > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_completed"] == 3
+    single = tlearn.evaluate(out, str(data), split="val", device="cpu")
+    assert abs(single["top1"] - summary["val_top1"]) < 1e-9
