@@ -19,6 +19,7 @@ import logging
 from .config import TrainConfig
 from .models.block_groups import BlockGroup, describe_groups
 from .models.classifier import Classifier
+from .optim import optimizer_groups
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +41,7 @@ def layer_decay_parameter_groups(model: Classifier, groups: list[BlockGroup], co
     for index in reversed(range(len(groups))):  # top first: metrics.csv's lr_backbone is the top group's
         group = groups[index]
         members.append((f"backbone.{group.name}", [parameters[n] for n in group.parameter_names], lrs[index]))
-    result = []
-    for name, params, group_lr in members:
-        params = [p for p in params if p.requires_grad]
-        with_decay = [p for p in params if p.ndim > 1]
-        without_decay = [p for p in params if p.ndim <= 1]
-        if with_decay:
-            result.append({"name": name, "params": with_decay, "lr": group_lr, "weight_decay": weight_decay})
-        if without_decay:
-            result.append({"name": f"{name}_no_decay", "params": without_decay, "lr": group_lr, "weight_decay": 0.0})
-    return result
+    return optimizer_groups(members, weight_decay)
 
 
 def unfreeze_top(model: Classifier, groups: list[BlockGroup], count: int) -> bool:

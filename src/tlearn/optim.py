@@ -8,6 +8,21 @@ import torch
 from .config import TrainConfig
 
 
+def optimizer_groups(members: list[tuple[str, list, float]], weight_decay: float) -> list[dict]:
+    """(name, parameters, lr) -> optimiser groups of the parameters that train: weight decay on
+    weight tensors, none on norms and biases (`<name>_no_decay`)."""
+    groups = []
+    for name, params, lr in members:
+        params = [p for p in params if p.requires_grad]
+        with_decay = [p for p in params if p.ndim > 1]
+        without_decay = [p for p in params if p.ndim <= 1]
+        if with_decay:
+            groups.append({"name": name, "params": with_decay, "lr": lr, "weight_decay": weight_decay})
+        if without_decay:
+            groups.append({"name": f"{name}_no_decay", "params": without_decay, "lr": lr, "weight_decay": 0.0})
+    return groups
+
+
 def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.resolved_lr, momentum=config.momentum, nesterov=False)

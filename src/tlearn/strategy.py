@@ -19,6 +19,7 @@ from .config import RunConfig, TrainConfig
 from .layer_groups import layer_decay_parameter_groups
 from .models.block_groups import block_groups
 from .models.classifier import Classifier
+from .optim import optimizer_groups
 
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
 
@@ -152,17 +153,6 @@ def parameter_groups(model: Classifier, config: TrainConfig) -> list[dict]:
     if config.layer_decay is not None:
         return layer_decay_parameter_groups(model, block_groups(model), config)
     lr = config.resolved_lr
-    decay = config.resolved_weight_decay
-    groups = []
-    for name, params, group_lr in (
-        ("head", list(model.head_parameters()), lr),
-        ("backbone", [p for p in model.backbone_parameters()], lr * config.backbone_lr_mult),
-    ):
-        params = [p for p in params if p.requires_grad]
-        with_decay = [p for p in params if p.ndim > 1]
-        without_decay = [p for p in params if p.ndim <= 1]
-        if with_decay:
-            groups.append({"name": name, "params": with_decay, "lr": group_lr, "weight_decay": decay})
-        if without_decay:
-            groups.append({"name": f"{name}_no_decay", "params": without_decay, "lr": group_lr, "weight_decay": 0.0})
-    return groups
+    return optimizer_groups([("head", list(model.head_parameters()), lr),
+                             ("backbone", list(model.backbone_parameters()), lr * config.backbone_lr_mult)],
+                            config.resolved_weight_decay)
