@@ -20,7 +20,7 @@ from .models.classifier import Classifier
 from .runtime import Runtime
 from .tta import Views, views_transform, views_transform_uint8
 
-# Below this many images, PyTorch eager: exporting Lite0 to ONNX and checking it takes about as
+# Below this many images (views included: test-time augmentation runs each), PyTorch eager: exporting Lite0 to ONNX and checking it takes about as
 # long as eager evaluation of 150 images at 224 px on 2 cores (measured: export + session 5-18 s,
 # then 64 images in 1.9 s against 11.2 s eager, on a busy machine).
 ENGINE_MIN_IMAGES = 256
@@ -34,7 +34,7 @@ def classify(model: Classifier, samples: Samples, runtime: Runtime, *, batch_siz
     model.eval()
     labels = torch.tensor(samples.labels, dtype=torch.int64)
     count = views.count if views is not None else 1
-    if runtime.device.type != "cpu" or len(samples) < ENGINE_MIN_IMAGES:
+    if runtime.device.type != "cpu" or len(samples) * count < ENGINE_MIN_IMAGES:  # the passes the model runs
         prep = model.info.preprocessing
         transform = eval_transform(prep) if views is None else views_transform(prep, views)
         loader = make_loader(samples, transform, batch_size=batch_size, shuffle=False, workers=workers,
