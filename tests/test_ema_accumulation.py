@@ -112,10 +112,22 @@ def test_accumulating_n_batches_equals_one_batch_n_times_larger(accumulate, scal
 
 class CountingDDP(nn.parallel.DistributedDataParallel):
     unsynced = 0
+    reduced = 0  # all-reduces DDP actually ran (a comm hook counts them; the model is one bucket)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_comm_hook(None, _counting_allreduce)
 
     def no_sync(self):
         CountingDDP.unsynced += 1
         return super().no_sync()
+
+
+def _counting_allreduce(state, bucket):
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    CountingDDP.reduced += 1
+    return allreduce_hook(None, bucket)
 
 
 def test_under_ddp_only_the_last_micro_batch_of_a_group_synchronises(tmp_path):
@@ -129,6 +141,7 @@ def test_under_ddp_only_the_last_micro_batch_of_a_group_synchronises(tmp_path):
         dist.destroy_process_group()
     plain, _ = _train_without_batchnorm(4, 4)
     assert CountingDDP.unsynced == 2 * (3 + 1)  # 6 micro-batches an epoch, groups of 4 and 2: all but 2
+    assert CountingDDP.reduced == 2 * 2  # no_sync must hold the forward too, or every backward all-reduces
     for (name, a), b in zip(plain.state_dict().items(), wrapped.state_dict().values()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
 

@@ -59,28 +59,22 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         counted = targets
         if mix is not None:
             inputs, targets, counted = mix(inputs, targets)
-        with runtime.autocast():
-            loss, logits = compute_loss(model(inputs), targets, loss_fn, aux_weight)
-        if not math.isfinite(loss.item()):
-            raise TrainingError(f"non-finite loss ({loss.item()}) in {description}, step {step + 1}; "
-                                "the last good checkpoint is kept; try a lower --lr")
+        scaled = scaler is not None and scaler.is_enabled()
         if micro.first:
             optimizer.zero_grad(set_to_none=True)
-        scaled = scaler is not None and scaler.is_enabled()
-        weighted = loss if micro.share == 1 else loss * micro.share  # the group's mean loss, summed
+        # DDP decides in the forward pass whether the backward all-reduces: both go inside no_sync
         with gradient_sync(model, micro):
+            with runtime.autocast():
+                loss, logits = compute_loss(model(inputs), targets, loss_fn, aux_weight)
+            if not math.isfinite(loss.item()):
+                raise TrainingError(f"non-finite loss ({loss.item()}) in {description}, step {step + 1}; "
+                                    "the last good checkpoint is kept; try a lower --lr")
+            weighted = loss if micro.share == 1 else loss * micro.share  # the group's mean loss, summed
             (scaler.scale(weighted) if scaled else weighted).backward()
         backward_done = time.perf_counter()
         computed += backward_done - began
         if micro.last:
-            if scaled:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            if after_step is not None:
-                after_step()
+            _optimizer_step(optimizer, scheduler, scaler if scaled else None, after_step)
         stepped += time.perf_counter() - backward_done
         meter.update(logits, counted, loss.item())
         seen += len(targets)
@@ -95,6 +89,19 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     seconds = time.perf_counter() - start
     return EpochStats(result.loss, result.top1, seen * processes / max(seconds, 1e-9), seconds,
                       data_seconds=waited, compute_seconds=computed, optimizer_seconds=stepped)
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler | None,
+                    after_step: Callable[[], None] | None) -> None:
+    """The end of a group of micro-batches: one optimiser and one schedule step, then the EMA's."""
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    if after_step is not None:
+        after_step()
 
 
 @torch.inference_mode()

@@ -55,7 +55,7 @@ def finish_run(model: Classifier, run: Run) -> dict[str, Any]:
         if run.config.train.report:
             from .run_report import report_run
 
-            path = report_run(run.run_dir, run.data.val, run.runtime,
+            path = report_run(run.run_dir, run.data.val, run.runtime.alone(),
                               batch_size=max(run.config.data.batch_size, 64), workers=run.config.data.workers,
                               probs=probs, cache_dir=run.cache_dir)
             logger.info(f"report: {path}")
@@ -70,7 +70,7 @@ def _calibrate(model: Classifier, run: Run, probs: torch.Tensor | None, summary:
     if probs is None:
         from .run_report import best_model_logits
 
-        logits, _ = best_model_logits(run.run_dir, run.data.val, run.runtime, workers=run.config.data.workers,
+        logits, _ = best_model_logits(run.run_dir, run.data.val, run.runtime.alone(), workers=run.config.data.workers,
                                       batch_size=max(run.config.data.batch_size, 64), cache_dir=run.cache_dir)
         probs = logits.softmax(dim=1)
     with run_folder_writes(run.run_dir, "the calibration"):

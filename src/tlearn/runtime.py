@@ -6,6 +6,7 @@ folder; metrics are summed over processes, never double-counted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 from dataclasses import dataclass
@@ -56,6 +57,11 @@ class Runtime:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def alone(self) -> "Runtime":
+        """This process as if it were the only one: for a pass that rank 0 runs by itself (the end of
+        a run's calibration and report), where a collective would wait for ranks that never come."""
+        return dataclasses.replace(self, rank=0, world_size=1) if self.distributed else self
 
 
 def resolve_device(name: str) -> torch.device:
