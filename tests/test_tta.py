@@ -107,3 +107,13 @@ def test_bad_tta_crops_is_one_line_and_exit_2(command, tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--tta-crops must be 1 or 5, got 3" in lines[0], result.stderr
+
+
+def test_tlearn_predict_stays_the_function_after_the_cli_imports_its_module():
+    """The API's `tlearn.predict` and the command's module must not share a name: importing the
+    module would replace the function on the package."""
+    import tlearn
+    import tlearn.cli  # noqa: F401
+    import tlearn.prediction  # noqa: F401
+
+    assert callable(tlearn.predict)

@@ -197,7 +197,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError(f"--output must end in .csv or .json, got {args.output}")
     if args.output:
         _require_file_target(args.output, "--output")
-    from .predict import collect_paths, predict_files, write_predictions
+    from .prediction import collect_paths, predict_files, write_predictions
 
     paths, missing = collect_paths(args.paths)
     for item in missing:
