@@ -100,7 +100,10 @@ def test_eval_json_has_both_eces(calibrated_run, capsys):
 def _predicted(run, data, tmp_path, *flags, capsys=None):
     out = tmp_path / "predictions.csv"
     assert main(["predict", str(run), str(data / "val"), "--output", str(out), *flags]) == 0
-    rows = [(row["label"], float(row["prob"])) for row in csv.DictReader(out.open())]
+    table = list(csv.DictReader(out.open()))
+    rows = [(row["label"], float(row["prob"])) for row in table]
+    for row in table:  # the best guess of an unanswered image stays in the file
+        assert row["guess"] != "unknown" and row["answered"] == str(row["label"] != "unknown").lower()
     if capsys is not None:
         unknown = sum(label == "unknown" for label, _ in rows)
         assert f"{unknown} of {len(rows)} images answered 'unknown'" in capsys.readouterr().out

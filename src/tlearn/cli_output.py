@@ -74,7 +74,8 @@ def print_predictions(predictions, label_delim: str | None = None) -> None:
             print(f"{row['path']:<{width}}  {text:<20} " + " ".join(f"{p:.4f}" for p in row["probs"]))
             continue
         extra = "".join(f"  {l} {p:.4f}" for l, p in zip(row["labels"][1:], row["probs"][1:]))
-        print(f"{row['path']:<{width}}  {row['labels'][0]:<20} {row['probs'][0]:.4f}{extra}")
+        guess = f"  (best guess {row['guess']})" if "guess" in row else ""
+        print(f"{row['path']:<{width}}  {row['labels'][0]:<20} {row['probs'][0]:.4f}{extra}{guess}")
     if predictions.unreadable:
         print(f"\nunreadable ({len(predictions.unreadable)}):")
         for path, reason in predictions.unreadable:

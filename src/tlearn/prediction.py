@@ -60,7 +60,7 @@ def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch
         if batch:
             outputs = trained.predict_batch(torch.stack([tensor for _, tensor in batch]), top_k, min_confidence)
             result.rows += [{"path": path, "labels": output["labels"], "probs": output["probs"],
-                             **{key: output[key] for key in ("scores", "answered") if key in output}}
+                             **{key: output[key] for key in ("scores", "answered", "guess") if key in output}}
                             for (path, _), output in zip(batch, outputs)]
             batch.clear()
 
@@ -83,7 +83,8 @@ def write_predictions(predictions: Predictions, output: str | Path, top_k: int, 
         _write_multi_label(predictions, output, label_delim, class_names or [])
         return
     if output.suffix.lower() == ".json":
-        data = [{"path": r["path"], "predictions": [{"label": l, "prob": p} for l, p in zip(r["labels"], r["probs"])]}
+        data = [{"path": r["path"], "predictions": [{"label": l, "prob": p} for l, p in zip(r["labels"], r["probs"])],
+                 **({"answered": r["answered"], "guess": r.get("guess", r["labels"][0])} if "answered" in r else {})}
                 for r in predictions.rows]
         atomic_write(output, json.dumps({"predictions": data, "unreadable": [
             {"path": p, "reason": why} for p, why in predictions.unreadable]}, indent=2, ensure_ascii=False))
@@ -93,13 +94,17 @@ def write_predictions(predictions: Predictions, output: str | Path, top_k: int, 
     header = ["path", "label", "prob"]
     for k in range(2, top_k + 1):
         header += [f"label_{k}", f"prob_{k}"]
+    thresholded = any("answered" in row for row in predictions.rows)  # a min confidence applied
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(header)
+    writer.writerow(header + (["answered", "guess"] if thresholded else []))
     for row in predictions.rows:
         cells = [row["path"]]
         for label, prob in zip(row["labels"], row["probs"]):
             cells += [label, f"{prob:.6f}"]
+        cells += [""] * (len(header) - len(cells))  # fewer classes than --top-k
+        if thresholded:
+            cells += [str(row.get("answered", True)).lower(), row.get("guess", row["labels"][0])]
         writer.writerow(cells)
     atomic_write(output, buffer.getvalue())
 
