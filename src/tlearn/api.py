@@ -143,6 +143,7 @@ class TrainedModel:
             images = [images]
         transform = self.views_transform(tta, tta_crops)
         threshold = self.min_confidence(min_confidence, coverage)
+        warn_if_views_and_threshold(transform, threshold)
         results: list[dict[str, Any]] = []
         for batch in _batched(images, batch_size):
             results += self.predict_batch(torch.stack([self.prepare(item, transform) for item in batch]), top_k,
@@ -183,6 +184,14 @@ class TrainedModel:
         transform = transform or self.transform
         image = item if isinstance(item, Image.Image) else open_rgb(item, transform.decode_size)
         return transform(image.convert("RGB"))
+
+
+def warn_if_views_and_threshold(views_transform, threshold: float | None) -> None:
+    """The temperature and the threshold were fitted on single views: averaged views are less
+    confident, so TTA answers fewer images than the threshold's coverage promises."""
+    if views_transform is not None and threshold:
+        logger.warning("the confidence threshold was chosen on single views; with test-time augmentation "
+                       "the averaged probabilities are less confident, so fewer images are answered")
 
 
 def predict(run_or_model: str | Path | TrainedModel, images: Iterable[str | Path | Image.Image] | str | Path,

@@ -301,7 +301,14 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _single_process(command: str) -> None:
+    """select and audit are one-process jobs: under torchrun every rank would write the same files."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(f"tlearn {command} runs in one process; start it without torchrun")
+
+
 def cmd_select(args: argparse.Namespace) -> int:
+    _single_process("select")
     if not args.data:
         raise UserError("select needs --data (a folder, digits, cifar10 or cifar100)")
     _check_train_paths(args, args.data)
@@ -325,6 +332,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    _single_process("audit")
     if args.data not in BUILTIN_DATASETS:
         _require_folder(args.data, "--data", exists=True)
     _require_folder(args.out, "--out")

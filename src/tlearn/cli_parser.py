@@ -101,7 +101,8 @@ def _add_tta_flags(parser: argparse.ArgumentParser) -> None:
 
 # Flags of train that mean nothing to one sweep of at most an epoch.
 LR_FIND_SKIPPED = frozenset({"strategy", "epochs", "head_epochs", "head_solver", "patience", "min_delta", "monitor",
-                             "lr", "warmup_epochs", "report", "tensorboard", "unfreeze_last", "probe_augment"})
+                             "lr", "warmup_epochs", "report", "tensorboard", "unfreeze_last", "probe_augment",
+                             "mixup", "cutmix", "accumulate", "ema_decay", "unfreeze", "coverage"})
 
 
 def _add_lr_find_flags(lr_find: argparse.ArgumentParser) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .api import TrainedModel
+from .api import TrainedModel, warn_if_views_and_threshold
 from .data.images import is_image_name
 from .errors import UserError, first_line
 from .files import atomic_write
@@ -54,6 +54,7 @@ def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch
     `tta`, `tta_crops`: test-time augmentation, the views' logits averaged (tta.py)."""
     result = Predictions([])
     transform = trained.views_transform(tta, tta_crops)
+    warn_if_views_and_threshold(transform, min_confidence)
     batch: list[tuple[str, torch.Tensor]] = []
 
     def flush():

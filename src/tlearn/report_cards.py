@@ -43,7 +43,7 @@ def image_pictures(indices: list[int], classes: np.ndarray, load_image, explain:
         try:
             explained = explain(unique, [int(classes[i]) for i in unique])
         except (RuntimeError, ValueError) as error:  # an explanation is a bonus: the report still gets written
-            logger.warning(f"warning: no Grad-CAM in the report ({type(error).__name__}: {error})")
+            logger.warning(f"no Grad-CAM in the report ({type(error).__name__}: {error})")
     pictures = {}
     for index in unique:
         if index in explained:
@@ -52,7 +52,7 @@ def image_pictures(indices: list[int], classes: np.ndarray, load_image, explain:
         try:
             pictures[index] = [thumbnail_png(load_image(index))]
         except (UserError, OSError) as error:
-            logger.warning(f"warning: the report shows no picture of image {index}: {error}")
+            logger.warning(f"the report shows no picture of image {index}: {error}")
             pictures[index] = []
     return pictures
 

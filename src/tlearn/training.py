@@ -168,16 +168,19 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
                 f"trainable params {trainable:,}, frozen params {frozen:,}"
                 + (how[stage.solver] if stage.on_features else "")
                 + (", unfrozen gradually" if stage.gradual else ""))
-    if backbone_trains(model):
-        log_block_groups(block_groups(model), tc)
     if stage.solver == "lbfgs":
         if tc.ema_decay is not None:
             logger.info("  --ema-decay: an L-BFGS head solve has no steps to average; no EMA in this stage")
         _solve_head(StageRun(model, stage, stage_data, None, mark), run)
         return
     if index == run.lr_stage:  # --lr find
+        dc = run.config.data
+        if dc.mixup or dc.cutmix or tc.accumulate > 1:
+            logger.info("  --lr find sweeps plain batches of --batch-size: no mixup/cutmix, no accumulation")
         tc = stage_lr_config(model, stage.name, stage_data, run.config, run.runtime, run.progress,
                              _training_loss(run, stage_data, model), run.run_dir if run.writes else None)
+    if backbone_trains(model):  # after the LR finder: the groups' LRs follow the LR it found
+        log_block_groups(block_groups(model), tc)
     optimizer = make_optimizer(parameter_groups(model, tc), tc)
     steps = optimizer_steps(len(stage_data.train), tc.accumulate)
     scheduler = make_scheduler(optimizer, stage.epochs * steps, int(round(tc.warmup_epochs * steps)))

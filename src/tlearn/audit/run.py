@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,9 @@ def run_audit(data: DataConfig, out: Path, *, model_name: str, weights: str = "d
         balance = {split: [0] * len(names) for split in dict.fromkeys(split_names)}
         for label, split in zip(samples.labels, split_names):
             balance[split] = [count + value for count, value in zip(balance[split], label)]
+    elif max(Counter(samples.labels).values(), default=0) < 2:  # no class to hold out a fold of
+        issues, note = None, "skipped: every class has a single image (the k-fold probe needs two)"
+        balance = class_balance(samples.labels, split_names, names)
     else:
         issues, note = find_label_issues(features, samples.labels, len(names), seed), ""
         balance = class_balance(samples.labels, split_names, names)
