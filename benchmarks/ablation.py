@@ -107,9 +107,7 @@ def train(dataset: str, variant: str, seed: int, epochs: int, out: Path, cache: 
 def tta(dataset: str, seed: int, out: Path, cache: Path) -> dict:
     run = out / dataset / f"default-seed{seed}"
     source = data_source(dataset)
-    args = ["eval", str(run), "--json", "--tta"]
-    if dataset == "cifar10":
-        args += ["--data", str(Path(source) / "val")]
+    args = ["eval", str(run), "--json", "--tta", "--data", str(Path(source) / "val") if dataset == "cifar10" else source]
     seconds, done = tlearn(*args)
     result = json.loads(done.stdout)
     return {"dataset": dataset, "variant": "tta", "seed": seed, "val_top1": result["top1_tta"],
