@@ -24,6 +24,7 @@ from .files import atomic_write
 class Predictions:
     rows: list[dict]  # path, labels, probs, answered (multi-label: scores, every class's probability, no answered)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    min_confidence: float | None = None  # the threshold below which a label is "unknown", when one applied
 
 
 def collect_paths(inputs: list[str]) -> tuple[list[str], list[str]]:
@@ -52,7 +53,7 @@ def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch
     """Batched prediction, decoding a batch at a time; files that fail to decode are listed, not fatal.
     Below `min_confidence` (calibrated top probability) an image's label is "unknown".
     `tta`, `tta_crops`: test-time augmentation, the views' logits averaged (tta.py)."""
-    result = Predictions([])
+    result = Predictions([], min_confidence=min_confidence or None)
     transform = trained.views_transform(tta, tta_crops)
     warn_if_views_and_threshold(transform, min_confidence)
     batch: list[tuple[str, torch.Tensor]] = []
@@ -85,7 +86,7 @@ def write_predictions(predictions: Predictions, output: str | Path, top_k: int, 
         return
     if output.suffix.lower() == ".json":
         data = [{"path": r["path"], "predictions": [{"label": l, "prob": p} for l, p in zip(r["labels"], r["probs"])],
-                 **({"answered": r["answered"], "guess": r.get("guess", r["labels"][0])} if "answered" in r else {})}
+                 **({"answered": r["answered"], "guess": r.get("guess", r["labels"][0])} if predictions.min_confidence is not None else {})}
                 for r in predictions.rows]
         atomic_write(output, json.dumps({"predictions": data, "unreadable": [
             {"path": p, "reason": why} for p, why in predictions.unreadable]}, indent=2, ensure_ascii=False))
@@ -95,7 +96,7 @@ def write_predictions(predictions: Predictions, output: str | Path, top_k: int, 
     header = ["path", "label", "prob"]
     for k in range(2, top_k + 1):
         header += [f"label_{k}", f"prob_{k}"]
-    thresholded = any("answered" in row for row in predictions.rows)  # a min confidence applied
+    thresholded = predictions.min_confidence is not None
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header + (["answered", "guess"] if thresholded else []))
