@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,11 @@ def test_leaderboard_csv_html_and_ranking(tmp_path):
     assert all(result["estimate_seconds"] > 0 for result in report["results"])  # features were extracted
     printed = done.stdout[done.stdout.index("rank"):]
     assert printed.index(rows[0]["model"]) < printed.index("4 candidate(s)")
+    if shutil.which("chromium") and shutil.which("chromedriver"):  # as the report and audit pages are
+        from test_deploy import _check_in_browser
+
+        widths, errors, _ = _check_in_browser(out / "leaderboard.html", tmp_path / "leaderboard.png")
+        assert widths and all(w > 0 for w in widths) and errors == []
 
 
 def test_budget_skips_and_lists_candidates(tmp_path):
