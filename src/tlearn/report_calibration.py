@@ -30,7 +30,8 @@ def reliability_section(run_dir: Path, probs: np.ndarray, labels: np.ndarray, su
     atomic_write(run_dir / RELIABILITY_FILE, png)
     text = (f"<p>{len(labels)} images in {NUM_BINS} equal-width bins of top probability. Expected calibration "
             f"error (ECE) {before.ece:.4f} before, <b>{after.ece:.4f}</b> after temperature scaling "
-            f"(T = {temperature:.3f}, fitted on the validation split: on that split the 'after' is optimistic). "
+            f"(T = {temperature:.3f}, fitted on the run's validation split: on that split the 'after' is "
+            "optimistic, on other data (tlearn eval --report) it is a fair test). "
             "Bars on the diagonal: the stated confidence is the accuracy.</p>")
     data = base64.b64encode(png).decode()
     return (f"<section><h2>Calibration</h2>{text}<div><img alt='{html.escape(RELIABILITY_FILE)}' "
