@@ -40,7 +40,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_lr_find_flags(command("lr-find", help="sweep the LR (fastai's lr_find): plot, csv and a suggested LR"))
 
-    evaluate = command("eval", help="evaluate a run folder's model on a dataset")
+    _add_eval_flags(command("eval", help="evaluate a run folder's model on a dataset"))
+
+    _add_predict_flags(command("predict", help="predict labels of image files, folders or globs"))
+
+    export = command("export", help="export a run's model to ONNX or TorchScript, parity-checked")
+    export.add_argument("run")
+    export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    export.add_argument("--output", default=None, help="default: RUN/export/model.onnx or model.torchscript.pt")
+
+    _add_features_flags(command("features", help="write backbone embeddings of a dataset to an .npz"))
+
+    add_select_flags(command("select", help="rank backbones and input sizes on your data by a linear probe"))
+    _add_audit_flags(command("audit", help="check a data set before training: duplicates, label errors, balance, "
+                                           "odd images"))
+
+    models = command("models", help="list model names; marks weights usable offline")
+    models.add_argument("pattern", nargs="?", default=None, help="glob or substring, e.g. 'resnet*' or timm:vit")
+    models.add_argument("--groups", metavar="NAME", default=None,
+                        help="print NAME's backbone block groups (--unfreeze gradual, --layer-decay)")
+    return parser
+
+
+def _add_eval_flags(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("run")
     evaluate.add_argument("--data", required=True, help="folder of class folders, dataset root, or digits/cifar10")
     evaluate.add_argument("--split", default=None, choices=("val", "test", "train", "all"),
@@ -53,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_table_flags(evaluate)
     _add_tta_flags(evaluate)
 
-    predict = command("predict", help="predict labels of image files, folders or globs")
+
+def _add_predict_flags(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("run")
     predict.add_argument("paths", nargs="+", metavar="PATH")
     predict.add_argument("--top-k", type=int, default=1)
@@ -67,15 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="answer a fraction C of images: the threshold that answers C of the validation split")
     _add_tta_flags(predict)
 
-    export = command("export", help="export a run's model to ONNX or TorchScript, parity-checked")
-    export.add_argument("run")
-    export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    export.add_argument("--output", default=None, help="default: RUN/export/model.onnx or model.torchscript.pt")
 
-    _add_features_flags(command("features", help="write backbone embeddings of a dataset to an .npz"))
-
-    add_select_flags(command("select", help="rank backbones and input sizes on your data by a linear probe"))
-    audit = command("audit", help="check a data set before training: duplicates, label errors, balance, odd images")
+def _add_audit_flags(audit: argparse.ArgumentParser) -> None:
     audit.add_argument("--data", required=True, help="folder of class folders, dataset root, or digits/cifar10")
     audit.add_argument("--out", required=True, help="folder for duplicates.csv, label_issues.csv, audit.html")
     audit.add_argument("--model", default="efficientnet_lite0", help="backbone for the features")
@@ -83,12 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--batch-size", type=int, default=64)
     audit.add_argument("--device", choices=DEVICES, default="auto")
     add_table_flags(audit)
-
-    models = command("models", help="list model names; marks weights usable offline")
-    models.add_argument("pattern", nargs="?", default=None, help="glob or substring, e.g. 'resnet*' or timm:vit")
-    models.add_argument("--groups", metavar="NAME", default=None,
-                        help="print NAME's backbone block groups (--unfreeze gradual, --layer-decay)")
-    return parser
 
 
 def _add_tta_flags(parser: argparse.ArgumentParser) -> None:
