@@ -46,7 +46,9 @@ class AuditResult:
                     f"{split} {self.imbalance(split):.2f}" for split in self.balance),
                 "exact duplicate pairs": kinds.count("exact"), "near duplicate pairs": kinds.count("near"),
                 "pairs across splits (leakage)": sum(self.cross_split),
-                "likely label errors": self.label_note if self.label_issues is None else len(self.label_issues),
+                "likely label errors": self.label_note if self.label_issues is None else
+                f"{len(self.label_issues)} labels the out-of-fold probe disagrees with (label_issues.csv, most "
+                "suspicious first; the top of the list is what to check)",
                 "odd images": len(self.odd)}
 
 
