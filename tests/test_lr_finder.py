@@ -141,3 +141,24 @@ def test_bad_lr_values_are_one_line_and_exit_2(args, message, tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_under_gradual_unfreezing_the_sweep_trains_what_the_first_epoch_trains(image_folder, tmp_path, monkeypatch):
+    import tlearn
+    from tlearn import lr_finder
+    from tlearn.models.block_groups import block_groups
+
+    swept = {}
+    real = lr_finder.find_stage_lr
+
+    def spy(model, *args, **kwargs):
+        swept["names"] = {name for name, p in model.named_parameters() if p.requires_grad}
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(lr_finder, "find_stage_lr", spy)
+    model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
+    tlearn.fit(model, str(image_folder), out=tmp_path / "run", strategy="finetune", epochs=1, unfreeze="gradual",
+               lr="find", val_split=0.25, report=False)
+    top = set(block_groups(model)[-1].parameter_names)
+    head = {name for name, _ in model.named_parameters() if name.startswith("head.")}
+    assert top and swept["names"] == top | head

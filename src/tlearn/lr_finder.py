@@ -200,8 +200,9 @@ def stage_lr_config(model: Classifier, stage_name: str, stage_data, config: RunC
     else:
         logger.info(f"--lr find: {progress.lr_found['lr']:.2e} by the {progress.lr_found['rule']} rule, found "
                     "before the resume (not swept again)")
+    body = f"block groups x {tc.layer_decay:g}^depth" if tc.layer_decay else f"x {tc.backbone_lr_mult:g}"
     logger.info(f"stage {stage_name} trains at LR {progress.lr_found['lr']:.2e} (the head's; a trained backbone's "
-                f"is x {tc.backbone_lr_mult:g}), found by the LR finder")
+                f"is {body}), found by the LR finder")
     return dataclasses.replace(tc, lr=progress.lr_found["lr"])
 
 

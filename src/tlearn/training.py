@@ -18,14 +18,14 @@ from torch import nn
 from . import checkpoint
 from .accumulation import optimizer_steps
 from .balance import Balance, warn_if_imbalanced
-from .config import LR_FIND, RunConfig
+from .config import LR_FIND, RunConfig, TrainConfig
 from .data.sources import DatasetSplits
 from .early_stopping import monitor_value, observe, require_monitor
 from .ema import start_weight_average
 from .epoch_figures import describe, result_fields, selection_score, train_fields
 from .features import default_cache_dir
 from .head_solver import HeadObjective, fit_linear_head_lbfgs
-from .layer_groups import backbone_trains, gradual_epoch, log_block_groups
+from .layer_groups import backbone_trains, gradual_epoch, log_block_groups, unfreeze_top
 from .loops import evaluate_loader, train_one_epoch
 from .lr_finder import stage_lr_config, stage_to_sweep
 from .metrics import EpochStats, EvalResult
@@ -174,11 +174,7 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
         _solve_head(StageRun(model, stage, stage_data, None, mark), run)
         return
     if index == run.lr_stage:  # --lr find
-        dc = run.config.data
-        if dc.mixup or dc.cutmix or tc.accumulate > 1:
-            logger.info("  --lr find sweeps plain batches of --batch-size: no mixup/cutmix, no accumulation")
-        tc = stage_lr_config(model, stage.name, stage_data, run.config, run.runtime, run.progress,
-                             _training_loss(run, stage_data, model), run.run_dir if run.writes else None)
+        tc = _find_lr(model, stage, stage_data, run)
     if backbone_trains(model):  # after the LR finder: the groups' LRs follow the LR it found
         log_block_groups(block_groups(model), tc)
     optimizer = make_optimizer(parameter_groups(model, tc), tc)
@@ -189,6 +185,21 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
     if stage_state is not None:
         state.load_state_dict(stage_state)
     _train_epochs(StageRun(model, stage, stage_data, state, mark), run)
+
+
+def _find_lr(model: Classifier, stage: Stage, stage_data: StageData, run: Run) -> TrainConfig:
+    """--lr find: the stage's settings at the LR the finder picks. The sweep trains what the stage's
+    first epoch trains (under --unfreeze gradual: the head and the top block group)."""
+    tc, dc = run.config.train, run.config.data
+    if dc.mixup or dc.cutmix or tc.accumulate > 1:
+        logger.info("  --lr find sweeps plain batches of --batch-size: no mixup/cutmix, no accumulation")
+    if stage.gradual:
+        unfreeze_top(model, block_groups(model), 1)
+    found = stage_lr_config(model, stage.name, stage_data, run.config, run.runtime, run.progress,
+                            _training_loss(run, stage_data, model), run.run_dir if run.writes else None)
+    if stage.gradual:
+        stage.apply(model)  # the optimiser holds every parameter; each epoch then sets what trains
+    return found
 
 
 def _training_loss(run: Run, stage_data: StageData, model: Classifier, smoothing: float | None = None) -> nn.Module:
@@ -280,7 +291,8 @@ def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run:
     multi = model.info.multi_label
     row = {"stage": stage.name, "stage_epoch": progress.stage_epoch, "epoch": len(progress.rows) + 1,
            **train_fields(stats.loss, stats.top1, multi), "val_loss": result.loss, **result_fields(result),
-           "lr_head": lrs.get("head", lrs.get("head_no_decay", "")), "lr_backbone": next((lr for name, lr in lrs.items() if name.startswith("backbone")), ""),
+           "lr_head": lrs.get("head", lrs.get("head_no_decay", "")),
+           "lr_backbone": next((lr for name, lr in lrs.items() if name.startswith("backbone")), ""),  # the top group
            "trainable_params": parameter_counts(model)[0],
            "seconds": now - current.mark, "images_per_s": stats.images_per_s, "cached_features": current.data.cached,
            "data_seconds": stats.data_seconds, "compute_seconds": stats.compute_seconds,
