@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_write
+from .html_page import html_page
 from .multilabel import score
 from .report_cards import Explain, card, choose_samples, grid_note, image_pictures
 from .report_page import (
-    _PAGE,
     CURVES_FILE,
     MAX_WRONG,
+    PAGE_CSS,
     REPORT_FILE,
     _curves_png,
     _figure_section,
@@ -51,7 +52,7 @@ def write_multilabel_report(run_dir: Path, *, probs: np.ndarray, targets: np.nda
     sections.append(_grid("mistakes", "Worst-scored images (binary cross-entropy over all classes)", worst, cards))
     sections.append(_settings_section(settings, summary))
     path = run_dir / REPORT_FILE
-    atomic_write(path, _PAGE.format(title=html.escape(title), body="\n".join(sections)))
+    atomic_write(path, html_page(title, "\n".join(sections), PAGE_CSS))
     return path
 
 

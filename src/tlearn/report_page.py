@@ -22,6 +22,7 @@ import numpy as np
 
 from .balance import WARN_RATIO, imbalance_ratio
 from .files import atomic_write
+from .html_page import html_page
 from .report_cards import Explain, card, choose_samples, grid_note, image_pictures
 from .run_folder import METRICS_FILE
 
@@ -56,7 +57,7 @@ def write_report(run_dir: Path, *, probs: np.ndarray, labels: np.ndarray, class_
                                     CONFUSION_FILE, scroll=True))
     sections.append(_wrong_section(wrong, pictures, probs, labels, class_names, describe))
     sections.append(_settings_section(settings, summary))
-    page = _PAGE.format(title=html.escape(title), body="\n".join(sections))
+    page = html_page(title, "\n".join(sections), PAGE_CSS)
     path = run_dir / REPORT_FILE
     atomic_write(path, page)
     return path
@@ -240,26 +241,17 @@ def _wrong_section(wrong: list[int], pictures: dict, probs, labels, class_names,
     return f"<section id='mistakes'><h2>Most confident mistakes</h2><div class='grid'>{cards}</div></section>"
 
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }}
-table {{ border-collapse: collapse; }} th, td {{ padding: 3px 10px; border-bottom: 1px solid #ddd; text-align: left; }}
-table.kv th {{ font-weight: 600; white-space: nowrap; }}
-.scroll {{ overflow: auto; max-height: 900px; border: 1px solid #eee; }}
-.scroll.short {{ max-height: 480px; display: inline-block; }}
-.scroll img {{ max-width: none; }}
-img {{ max-width: 100%; }}
-.headline {{ font-size: 1.2em; }} .warning {{ color: #a40; font-weight: 600; }}
-.grid {{ display: flex; flex-wrap: wrap; gap: 12px; }}
-figure {{ margin: 0; width: 150px; font-size: 12px; }} figure img {{ image-rendering: pixelated; }}
-figure.pair {{ width: 236px; }} figure.pair img {{ width: 116px; image-rendering: auto; }} .pictures {{ display: flex; gap: 4px; }}
-.missing {{ width: 128px; height: 64px; background: #eee; color: #777; display: flex; align-items: center;
-  justify-content: center; }}
-.right {{ color: #262; }} .wrong {{ color: #a22; font-weight: 600; }} .note {{ color: #555; font-size: 0.9em; }}
-details summary {{ cursor: pointer; }} details summary h2 {{ display: inline; }}
-</style></head>
-<body><h1>{title}</h1>
-{body}
-</body></html>
+PAGE_CSS = """table.kv th { font-weight: 600; white-space: nowrap; }
+.scroll { overflow: auto; max-height: 900px; border: 1px solid #eee; }
+.scroll.short { max-height: 480px; display: inline-block; }
+.scroll img { max-width: none; }
+img { max-width: 100%; }
+.headline { font-size: 1.2em; } .warning { color: #a40; font-weight: 600; }
+.grid { display: flex; flex-wrap: wrap; gap: 12px; }
+figure { margin: 0; width: 150px; font-size: 12px; } figure img { image-rendering: pixelated; }
+figure.pair { width: 236px; } figure.pair img { width: 116px; image-rendering: auto; } .pictures { display: flex; gap: 4px; }
+.missing { width: 128px; height: 64px; background: #eee; color: #777; display: flex; align-items: center;
+  justify-content: center; }
+.right { color: #262; } .wrong { color: #a22; font-weight: 600; } .note { color: #555; font-size: 0.9em; }
+details summary { cursor: pointer; } details summary h2 { display: inline; }
 """

@@ -11,6 +11,7 @@ import io
 from typing import TYPE_CHECKING
 
 from .files import atomic_write, write_json
+from .html_page import html_page
 
 if TYPE_CHECKING:  # select.py imports this module: the page takes its Selection, never imports it
     from .select import Selection
@@ -103,7 +104,7 @@ def leaderboard_page(selection: Selection) -> str:
     if selection.best_run:
         sections.append(f"<section><h2>Fine-tuned</h2><p>The best candidate, trained two-stage: "
                         f"{html.escape(str(selection.best_run))}</p></section>")
-    return _PAGE.format(title="tlearn select: which backbone?", body="\n".join(sections))
+    return html_page("tlearn select: which backbone?", "\n".join(sections), _CSS)
 
 
 def scatter_png(selection: Selection, metric: str) -> bytes:
@@ -139,15 +140,7 @@ def scatter_png(selection: Selection, metric: str) -> bytes:
     return buffer.getvalue()
 
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1100px; }}
-table {{ border-collapse: collapse; }} th, td {{ padding: 3px 10px; border-bottom: 1px solid #ddd; text-align: right; }}
-th {{ font-weight: 600; }} td:nth-child(2), th:nth-child(2) {{ text-align: left; }}
-img {{ max-width: 100%; }}
-</style></head>
-<body><h1>{title}</h1>
-{body}
-</body></html>
+_CSS = """body { max-width: 1100px; } th, td { text-align: right; }
+th { font-weight: 600; } td:nth-child(2), th:nth-child(2) { text-align: left; }
+img { max-width: 100%; }
 """

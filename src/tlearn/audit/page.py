@@ -5,6 +5,7 @@ import html
 from pathlib import Path
 
 from ..files import atomic_write
+from ..html_page import html_page
 from ..report_cards import thumbnail_png
 
 MAX_PAIRS = 60  # pairs and issues shown with thumbnails; the CSV files hold them all
@@ -19,8 +20,7 @@ def write_audit_page(path: Path, audit, load_image) -> Path:
         return f"<img alt='{name}' title='{name}' src='data:image/png;base64,{thumbnail_png(load_image(index))}'>"
 
     sections = [_summary(audit), _balance(audit), _pairs(audit, image), _issues(audit, image), _odd(audit, image)]
-    atomic_write(path, _PAGE.format(title=html.escape(f"tlearn audit: {audit.description}"),
-                                    body="\n".join(sections)))
+    atomic_write(path, html_page(f"tlearn audit: {audit.description}", "\n".join(sections), _CSS))
     return path
 
 
@@ -80,16 +80,8 @@ def _odd(audit, image) -> str:
     return f"<section><h2>Odd images</h2><table><tr><th></th><th>file</th><th>why</th></tr>{rows}</table></section>"
 
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }}
-table {{ border-collapse: collapse; }} th, td {{ padding: 3px 10px; border-bottom: 1px solid #ddd; text-align: left; }}
-.grid {{ display: flex; flex-wrap: wrap; gap: 12px; }}
-figure {{ margin: 0; width: 150px; font-size: 12px; overflow-wrap: anywhere; }}
-figure.pair {{ width: 280px; }} figure.pair img {{ margin-right: 6px; }}
-td img {{ max-height: 64px; }} .bad {{ color: #b00; }}
-</style></head><body><h1>{title}</h1>
-{body}
-</body></html>
+_CSS = """.grid { display: flex; flex-wrap: wrap; gap: 12px; }
+figure { margin: 0; width: 150px; font-size: 12px; overflow-wrap: anywhere; }
+figure.pair { width: 280px; } figure.pair img { margin-right: 6px; }
+td img { max-height: 64px; } .bad { color: #b00; }
 """
