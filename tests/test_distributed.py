@@ -11,17 +11,22 @@ import tlearn
 
 from conftest import TINY_MODEL, make_folder
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+# two-stage on tiny images: one probe epoch, two fine-tuning epochs, on the CPU, decoding inline
+TWO_STAGE = ["--model", TINY_MODEL, "--weights", "none", "--image-size", "32", "--batch-size", "4",
+             "--strategy", "two-stage", "--head-epochs", "1", "--epochs", "2", "--device", "cpu", "--workers", "0"]
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    """`python ARGS` as two CPU processes of one thread each."""
+    return subprocess.run(TORCHRUN + list(args), capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+
 
 def test_torchrun_two_processes_train_and_report_unpadded_metrics(tmp_path):
     data = make_folder(tmp_path / "data", per_class=9, split_dirs=True)  # 7 val images: odd on purpose
     out = tmp_path / "run"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(torchrun + ["-m", "tlearn", "train", "--data", str(data), "--model", TINY_MODEL,
-                                        "--weights", "none", "--image-size", "32", "--batch-size", "4",
-                                        "--strategy", "two-stage", "--head-epochs", "1", "--epochs", "2",
-                                        "--device", "cpu", "--workers", "0", "--out", str(out)],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = _torchrun("-m", "tlearn", "train", "--data", str(data), *TWO_STAGE, "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("stage 2 finetune") == 1  # one process talks
     summary = json.loads((out / "summary.json").read_text())
@@ -41,10 +46,7 @@ def test_torchrun_extracts_feature_shards_into_the_single_process_cache_entry(tm
     args = ["-m", "tlearn", "train", "--data", str(data), "--model", TINY_MODEL, "--weights", "none",
             "--image-size", "32", "--batch-size", "4", "--strategy", "linear-probe", "--epochs", "1",
             "--device", "cpu", "--workers", "0"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    sharded = subprocess.run(torchrun + args + ["--cache-dir", str(tmp_path / "sharded"), "--out", str(tmp_path / "a")],
-                             check=False, capture_output=True, text=True, env=env, timeout=600)
+    sharded = _torchrun(*args, "--cache-dir", str(tmp_path / "sharded"), "--out", str(tmp_path / "a"))
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     assert "shards of 71 + 64 images over 2 processes" in sharded.stdout  # rank 1 computed its batch
     assert "shards of 45 + 0 images over 2 processes" in sharded.stdout
@@ -66,17 +68,10 @@ def test_torchrun_with_every_fine_tuning_technique_on(tmp_path):
     the saved (averaged) weights score what the processes reported together."""
     data = make_folder(tmp_path / "data", per_class=9, split_dirs=True)
     out = tmp_path / "run"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(torchrun + ["-m", "tlearn", "train", "--data", str(data), "--model", TINY_MODEL,
-                                        "--weights", "none", "--image-size", "32", "--batch-size", "4",
-                                        "--strategy", "two-stage", "--head-epochs", "1", "--epochs", "2",
-                                        "--lr", "find", "--unfreeze", "gradual", "--layer-decay", "0.75",
-                                        "--augment", "trivialaugment", "--random-erasing", "0.25",
-                                        "--mixup", "0.2", "--cutmix", "1.0", "--ema-decay", "0.9",
-                                        "--accumulate", "2", "--device", "cpu", "--workers", "0",
-                                        "--no-report", "--out", str(out)],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = _torchrun("-m", "tlearn", "train", "--data", str(data), *TWO_STAGE, "--lr", "find",
+                       "--unfreeze", "gradual", "--layer-decay", "0.75", "--augment", "trivialaugment",
+                       "--random-erasing", "0.25", "--mixup", "0.2", "--cutmix", "1.0", "--ema-decay", "0.9",
+                       "--accumulate", "2", "--no-report", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("stage 2 finetune") == 1  # one process talks
     import yaml
