@@ -277,7 +277,7 @@ def cmd_features(args: argparse.Namespace) -> int:
                                   path_col=args.path_col, label_col=args.label_col, label_delim=args.label_delim)[0]
     found = resolve_split(data_config, "all")
     samples, names, split = found.samples, found.class_names, found.split_names
-    from .features import FeatureExtractor, default_cache_dir
+    from .features import FeatureExtractor, run_cache_dir
     from .runtime import setup_runtime
 
     if args.run is not None:
@@ -294,7 +294,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         model.info.preprocessing = model.info.preprocessing.with_image_size(args.image_size)
     runtime = setup_runtime(args.device)
     model.to(runtime.device)
-    cache_dir = (Path(args.cache_dir) if args.cache_dir else default_cache_dir()) if args.use_cache else None
+    cache_dir = run_cache_dir(args.cache_dir, args.use_cache)
     extractor = FeatureExtractor(runtime, batch_size=args.batch_size, workers=args.workers, backend=args.backend,
                                  cache_dir=cache_dir)
     extractor.export(model, samples, names, args.out, split_names=split)

@@ -39,6 +39,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("TLEARN_CACHE") or Path.home() / ".cache" / "tlearn")
 
 
+def run_cache_dir(cache_dir: str | None, use_cache: bool) -> Path | None:
+    """Where a run keeps its caches: --cache-dir, else the default; None with --no-cache."""
+    return (Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None
+
+
 def cache_key(model: Classifier, prep: Preprocessing, samples: Samples, precision: str = "fp32") -> str:
     """Hash of everything the features depend on; anything else may change freely."""
     parts = {

@@ -17,7 +17,7 @@ from .balance import Balance
 from .config import RunConfig
 from .data.sources import load_data
 from .errors import DataError
-from .features import default_cache_dir
+from .features import run_cache_dir
 from .lr_finder import Finding, find_stage_lr, write_finding
 from .models.factory import create_model
 from .multilabel import check_config, is_multi_label
@@ -58,7 +58,7 @@ def lr_find(config: RunConfig, out_dir: str | Path) -> Finding:
     sgd = dataclasses.replace(config, train=dataclasses.replace(tc, head_solver="sgd", head_epochs=0))
     stage = plan_stages(sgd, model)[-1]
     stage.apply(model)
-    cache_dir = (Path(tc.cache_dir) if tc.cache_dir else default_cache_dir()) if tc.use_cache else None
+    cache_dir = run_cache_dir(tc.cache_dir, tc.use_cache)
     stage_data = build_stage_data(model, stage, data, sgd, runtime, cache_dir)
     if multi:
         loss_fn = nn.BCEWithLogitsLoss()

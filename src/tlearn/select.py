@@ -173,14 +173,17 @@ def run_selection(config: RunConfig, models: Sequence[str] | None, image_sizes: 
         logger.warning(f"skipped {len(data.skipped)} unusable file(s), e.g. {path} ({reason})")
     tc = config.train
     runtime = setup_runtime(tc.device, tc.amp, tc.amp_dtype, tc.channels_last)
-    cache_dir = _cache_dir(tc)
+    from .features import run_cache_dir
+    from .multilabel import is_multi_label
+
+    cache_dir = run_cache_dir(tc.cache_dir, tc.use_cache)
     settings = ProbeSettings(runtime, cache_dir, config.data.batch_size, config.data.workers, config.data.small_images)
     clock, results = Budget(budget), []
     total = len(names) * len(sizes)
     for name in names:
         results += _run_model(name, sizes, data, config, settings, clock, skipped, (len(results), total))
     results.sort(key=lambda result: result.score(), reverse=True)
-    selection = Selection(results, skipped, Path(out), "multi-label" if config.data.label_delim else "single-label",
+    selection = Selection(results, skipped, Path(out), "multi-label" if is_multi_label(config) else "single-label",
                           data.description, len(data.train), len(data.val), time.perf_counter() - clock.started,
                           budget)
     write_outputs(selection)
@@ -192,10 +195,6 @@ def run_selection(config: RunConfig, models: Sequence[str] | None, image_sizes: 
     return selection
 
 
-def _cache_dir(tc: TrainConfig) -> Path | None:
-    from .features import default_cache_dir
-
-    return (Path(tc.cache_dir) if tc.cache_dir else default_cache_dir()) if tc.use_cache else None
 
 
 def _run_model(name: str, sizes: list[int | None], data, config: RunConfig, settings, clock: Budget,

@@ -23,7 +23,7 @@ from .data.sources import DatasetSplits
 from .early_stopping import monitor_value, observe, require_monitor
 from .ema import start_weight_average
 from .epoch_figures import describe, result_fields, selection_score, train_fields
-from .features import default_cache_dir
+from .features import run_cache_dir
 from .head_solver import HeadObjective, fit_linear_head_lbfgs
 from .layer_groups import backbone_trains, gradual_epoch, log_block_groups, unfreeze_top
 from .loops import evaluate_loader, train_one_epoch
@@ -109,7 +109,7 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    cache_dir = (Path(tc.cache_dir) if tc.cache_dir else default_cache_dir()) if tc.use_cache else None
+    cache_dir = run_cache_dir(tc.cache_dir, tc.use_cache)
     run = Run(config, data, runtime, Path(run_dir) if run_dir is not None else None, progress, cache_dir, balance)
     if run.writes and resume is None:
         start_run_folder(run, model)
@@ -202,6 +202,11 @@ def _find_lr(model: Classifier, stage: Stage, stage_data: StageData, run: Run) -
     return found
 
 
+def _eval_loss(multi_label: bool, label_smoothing: float) -> nn.Module:
+    """Validation's loss: the training loss without balancing or mixing (comparable across modes)."""
+    return nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+
 def _training_loss(run: Run, stage_data: StageData, model: Classifier, smoothing: float | None = None) -> nn.Module:
     """`smoothing`: None for --label-smoothing (0 when mixup/cutmix's soft targets carry it)."""
     if model.info.multi_label:
@@ -218,7 +223,7 @@ def _train_epochs(current: StageRun, run: Run) -> None:
     mixer = None if stage_data.cached else make_mixer(run.config, model.info.num_classes, multi)
     smoothing = 0.0 if mixer is not None else tc.label_smoothing  # the mixer's soft targets carry it
     loss_fn = _training_loss(run, stage_data, model, smoothing)
-    eval_loss = nn.BCEWithLogitsLoss() if multi else nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+    eval_loss = _eval_loss(multi, tc.label_smoothing)
     train_module = _train_module(model, stage_data, runtime)
     groups = block_groups(model) if stage.gradual else []
     for epoch in range(run.progress.stage_epoch, stage.epochs):
@@ -269,8 +274,7 @@ def _solve_head(current: StageRun, run: Run) -> None:
         if run.runtime.is_main:
             store_solved(model.head, solved, run.cache_dir, key)
     solved_at = time.perf_counter()
-    eval_loss = nn.BCEWithLogitsLoss() if multi else nn.CrossEntropyLoss(
-        label_smoothing=run.config.train.label_smoothing)
+    eval_loss = _eval_loss(multi, run.config.train.label_smoothing)
     result = evaluate_loader(model.head, stage_data.val, run.runtime, model.info.num_classes, eval_loss,
                              prepare=stage_data.prepare, description="val", sharded=False, keep_probs=True,
                              multi_label=multi)
