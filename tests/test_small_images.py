@@ -75,10 +75,10 @@ def test_a_run_stores_the_recipe_it_trained_with(image_folder, tmp_path):
     assert stored["weights"] == recipe
 
 
-def test_an_unknown_policy_is_a_config_error(image_folder):
+def test_an_unknown_policy_is_a_config_error(image_folder, tmp_path):
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
     with pytest.raises(ConfigError, match="--small-images"):
-        tlearn.fit(model, str(image_folder), small_images="crop", report=False)
+        tlearn.fit(model, str(image_folder), out=tmp_path / "run", small_images="crop", report=False)
 
 
 def test_whole_means_whole_for_non_square_images():

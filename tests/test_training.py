@@ -67,7 +67,8 @@ def test_linear_probe_on_images_with_augmentation_trains_uncached(image_folder, 
 def test_learns_a_separable_problem(image_folder, tmp_path):
     """Class colour decides the label: a probe on random features must get well above chance."""
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
-    summary = tlearn.fit(model, str(image_folder), strategy="linear-probe", epochs=1, val_split=0.25)
+    summary = tlearn.fit(model, str(image_folder), out=tmp_path / "run", strategy="linear-probe", epochs=1,
+                         val_split=0.25)
     assert summary["val_top1"] >= 0.8
 
 
@@ -86,7 +87,7 @@ def test_bundled_lite0_probe_on_cifar10_mini(tmp_path):
     uncached = _probe(data, tmp_path, False, "uncached")
     assert abs(cached["val_top1"] - uncached["val_top1"]) <= 0.01
     model = tlearn.create_model("efficientnet_lite0", 10, image_size=96)
-    lbfgs = tlearn.fit(model, data, strategy="linear-probe", epochs=1)
+    lbfgs = tlearn.fit(model, data, out=tmp_path / "lbfgs", strategy="linear-probe", epochs=1)
     assert lbfgs["val_top1"] >= 0.55, lbfgs["val_top1"]
     assert cached["val_top1"] >= 0.55, cached["val_top1"]
 

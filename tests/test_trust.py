@@ -65,7 +65,8 @@ def test_unwritable_cache_is_a_warning_and_training_goes_on(tmp_path, caplog):
     blocker = tmp_path / "a-file"
     blocker.write_text("the cache folder cannot be made under a file")
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
-    summary = tlearn.fit(model, str(make_folder(tmp_path / "data", per_class=6)), strategy="linear-probe",
+    summary = tlearn.fit(model, str(make_folder(tmp_path / "data", per_class=6)), out=tmp_path / "run",
+                         strategy="linear-probe",
                          epochs=1, cache_dir=str(blocker / "cache"), report=False)
     warnings = [r.message for r in caplog.records
                 if r.levelname == "WARNING" and r.message.startswith("cannot write the feature cache")]
@@ -93,21 +94,23 @@ def test_two_runs_share_one_cache_at_the_same_time(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same features gave the same head
 
 
-def test_as_is_trains_exactly_what_the_user_left_trainable(image_folder):
+def test_as_is_trains_exactly_what_the_user_left_trainable(image_folder, tmp_path):
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
     freeze(model, unfreeze_last=2)
     given = parameter_counts(model)[0]
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    summary = tlearn.fit(model, str(image_folder), strategy="as-is", epochs=1, report=False)
+    summary = tlearn.fit(model, str(image_folder), out=tmp_path / "run", strategy="as-is", epochs=1,
+                         report=False)
     assert summary["stages"][0]["name"] == "as-is" and summary["stages"][0]["trainable_params"] == given
     assert all(torch.equal(p, frozen_before[n]) for n, p in model.named_parameters() if n in frozen_before)
 
 
-def test_a_strategy_that_resets_the_users_flags_says_so(image_folder, caplog):
+def test_a_strategy_that_resets_the_users_flags_says_so(image_folder, tmp_path, caplog):
     caplog.set_level("INFO", logger="tlearn")
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
     freeze(model, unfreeze_last=2)
-    summary = tlearn.fit(model, str(image_folder), strategy="linear-probe", epochs=1, report=False)
+    summary = tlearn.fit(model, str(image_folder), out=tmp_path / "run", strategy="linear-probe", epochs=1,
+                         report=False)
     assert any("strategy='as-is' keeps" in line for line in caplog.messages)
     assert summary["stages"][0]["trainable_params"] < sum(p.numel() for p in model.parameters())
 

@@ -1,9 +1,11 @@
 """The Python API: train from a config, evaluate a run, load a run to predict."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,7 +19,7 @@ from .calibration import probabilities
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data.images import open_rgb
 from .data.samples import Samples
-from .data.sources import BUILTIN, DatasetSplits, default_eval_split, load_data, resolve_split
+from .data.sources import BUILTIN, DatasetSplits, default_eval_split, load_data, require_validation, resolve_split
 from .data.transforms import eval_transform
 from .errors import ConfigError, DataError, RunFolderError
 from .features import default_cache_dir
@@ -28,7 +30,9 @@ from .models.factory import create_model
 from .multilabel import DEFAULT_THRESHOLD, predict_multi_label, remap_multi_hot, score
 from .preprocessing import Preprocessing
 from .run_calibration import calibration_figures, mark_unknown, resolve_min_confidence
+from .run_guard import claim_run_folder, run_folder_lock
 from .runtime import seed_everything, setup_runtime
+from .train_overlap import count_training_images
 from .train_state import ResumePoint
 from .tta import Views, average_views, views_for, views_transform
 
@@ -41,27 +45,55 @@ def build_model(config: RunConfig, num_classes: int) -> Classifier:
                         image_size=config.data.image_size)
 
 
-def train(config: RunConfig, out: str | Path | None = None, data: DatasetSplits | None = None) -> tuple[dict, Path]:
-    """Load data (unless given), build the model, fit; returns (summary, run folder)."""
+def train(config: RunConfig, out: str | Path | None = None, data: DatasetSplits | None = None, *,
+          overwrite: bool = False) -> tuple[dict, Path]:
+    """Load data (unless given), build the model, fit; returns (summary, run folder).
+
+    `out` must be new or empty: a folder holding a run is refused unless `overwrite` (which clears
+    that run's files first, and only those); run_guard.py. Default: runs/<timestamp>."""
     data = data if data is not None else load_data(config.data, config.train.seed)
+    require_validation(data, config.data.val_split)
     if len(data.class_names) < (1 if config.data.label_delim is not None else 2):  # one tag: present or not
         raise DataError(f"need at least 2 classes, found {len(data.class_names)}")
+    _warn_skipped(data)
+    seed_everything(config.train.seed)  # the new head's initialisation follows the seed too
+    model = build_model(config, len(data.class_names))
+    with _claimed(out, overwrite) as run_dir:
+        logger.info(f"{config.model.name} ({model.info.weights_id}), {len(data.class_names)} classes, "
+                    f"{len(data.train)} train / {len(data.val)} val images, input "
+                    f"{model.info.preprocessing.crop_size}px; run folder {run_dir}")
+        return _run_stages(model, data, config, run_dir), run_dir
+
+
+def _warn_skipped(data: DatasetSplits) -> None:
     if data.skipped:
         shown = ", ".join(f"{p} ({r})" for p, r in data.skipped[:3])
         logger.warning(f"skipped {len(data.skipped)} unusable file(s): {shown}"
                        + (" ..." if len(data.skipped) > 3 else "") + " (full list in skipped_files.txt)")
-    seed_everything(config.train.seed)  # the new head's initialisation follows the seed too
-    model = build_model(config, len(data.class_names))
-    run_dir = Path(out) if out is not None else run_folder.default_run_dir()
-    logger.info(f"{config.model.name} ({model.info.weights_id}), {len(data.class_names)} classes, "
-                f"{len(data.train)} train / {len(data.val)} val images, input {model.info.preprocessing.crop_size}px; "
-                f"run folder {run_dir}")
+
+
+@contextlib.contextmanager
+def _claimed(out: str | Path | None, overwrite: bool):
+    """The new run's folder, locked for the run (by the process that writes it: rank 0 under torchrun)."""
+    run_dir = Path(out) if out is not None else run_folder.default_run_dir(reserve=_writes_run_folder())
+    if not _writes_run_folder():
+        yield run_dir
+        return
+    with claim_run_folder(run_dir, overwrite):
+        yield run_dir
+
+
+def _writes_run_folder() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_dir: Path,
+                resume: ResumePoint | None = None) -> dict:
     try:
-        summary = training.run_stages(model, data, config, run_dir)
+        return training.run_stages(model, data, config, run_dir, resume=resume)
     except KeyboardInterrupt:
         logger.info(f"interrupted: the last completed epoch is saved; continue with: tlearn train --resume {run_dir}")
         raise
-    return summary, run_dir
 
 
 def resume(run_dir: str | Path) -> tuple[dict, Path]:
@@ -69,27 +101,27 @@ def resume(run_dir: str | Path) -> tuple[dict, Path]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder not found: {run_dir}")
-    if (run_dir / run_folder.SUMMARY_FILE).is_file():
-        raise RunFolderError(f"run {run_dir} already finished (summary.json exists); nothing to resume")
-    config = run_folder.read_config(run_dir)
-    if not checkpoint.has_train_state(run_dir):
-        logger.info(f"run {run_dir} stopped before its first epoch was committed: starting it again")
-        return train(config, run_dir)
-    point = ResumePoint.read(run_dir)
-    data = load_data(config.data, config.train.seed)
-    model = checkpoint.build_model(checkpoint.read_model_info(run_dir))
-    checkpoint.load_weights(model, point.weights, run_dir / checkpoint.STATE_FILE)
-    logger.info(f"resuming {run_dir} after epoch {len(point.progress.rows)}")
-    try:
-        summary = training.run_stages(model.train(), data, config, run_dir, resume=point)
-    except KeyboardInterrupt:
-        logger.info(f"interrupted: the last completed epoch is saved; continue with: tlearn train --resume {run_dir}")
-        raise
-    return summary, run_dir
+    with run_folder_lock(run_dir) if _writes_run_folder() else contextlib.nullcontext():
+        if (run_dir / run_folder.SUMMARY_FILE).is_file():
+            raise RunFolderError(f"run {run_dir} already finished (summary.json exists); nothing to resume")
+        config = run_folder.read_config(run_dir)
+        data = load_data(config.data, config.train.seed)
+        if not checkpoint.has_train_state(run_dir):
+            logger.info(f"run {run_dir} stopped before its first epoch was committed: starting it again")
+            require_validation(data, config.data.val_split)
+            seed_everything(config.train.seed)
+            return _run_stages(build_model(config, len(data.class_names)), data, config, run_dir), run_dir
+        point = ResumePoint.read(run_dir)
+        model = checkpoint.build_model(checkpoint.read_model_info(run_dir))
+        checkpoint.load_weights(model, point.weights, run_dir / checkpoint.STATE_FILE)
+        logger.info(f"resuming {run_dir} after epoch {len(point.progress.rows)}")
+        return _run_stages(model.train(), data, config, run_dir, resume=point), run_dir
 
 
-def fit(model: Classifier, data: str | DatasetSplits, out: str | Path | None = None, **options: Any) -> dict:
-    """Train `model` on a data source ("digits", a folder...) or loaded splits.
+def fit(model: Classifier, data: str | DatasetSplits, out: str | Path | None = None, *, overwrite: bool = False,
+        **options: Any) -> dict:
+    """Train `model` on a data source ("digits", a folder...) or loaded splits into the run folder
+    `out` (default runs/<timestamp>, as the command line; logged), which `tlearn.load` reads back.
 
     `options` are any DataConfig/TrainConfig field (strategy, epochs, head_epochs, lr, ...)
     and `aux_weight`. strategy="as-is" trains exactly the parameters left trainable.
@@ -108,7 +140,10 @@ def fit(model: Classifier, data: str | DatasetSplits, out: str | Path | None = N
         train=TrainConfig(**{k: v for k, v in options.items() if k in train_fields}),
     )
     splits = load_data(config.data, config.train.seed) if isinstance(data, str) else data
-    return training.run_stages(model, splits, config, out)
+    require_validation(splits, config.data.val_split)
+    with _claimed(out, overwrite) as run_dir:
+        logger.info(f"run folder {run_dir}")
+        return _run_stages(model, splits, config, run_dir)
 
 
 @dataclass
@@ -259,8 +294,25 @@ def evaluation(run_or_model: str | Path | TrainedModel, data: str | Path, split:
     trained = run_or_model if isinstance(run_or_model, TrainedModel) else load(run_or_model)
     samples = eval_samples(run_or_model, data, split, trained.class_names, labels=labels, path_col=path_col,
                            label_col=label_col, label_delim=label_delim, multi_label=trained.multi_label)
-    if trained.multi_label:
-        return _evaluate_multi_label(trained, samples, batch_size, device, workers, views)
+    overlap = 0 if isinstance(run_or_model, TrainedModel) else _training_overlap(
+        Path(run_or_model), data, split, samples, labels=labels, path_col=path_col, label_col=label_col,
+        label_delim=label_delim)
+    evaluated = (_evaluate_multi_label(trained, samples, batch_size, device, workers, views) if trained.multi_label
+                 else _evaluate_single_label(trained, samples, data, batch_size, device, workers, views))
+    if overlap:
+        evaluated.result["train_overlap"] = overlap
+    return evaluated
+
+
+def _training_overlap(run_dir: Path, data: str | Path, split: str | None, samples: Samples, **table) -> int:
+    """How many evaluated images the run trained on (warned about; train_overlap.py)."""
+    data_config, seed = data_config_for(run_dir, data, **table)
+    trained_on = run_folder.read_config(run_dir).data
+    return count_training_images(trained_on, seed, data_config, split or default_eval_split(data_config), samples)
+
+
+def _evaluate_single_label(trained: TrainedModel, samples: Samples, data: str | Path, batch_size: int, device: str,
+                           workers: int | None, views: Views | None) -> Evaluation:
     counts = class_counts(samples.labels, len(trained.class_names))
     warn_if_imbalanced(counts, trained.class_names, f"the evaluation data ({data})")
     runtime = setup_runtime(device)

@@ -11,6 +11,7 @@ state (`repair_derived_files`). Each weights file is tagged with its epoch.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ MODEL_JSON = "model.json"
 STATE_FILE = "train_state.safetensors"  # the commit point of every epoch: what resume uses
 STATE_FORMAT = "tlearn-train-state-2"
 _MODEL_PREFIX = "model/"
+
+logger = logging.getLogger(__name__)
 
 
 def save_model(run_dir: str | Path, model: Classifier | dict[str, torch.Tensor], filename: str = MODEL_FILE,
@@ -96,15 +99,29 @@ def load_model(run_dir: str | Path, filename: str = MODEL_FILE) -> Classifier:
     model = build_model(read_model_info(run_dir))
     path = run_dir / filename
     if not path.is_file() and has_train_state(run_dir):
-        # Killed between the first commit and its derived files: the committed epoch is the
-        # only one, so it is also the last and the best.
-        path = run_dir / STATE_FILE
-        weights, state = load_train_state(run_dir)
-        weights = published_weights(weights, (state.get("stage_state") or {}).get("ema"))
+        path, weights = run_dir / STATE_FILE, _committed_weights(run_dir, filename)
     else:
         weights = read_tensors(path)
     load_weights(model, weights, path)
     return model.eval()
+
+
+def _committed_weights(run_dir: Path, filename: str) -> dict[str, torch.Tensor]:
+    """`filename`'s weights from the committed state, when the state holds them: a run killed
+    between a commit and its derived files has not written them yet. The state holds the last
+    committed epoch, which is the best only when the progress says so; any other missing file
+    is an error, never another epoch's weights in its place."""
+    progress = read_progress(run_dir)
+    epoch, best = len(progress["rows"]), progress["best_epoch"]
+    wanted = epoch if filename == LAST_FILE else best if filename == MODEL_FILE else None
+    if wanted != epoch:
+        which = f"its best epoch ({best})" if filename == MODEL_FILE else "those weights"
+        raise RunFolderError(f"{run_dir / filename} is missing and train_state.safetensors holds epoch {epoch}, "
+                             f"not {which}: the weights are gone; retrain, or resume if the run is unfinished")
+    weights, state = load_train_state(run_dir)
+    logger.warning(f"{run_dir / filename} is missing: loading epoch {epoch} from {STATE_FILE}, the committed "
+                   f"state, which is the run's {'best' if filename == MODEL_FILE else 'last'} epoch")
+    return published_weights(weights, (state.get("stage_state") or {}).get("ema"))
 
 
 # --- the training state: one file, nested dicts/lists of tensors and plain values ---

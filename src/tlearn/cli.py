@@ -16,6 +16,7 @@ from .cli_flags import config_from_flags
 from .cli_parser import DEMO_FIXED, build_parser
 from .config import BUILTIN_DATASETS
 from .errors import UserError
+from .run_guard import check_out_folder, run_folder_lock
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError("train needs --data (a folder, digits, cifar10 or cifar100) or --resume RUN")
     else:
         _check_train_paths(args, args.data)
-        summary, run_dir = _train(config_from_flags(args), args.out)
+        summary, run_dir = _train(config_from_flags(args), args.out, args.overwrite)
     _print_summary(summary, run_dir)
     _close_process_group()
     return 0
@@ -58,13 +59,15 @@ def _check_train_paths(args: argparse.Namespace, source: str) -> None:
     """Folders training writes into, checked before any data, download or model is touched."""
     if args.out:
         _require_folder(args.out, "--out")
+        if hasattr(args, "overwrite") and _is_main_process():  # train and demo; again under the run's lock
+            check_out_folder(args.out, args.overwrite)
     if args.cache_dir:
         _require_folder(args.cache_dir, "--cache-dir")
     if source in ("cifar10", "cifar100"):  # downloaded into --data-dir
         _require_folder(args.data_dir, "--data-dir")
 
 
-def _train(config, out):
+def _train(config, out, overwrite: bool = False):
     """Data first (cheap, fails fast on bad folders), then PyTorch, the model and the run."""
     from .data.sources import load_data
 
@@ -73,7 +76,7 @@ def _train(config, out):
     data = None if config.data.source in BUILTIN_DATASETS else load_data(config.data, config.train.seed)
     from . import api
 
-    return api.train(config, out, data=data)
+    return api.train(config, out, data=data, overwrite=overwrite)
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
@@ -98,7 +101,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     _check_train_paths(args, "digits")
     config = config_from_flags(args, **DEMO_FIXED)
-    summary, run_dir = _train(config, args.out)
+    summary, run_dir = _train(config, args.out, args.overwrite)
     _print_summary(summary, run_dir)
     _close_process_group()
     return 0
@@ -169,8 +172,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .run_report import report_run
         from .runtime import setup_runtime
 
-        path = report_run(Path(args.run), evaluated.samples, setup_runtime(args.device), probs=evaluated.probs,
-                          title=f"tlearn evaluation: {args.run} on {args.data} ({args.split})")
+        with run_folder_lock(args.run):  # the report is written into the run folder
+            path = report_run(Path(args.run), evaluated.samples, setup_runtime(args.device), probs=evaluated.probs,
+                              title=f"tlearn evaluation: {args.run} on {args.data} ({args.split})")
         print(f"report: {path}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result))
@@ -233,11 +237,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import TOLERANCE, export_run
 
     report = export_run(args.run, args.format, args.output)
-    verdict = "ok" if report.ok else "FAILED"
     print(f"wrote {report.path} and {report.path}.json")
-    print(f"parity on {report.inputs}: max abs logit difference {report.max_abs_diff:.2e} "
-          f"(limit {TOLERANCE:.0e}), same {report.agreement} {report.top1_agree}/{report.samples}: {verdict}")
-    return 0 if report.ok else 1
+    parity = (f"parity on {report.inputs}: max abs logit difference {report.max_abs_diff:.2e} "
+              f"(limit {TOLERANCE:.0e}), same {report.agreement} {report.top1_agree}/{report.samples}")
+    if not report.ok:  # the file is kept for inspection; the failure is on stderr, exit 1
+        print(f"tlearn: error: {parity}: FAILED", file=sys.stderr)
+        return 1
+    print(f"{parity}: ok")
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -319,6 +326,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     models, sizes = parse_list(args.models, "--models"), parse_sizes(args.image_sizes)
     config = config_from_flags(args, strategy="two-stage")
     check_request(models, sizes, args.budget, config.model.weights)  # before the data is read
+    if args.finetune_best:
+        check_out_folder(Path(args.out) / "best")
     from .select import run_selection
     from .select_page import format_leaderboard
 

@@ -31,11 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo", help="offline demo: bundled EfficientNet-Lite0 on scikit-learn digits")
     demo.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
+    _add_overwrite_flag(demo)
     add_config_flags(demo, skip=DEMO_FIXED, defaults=DEMO_DEFAULTS)
 
     train = command("train", help="train a classifier on a folder of images or a dataset")
     train.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
     train.add_argument("--resume", default=None, metavar="RUN", help="continue an interrupted run")
+    _add_overwrite_flag(train)
     add_config_flags(train)
 
     _add_lr_find_flags(command("lr-find", help="sweep the LR (fastai's lr_find): plot, csv and a suggested LR"))
@@ -60,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--groups", metavar="NAME", default=None,
                         help="print NAME's backbone block groups (--unfreeze gradual, --layer-decay)")
     return parser
+
+
+def _add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="--out holds a run: delete that run's files (only those) and train anew")
 
 
 def _add_eval_flags(evaluate: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ sidecar's `thresholds`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
@@ -25,6 +26,7 @@ from .data.transforms import eval_transform
 from .errors import UserError, first_line
 from .files import atomic_write
 from .models.classifier import Classifier
+from .run_guard import run_folder_lock
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +71,15 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None, 
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     run_dir = Path(run_dir)
-    model = load_model(run_dir).float().to(memory_format=torch.contiguous_format).eval()
     suffix = ".onnx" if fmt == "onnx" else ".torchscript.pt"
     output = Path(output) if output else run_dir / "export" / f"model{suffix}"
+    inside = output.resolve().is_relative_to(run_dir.resolve())
+    with run_folder_lock(run_dir) if inside else contextlib.nullcontext():  # no export while a run writes
+        return _export(run_dir, fmt, output, num_samples)
+
+
+def _export(run_dir: Path, fmt: str, output: Path, num_samples: int) -> ParityReport:
+    model = load_model(run_dir).float().to(memory_format=torch.contiguous_format).eval()
     output.parent.mkdir(parents=True, exist_ok=True)
     inputs, description = parity_inputs(run_dir, model, num_samples)
     with torch.inference_mode():

@@ -28,8 +28,22 @@ METRIC_COLUMNS = ["stage", "stage_epoch", "epoch", "train_loss", "train_top1", "
                   "trainable_params"]  # --unfreeze gradual: it rises epoch by epoch
 
 
-def default_run_dir() -> Path:
-    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+def default_run_dir(reserve: bool = True) -> Path:
+    """runs/<timestamp>, made here (`reserve`) so that two runs started in the same second get two
+    folders (the second gets a -2 suffix): mkdir is atomic, a name taken is never reused. Under
+    torchrun only rank 0 reserves; the others only write nothing there."""
+    base = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if not reserve:
+        return base
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for number in range(1, 1000):
+        candidate = base if number == 1 else base.with_name(f"{base.name}-{number}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RunFolderError(f"no free run folder name beside {base}: pass --out")
 
 
 def versions() -> dict[str, str]:

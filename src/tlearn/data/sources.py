@@ -113,6 +113,24 @@ def load_data(data: DataConfig, seed: int = 0) -> DatasetSplits:
     return DatasetSplits(train.class_names, train.samples, val.samples, description, train.skipped + val.skipped)
 
 
+def require_validation(data: DatasetSplits, val_split: float) -> None:
+    """Training picks its best epoch, L2 and temperature on validation: an empty split is a one-line
+    error before anything is written (one image per class leaves nothing to hold out)."""
+    if len(data.val):
+        return
+    smallest = min(np.bincount(_first_labels(data.train.labels)), default=0) if len(data.train) else 0
+    raise DataError(f"no validation images in {data.description} ({len(data.train)} training images, the "
+                    f"smallest class has {smallest}; a class needs 2 images to lend one to validation): add "
+                    f"images, raise --val-split (now {val_split:g}), or give a val/ folder")
+
+
+def _first_labels(labels: list) -> np.ndarray:
+    """Class indices for counting: a multi-hot row counts as its first class."""
+    if labels and isinstance(labels[0], tuple):
+        return np.asarray([row.index(1) if 1 in row else 0 for row in labels], dtype=np.int64)
+    return np.asarray(labels, dtype=np.int64)
+
+
 def load_splits(source: str, *, val_split: float, seed: int, data_dir: str = "data",
                 strict_images: bool = False) -> DatasetSplits:
     """`load_data` from plain arguments (scripts, notebooks, tests)."""
