@@ -1,6 +1,7 @@
 """Labels from a .csv/.tsv table: columns by name or flag, ids by stem, split columns, skipped rows,
 bad tables as one line, and a table through train, eval, predict, export, features and the API."""
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import pytest
 import tlearn
 from tlearn.config import DataConfig
 from tlearn.data.sources import load_data, resolve_split
+from tlearn.data.tables import read_table
 from tlearn.errors import DataError
 
 from conftest import TINY_MODEL, run_cli, write_image
@@ -119,6 +121,12 @@ BAD_TABLES = [
     ("file,what\n0.png,cat\n", "no label column"),
     ("file,label\nimgs/0.png,\nimgs/1.png,  \n", "label column 'label' of"),
     ("file,label,split\nimgs/0.png,cat,holdout\n", "row 2: 'holdout' is not a split"),
+    # an unquoted comma in a path shifts the label column: refused, not read as made-up labels
+    ("file,label\nimgs/0.png,cat\n\nimgs/a,b.png,dog\n", "row 4 has 3 cells where the header has 2 (quote"),
+    ("file,label,split\nimgs/0.png,cat,train\nimgs/1.png,dog\n", "row 3 has 2 cells where the header has 3"),
+    ("file,label,label\nimgs/0.png,cat,dog\n", "column 'label' appears 2 times in the header of"),
+    ("file,Label,x,LABEL\nimgs/0.png,cat,1,dog\n", "(columns 2, 4, matched in any case)"),
+    ("file label\nimgs/0.png cat\n", "the header is a single column: none of ',', ';', tab, '|' separates it"),
 ]
 
 
@@ -133,6 +141,34 @@ def test_bad_tables_are_one_line_and_exit_2(tmp_path, capsys, text, message):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name,delimiter,shown", [("semi.csv", ";", "';'"), ("tabs.csv", "\t", "tab"),
+                                                   ("pipes.txt", "|", "'|'")])
+def test_the_delimiter_is_detected_from_the_header_and_logged_once(tmp_path, caplog, name, delimiter, shown):
+    items = make_images(tmp_path, count=12)
+    # a quoted cell keeps its delimiter: the csv module still parses the rows
+    write_image(tmp_path / f"odd{delimiter}name.png", 0)
+    rows = [(path, label) for path, label in items] + [(f'"odd{delimiter}name.png"', "cat")]
+    table = write_table(tmp_path / name, ["file", "label"], rows, delimiter=delimiter)
+    caplog.set_level(logging.INFO, logger="tlearn")
+    splits = load_data(table_data(tmp_path, table), seed=0)  # reads the table for train and for val
+    assert splits.class_names == list(CLASSES) and not splits.skipped
+    assert str(tmp_path / f"odd{delimiter}name.png") in splits.train.paths + splits.val.paths
+    announced = [record.getMessage() for record in caplog.records
+                 if record.levelno == logging.INFO and "separated by" in record.getMessage()]
+    assert announced == [f"{name}: columns separated by {shown} (detected from the header)"]
+
+
+def test_a_tie_goes_to_the_comma_and_a_tsv_is_always_tab_separated(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="tlearn")
+    tie = tmp_path / "tie.csv"
+    tie.write_text("file,label;kind\na.png,cat;x\n")  # ',' and ';' both make two cells
+    assert read_table(tie, label_col="label;kind").rows[0].labels == ("cat;x",)
+    tsv = tmp_path / "notes.tsv"
+    tsv.write_text("file\tlabel\tnotes, free, text, more\na.png\tcat\tsome, text\n")  # more commas than tabs
+    assert read_table(tsv).rows[0].labels == ("cat",)
+    assert not [record for record in caplog.records if "separated by" in record.getMessage()]
 
 
 def test_unknown_column_flag_and_missing_table_in_a_real_process(tmp_path):
@@ -178,7 +214,7 @@ def test_a_table_through_train_resume_eval_predict_export_and_features(tmp_path,
     assert json.loads(capsys.readouterr().out)["count"] == 6
     assert tlearn.evaluate(run, root, split="val")["count"] == 6
     # another table of the same format: the run remembers its columns
-    other = write_table(tmp_path / "other.csv", ["fname", "species"], rows[:9])
+    other = write_table(tmp_path / "other.csv", ["fname", "species"], [row[:2] for row in rows[:9]])
     assert main(["eval", str(run), "--data", str(root), "--labels", str(other), "--split", "all", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == 9
     assert main(["predict", str(run), str(root / "imgs" / "3.png")]) == 0

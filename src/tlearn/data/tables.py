@@ -1,7 +1,10 @@
 """Labels from a table: a .csv or .tsv file (header row) of image paths and labels.
 
-Read with the standard csv module: a .tsv file is tab-separated, any other comma-separated.
-Columns are found by header name in any case (or named by --path-col / --label-col); a
+Read with the standard csv module: a .tsv file is tab-separated; any other is split on whichever
+of , ; tab | splits its header into the most cells (a semicolon CSV from a European spreadsheet,
+a TSV named .csv). Every row must have as many cells as the header: an unquoted comma in a path
+would otherwise shift the label column and invent labels. Columns are found by header name in
+any case (or named by --path-col / --label-col); a header naming a used column twice is refused; a
 `split` column (train/val/valid/validation/test) or an `is_valid` column (true/false/1/0)
 assigns rows to splits. Paths are relative to the data root; an id without an image
 extension matches the one image file with that stem. Every file under the root is listed
@@ -15,6 +18,7 @@ image with no labels.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import posixpath
 from collections import Counter
@@ -31,6 +35,11 @@ PATH_COLUMNS = ("file", "filename", "path", "image", "image_id", "id")
 LABEL_COLUMNS = ("label", "labels", "class", "target", "category", "tags")
 SPLIT_VALUES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 IS_VALID_VALUES = {"true": "val", "1": "val", "false": "train", "0": "train"}
+DELIMITERS = (",", ";", "\t", "|")  # in tie-breaking order: a tie goes to the comma
+DELIMITER_NAMES = {",": "','", ";": "';'", "\t": "tab", "|": "'|'"}
+
+logger = logging.getLogger(__name__)
+_announced: set[tuple[str, str]] = set()  # (table, delimiter) already logged: a run reads its table per split
 
 
 @dataclass(frozen=True, slots=True)  # slots: a table of 100k rows is 100k of these
@@ -62,30 +71,32 @@ def label_values(cell: str, delim: str | None = None) -> tuple[str, ...]:
 
 def read_table(path: str | Path, path_col: str | None = None, label_col: str | None = None,
                label_delim: str | None = None) -> Table:
-    """Parse the table; unknown columns, an empty table or no labels at all are a DataError."""
+    """Parse the table; unknown or repeated columns, ragged rows, an empty table or no labels are a DataError."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"labels table not found: {path}")
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    tried = ("\t",) if path.suffix.lower() == ".tsv" else DELIMITERS
+    delimiter = tried[0]
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
+            delimiter = _detect_delimiter(handle.readline(), tried, path)
+            handle.seek(0)  # the csv reader reads the header again, so a quoted header cell stays one cell
             reader = csv.reader(handle, delimiter=delimiter)
             header = next(reader, None)
             if not header or not any(cell.strip() for cell in header):
                 raise DataError(f"labels table {path} is empty: expected a header row, then one row per image")
             header = [cell.strip() for cell in header]
-            path_index = _find_column(header, path_col, PATH_COLUMNS, "path", "--path-col", path)
-            label_index = _find_column(header, label_col, LABEL_COLUMNS, "label", "--label-col", path)
-            split_index, split_values = _split_column(header)
+            columns = _columns(header, path_col, label_col, tried, path)
             rows = []
             for cells in reader:
                 if not any(cell.strip() for cell in cells):
                     continue  # blank line
-                rows.append(_parse_row(cells, reader.line_num, path_index, label_index, split_index,
-                                       split_values, label_delim, path))
+                _require_width(cells, len(header), reader.line_num, delimiter, path)
+                rows.append(_parse_row(cells, reader.line_num, *columns, label_delim, path))
     except (UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"labels table {path} cannot be read as {'TSV' if delimiter == chr(9) else 'CSV'} "
+        raise DataError(f"labels table {path} cannot be read as a {DELIMITER_NAMES[delimiter]}-separated table "
                         f"({error})") from None
+    path_index, label_index, split_index, _ = columns
     if not rows:
         raise DataError(f"labels table {path} has a header but no rows")
     if not any(row.labels for row in rows):
@@ -94,8 +105,57 @@ def read_table(path: str | Path, path_col: str | None = None, label_col: str | N
     return Table(path, rows, header[path_index], header[label_index], split_col)
 
 
+def _detect_delimiter(first_line: str, tried: tuple[str, ...], path: Path) -> str:
+    """The candidate that splits the header line into the most cells (at least 2; ties and a
+    one-cell header go to the first candidate), logged when it is not the suffix's usual one."""
+    counts = [len(next(csv.reader([first_line], delimiter=candidate), [])) for candidate in tried]
+    best = max(range(len(tried)), key=lambda i: (counts[i], -i))
+    delimiter = tried[best] if counts[best] >= 2 else tried[0]
+    if delimiter != tried[0]:
+        # Once per table and process at INFO: training reads the table for train and for val
+        level = logging.DEBUG if (str(path), delimiter) in _announced else logging.INFO
+        _announced.add((str(path), delimiter))
+        logger.log(level, "%s: columns separated by %s (detected from the header)", path.name,
+                   DELIMITER_NAMES[delimiter])
+    return delimiter
+
+
+def _columns(header: list[str], path_col: str | None, label_col: str | None, tried: tuple[str, ...],
+             path: Path) -> tuple[int, int, int | None, dict[str, str]]:
+    """(path, label, split column index, split values), each used column named once in the header."""
+    # a one-cell header is most often a delimiter the detection does not know: say so, not just "no column"
+    single = "" if len(header) > 1 else \
+        f"; the header is a single column: none of {', '.join(DELIMITER_NAMES[d] for d in tried)} separates it"
+    path_index = _find_column(header, path_col, PATH_COLUMNS, "path", "--path-col", path, single)
+    label_index = _find_column(header, label_col, LABEL_COLUMNS, "label", "--label-col", path, single)
+    split_index, split_values = _split_column(header)
+    _require_unique(header, [path_index, label_index, split_index], path)
+    return path_index, label_index, split_index, split_values
+
+
+def _require_unique(header: list[str], used: list[int | None], path: Path) -> None:
+    """A used column whose name (in any case) the header repeats: which one is meant is a guess."""
+    lowered = [name.lower() for name in header]
+    for index in used:
+        if index is None:
+            continue
+        positions = [str(i + 1) for i, name in enumerate(lowered) if name == lowered[index]]
+        if len(positions) > 1:
+            raise DataError(f"column {header[index]!r} appears {len(positions)} times in the header of {path} "
+                            f"(columns {', '.join(positions)}, matched in any case); rename all but one")
+
+
+def _require_width(cells: list[str], width: int, line: int, delimiter: str, path: Path) -> None:
+    """A row as wide as the header: a ragged row would put another cell in the label column."""
+    if len(cells) == width:
+        return
+    why = f"quote a path or label that contains {DELIMITER_NAMES[delimiter]}" if len(cells) > width \
+        else "a cell is missing"
+    raise DataError(f"{path} row {line} has {len(cells)} cells where the header has {width} ({why})")
+
+
 def _find_column(header: list[str], given: str | None, candidates: tuple[str, ...], what: str, flag: str,
-                 path: Path) -> int:
+                 path: Path, note: str = "") -> int:
     lowered = [name.lower() for name in header]
     wanted = (given,) if given else candidates
     for name in wanted:
@@ -103,8 +163,8 @@ def _find_column(header: list[str], given: str | None, candidates: tuple[str, ..
             return lowered.index(name.lower())
     columns = ", ".join(header)
     if given:
-        raise DataError(f"{flag} {given!r} is not a column of {path}; its columns: {columns}")
-    raise DataError(f"no {what} column in {path} (looked for {', '.join(candidates)}; its columns: {columns}); "
+        raise DataError(f"{flag} {given!r} is not a column of {path}; its columns: {columns}{note}")
+    raise DataError(f"no {what} column in {path} (looked for {', '.join(candidates)}; its columns: {columns}{note}); "
                     f"name it with {flag}")
 
 
@@ -120,7 +180,7 @@ def _split_column(header: list[str]) -> tuple[int | None, dict[str, str]]:
 def _parse_row(cells: list[str], line: int, path_index: int, label_index: int, split_index: int | None,
                split_values: dict[str, str], label_delim: str | None, table: Path) -> TableRow:
     def cell(index: int) -> str:
-        return cells[index].strip() if index < len(cells) else ""
+        return cells[index].strip()  # every row is as wide as the header (_require_width)
 
     split = None
     if split_index is not None:
