@@ -1,7 +1,9 @@
 """Calibrated confidence: temperature scaling, ECE, coverage thresholds, and predict's "unknown"."""
 import csv
 import json
+import logging
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,14 +11,21 @@ import torch
 
 import tlearn
 from tlearn.calibration import (
+    MAX_TEMPERATURE,
+    MIN_TEMPERATURE,
+    as_logits,
     coverage_table,
     expected_calibration_error,
     fit_temperature,
     reliability,
     threshold_for_coverage,
 )
+from tlearn.calibration_choice import BOUND_MARGIN, FOLDS, fold_assignment
 from tlearn.cli import main
 from tlearn.errors import ConfigError
+from tlearn.models.classifier import ModelInfo
+from tlearn.preprocessing import Preprocessing
+from tlearn.run_calibration import calibrate_run
 
 from conftest import TINY_MODEL, kill_chain, make_folder
 
@@ -56,6 +65,125 @@ def test_coverage_threshold_answers_at_least_the_fraction():
         threshold_for_coverage(table, 0.0)
 
 
+def _synthetic(seed: int, count: int, true_temperature: float, classes: int = 10):
+    """A model's softmax(logits) whose labels are drawn from softmax(logits / true T): miscalibrated by
+    exactly that T (T = 1: calibrated already)."""
+    rng = np.random.default_rng(seed)
+    logits = torch.from_numpy(rng.normal(0, 3, (count, classes)))
+    truth = (logits / true_temperature).softmax(dim=1).numpy()
+    labels = (truth.cumsum(axis=1) > rng.random((count, 1))).argmax(axis=1)
+    return logits.softmax(dim=1).float(), labels
+
+
+def _separated(count: int, classes: int = 10):
+    """Every image right: the likelihood keeps rising as T goes to 0."""
+    probs, _ = _synthetic(0, count, 1.0, classes)
+    return probs, probs.argmax(dim=1).numpy()
+
+
+def _calibrate(tmp_path, probs, labels, caplog):
+    """calibrate_run into a run folder of its own: (model.json, calibration.json, summary, its log lines)."""
+    classes = probs.shape[1]
+    info = ModelInfo(name="synthetic", library="bundled", arch="synthetic", num_classes=classes, num_features=1,
+                     weights="none", weights_id="none", preprocessing=Preprocessing(32, 32, "bilinear", (0.5,) * 3,
+                                                                                    (0.5,) * 3),
+                     class_names=[f"c{i}" for i in range(classes)])
+    summary = {}
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tlearn"):
+        calibrate_run(tmp_path, info, probs, labels, None, summary)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tlearn.run_calibration"]
+    return (json.loads((tmp_path / "model.json").read_text()), json.loads((tmp_path / "calibration.json").read_text()),
+            summary, lines)
+
+
+def _kept_t_1(model_json, calibration, summary, lines, decision):
+    assert model_json["temperature"] == summary["temperature"] == calibration["temperature"] == 1.0
+    assert summary["calibration"] == calibration["decision"] == decision
+    assert summary["val_ece"] == summary["val_ece_uncalibrated"] == calibration["ece"]
+    assert calibration["reliability"] == calibration["reliability_uncalibrated"]
+    assert len(lines) == 1 and "keeping T = 1" in lines[0] and calibration["reason"] in lines[0]
+
+
+@pytest.mark.parametrize("count, decision, why", [(20, "too few images", "too few"),
+                                                  (200, "at bound", "bound")])
+def test_a_tiny_or_perfectly_separated_split_keeps_t_1_and_says_why(tmp_path, caplog, count, decision, why):
+    """Every image right drives the in-sample fit to the bound 0.05 (what the run stored before)."""
+    probs, labels = _separated(count)
+    assert fit_temperature(as_logits(probs), labels) < MIN_TEMPERATURE * BOUND_MARGIN
+    model_json, calibration, summary, lines = _calibrate(tmp_path, probs, labels, caplog)
+    _kept_t_1(model_json, calibration, summary, lines, decision)
+    assert why in calibration["reason"]
+
+
+def test_a_temperature_that_raises_the_out_of_fold_nll_keeps_t_1(tmp_path, caplog):
+    """A calibrated model on 100 images: the in-sample fit moves T by chance (seed 10: 1.17),
+    and that T makes the images it did not see worse."""
+    probs, labels = _synthetic(10, 100, 1.0)
+    assert abs(fit_temperature(as_logits(probs), labels) - 1) > 0.1
+    model_json, calibration, summary, lines = _calibrate(tmp_path, probs, labels, caplog)
+    _kept_t_1(model_json, calibration, summary, lines, "not improved")
+    assert calibration["nll_out_of_fold"] > calibration["nll_uncalibrated"]
+    assert len(calibration["fold_temperatures"]) == calibration["folds"] == FOLDS
+
+
+def test_a_miscalibrated_split_gets_the_true_temperature_and_its_out_of_fold_ece(tmp_path, caplog):
+    probs, labels = _synthetic(0, 400, 2.5)
+    model_json, calibration, summary, lines = _calibrate(tmp_path, probs, labels, caplog)
+    temperature = model_json["temperature"]
+    assert summary["calibration"] == calibration["decision"] == "fitted"
+    assert temperature == pytest.approx(2.5, rel=0.2) and len(lines) == 1 and "out-of-fold" in lines[0]
+    # the reported ECE is the out-of-fold one, recomputed here fold by fold
+    logits, folds = as_logits(probs), fold_assignment(labels)
+    held_out = torch.empty_like(logits)
+    for fold in range(FOLDS):
+        inside = folds != fold
+        held_out[~inside] = logits[~inside] / fit_temperature(logits[inside], labels[inside])
+    out_of_fold = reliability(held_out.softmax(dim=1).numpy(), labels)
+    assert summary["val_ece"] == calibration["ece"] == round(out_of_fold.ece, 6) < summary["val_ece_uncalibrated"]
+    assert calibration["reliability"] == out_of_fold.to_dict()
+    in_sample = expected_calibration_error((logits / temperature).softmax(dim=1).numpy(), labels)
+    assert summary["val_ece"] != round(in_sample, 6)
+    assert calibration["nll_out_of_fold"] < calibration["nll_uncalibrated"]
+    # the coverage table: the stored T on every validation image, as predict applies it
+    lowest = (logits / temperature).softmax(dim=1).max(dim=1).values.min().item()
+    assert calibration["coverage_thresholds"][-1] == pytest.approx(lowest, abs=1e-5)
+    # on 2,000 unseen images from the same model the stored T still helps
+    unseen, unseen_labels = _synthetic(1, 2000, 2.5)
+    after = expected_calibration_error((as_logits(unseen) / temperature).softmax(dim=1).numpy(), unseen_labels)
+    assert after < 0.05 < expected_calibration_error(unseen.numpy(), unseen_labels)
+
+
+def test_no_temperature_is_stored_at_a_bound(tmp_path, caplog):
+    """Labels unrelated to the scores drive the fit to the upper bound 20; and across splits of
+    every kind the stored T is 1 or strictly inside the bounds."""
+    rng = np.random.default_rng(7)
+    probs, _ = _synthetic(1, 200, 1.0)
+    labels = rng.integers(0, 10, 200)
+    assert fit_temperature(as_logits(probs), labels) > MAX_TEMPERATURE / BOUND_MARGIN
+    _kept_t_1(*_calibrate(tmp_path / "random", probs, labels, caplog), "at bound")
+    for index, (count, truth) in enumerate([(60, 0.2), (60, 8.0), (300, 0.3), (300, 1.0), (1000, 15.0)]):
+        model_json, *_ = _calibrate(tmp_path / str(index), *_synthetic(index, count, truth), caplog)
+        assert MIN_TEMPERATURE * BOUND_MARGIN < model_json["temperature"] < MAX_TEMPERATURE / BOUND_MARGIN
+
+
+def test_the_report_shows_the_out_of_fold_figures_and_why_t_1_was_kept(tmp_path):
+    from tlearn.report_calibration import reliability_section
+
+    for name, (probs, labels), phrase in (("fitted", _synthetic(0, 400, 2.5), "out-of-fold"),
+                                          ("kept", _separated(20), "keeps T = 1")):
+        info, summary = SimpleNamespace(temperature=1.0, min_confidence=None), {}  # no run folder: no model.json
+        calibrated, calibration = calibrate_run(None, info, probs, labels, None, summary)
+        page = reliability_section(tmp_path, calibrated.numpy(), labels, summary, calibration)
+        assert phrase in page and f"<b>{summary['val_ece']:.4f}</b>" in page
+        if name == "kept":
+            assert calibration["reason"] in page
+        # the same run's figures on other images (tlearn eval --report) say why T = 1, from the summary
+        other = reliability_section(tmp_path, calibrated.numpy(), labels, summary)
+        assert ("too few images" in other) == (name == "kept")
+
+
 @pytest.fixture(scope="module")
 def calibrated_run(tmp_path_factory):
     """ant and dog share a colour (conftest.write_image): the model cannot be sure of them."""
@@ -78,12 +206,16 @@ def test_the_run_stores_its_temperature_ece_and_threshold(calibrated_run):
     calibration = json.loads((run / "calibration.json").read_text())
     assert info["temperature"] == summary["temperature"] == calibration["temperature"] > 0
     assert 0 <= summary["val_ece"] <= 1 and 0 <= summary["val_ece_uncalibrated"] <= 1
+    # 8 validation images: too few to fit a temperature on, so T = 1 and the reason, everywhere
+    assert info["temperature"] == 1.0 and summary["calibration"] == calibration["decision"] == "too few images"
+    assert summary["val_ece"] == summary["val_ece_uncalibrated"]
     assert json.loads((run / "summary.json").read_text())["val_ece"] == summary["val_ece"]
     assert info["min_confidence"] == summary["min_confidence"] > 0
     assert len(calibration["coverage_thresholds"]) == 1000
     side = sidecar(load_model(run))
     assert side["temperature"] == info["temperature"] and side["min_confidence"] == info["min_confidence"]
-    assert (run / "reliability.png").is_file() and "<h2>Calibration</h2>" in (run / "report.html").read_text()
+    page = (run / "report.html").read_text()
+    assert (run / "reliability.png").is_file() and "<h2>Calibration</h2>" in page and "keeps T = 1" in page
 
 
 def test_eval_json_has_both_eces(calibrated_run, capsys):

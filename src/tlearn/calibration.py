@@ -6,6 +6,10 @@ logits by one scalar T fitted on the validation split to minimise the negative l
 probabilities become softmax(logits / T), the top-1 label is unchanged. Validation
 probabilities serve as logits too: log(softmax(z)) = z - logsumexp(z), a per-row constant that
 softmax ignores. Multi-label runs (sigmoid per class, thresholds chosen on val) keep T = 1.
+
+A T fitted and judged on the same images always looks better than T = 1, so a run does not
+store `fit_temperature`'s answer as is: calibration_choice.py judges it by 5-fold cross-validation
+over the validation split and keeps T = 1 unless the fit lowers the NLL of images it did not see.
 """
 from __future__ import annotations
 
@@ -37,23 +41,31 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor | np.ndarray) -> 
     A bounded Brent search over log T: the NLL is a smooth one-dimensional function with one
     minimum in log T, and the bounds keep a perfectly separated split finite."""
     from scipy.optimize import minimize_scalar
-    from scipy.special import logsumexp
 
     if len(logits) == 0:
         return 1.0
     z = logits.double().cpu().numpy()
     targets = np.asarray(labels, dtype=np.int64)
-    true_logit = z[np.arange(len(z)), targets]
-    finite = np.isfinite(true_logit)  # -inf only if the caller passed log(0) itself
-    z, true_logit = z[finite], true_logit[finite]
-
-    def nll(log_t: float) -> float:
-        scaled = z / math.exp(log_t)
-        return float(np.mean(logsumexp(scaled, axis=1) - true_logit / math.exp(log_t)))
-
-    found = minimize_scalar(nll, bounds=(math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE)), method="bounded",
+    finite = np.isfinite(z[np.arange(len(z)), targets])  # -inf only if the caller passed log(0) itself
+    z, targets = z[finite], targets[finite]
+    found = minimize_scalar(lambda log_t: _mean_nll(z, targets, math.exp(log_t)),
+                            bounds=(math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE)), method="bounded",
                             options={"xatol": 1e-5})
     return float(math.exp(found.x))
+
+
+def mean_nll(logits: torch.Tensor, labels: torch.Tensor | np.ndarray, temperature: float = 1.0) -> float:
+    """The mean negative log-likelihood of softmax(logits / T) on (logits, labels); 0.0 without images."""
+    if len(logits) == 0:
+        return 0.0
+    return _mean_nll(logits.double().cpu().numpy(), np.asarray(labels, dtype=np.int64), temperature)
+
+
+def _mean_nll(z: np.ndarray, targets: np.ndarray, temperature: float) -> float:
+    from scipy.special import logsumexp
+
+    scaled = z / temperature
+    return float(np.mean(logsumexp(scaled, axis=1) - scaled[np.arange(len(z)), targets]))
 
 
 def scaled_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -87,6 +99,12 @@ class Reliability:
     def to_dict(self) -> dict:
         return {"counts": self.counts.tolist(), "accuracy": [round(float(v), 6) for v in self.accuracy],
                 "confidence": [round(float(v), 6) for v in self.confidence]}
+
+    @classmethod
+    def from_dict(cls, table: dict) -> Reliability:
+        """The bins `to_dict` wrote (calibration.json's reliability tables)."""
+        return cls(np.asarray(table["counts"], dtype=np.int64), np.asarray(table["accuracy"], dtype=np.float64),
+                   np.asarray(table["confidence"], dtype=np.float64))
 
 
 def reliability(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,

@@ -22,10 +22,13 @@ def print_summary(summary: dict, run_dir) -> None:
     print(f"best val top-1 {summary['val_top1']:.4f}, balanced accuracy {summary['val_balanced_acc']:.4f}, "
           f"macro-F1 {summary['val_f1_macro']:.4f} (epoch {summary['best_epoch']}), "
           f"{summary['train_seconds']:.1f} s; run folder: {run_dir}")
-    if "temperature" in summary:  # calibration.py: fitted on val at the end of training
+    if "temperature" in summary:  # calibration_choice.py: chosen on val at the end of training
         threshold = summary.get("min_confidence")
-        print(f"calibration: temperature {summary['temperature']:.3f}, val ECE {summary['val_ece_uncalibrated']:.4f} "
-              f"-> {summary['val_ece']:.4f}"
+        decision = summary.get("calibration", "fitted")  # a summary from before the decision was recorded
+        figures = (f"temperature {summary['temperature']:.3f}, val ECE {summary['val_ece_uncalibrated']:.4f} -> "
+                   f"{summary['val_ece']:.4f} out-of-fold" if decision == "fitted"
+                   else f"T = 1 kept ({decision}), val ECE {summary['val_ece_uncalibrated']:.4f}")
+        print(f"calibration: {figures}"
               + (f"; predict answers 'unknown' below confidence {threshold:.4f}" if threshold is not None else ""))
 
 

@@ -34,8 +34,10 @@ MAX_WRONG = 24
 
 def write_report(run_dir: Path, *, probs: np.ndarray, labels: np.ndarray, class_names: list[str],
                  describe, load_image, settings: dict, summary: dict | None = None,
-                 title: str = "tlearn run report", explain: Explain | None = None) -> Path:
-    """Write report.html, curves.png and confusion.png into `run_dir`; `explain` adds Grad-CAM."""
+                 title: str = "tlearn run report", explain: Explain | None = None,
+                 calibration: dict | None = None) -> Path:
+    """Write report.html, curves.png and confusion.png into `run_dir`; `explain` adds Grad-CAM;
+    `calibration`: the run's calibration record when these are its validation images."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,7 +47,7 @@ def write_report(run_dir: Path, *, probs: np.ndarray, labels: np.ndarray, class_
     from .report_calibration import reliability_section  # accuracy vs confidence, before and after T
 
     sections = [_headline_section(labels, predictions, len(class_names), summary),
-                reliability_section(run_dir, probs, labels, summary),
+                reliability_section(run_dir, probs, labels, summary, calibration),
                 _samples_section(samples, pictures, probs, labels, class_names, describe)]
     curves = _curves_png(run_dir)
     if curves is not None:

@@ -1,10 +1,13 @@
-"""A run's calibration, fitted once at the end of training and read by predict.
+"""A run's calibration, chosen once at the end of training and read by predict.
 
-`calibrate_run` fits the temperature on the best epoch's validation probabilities, stores it
-(and `min_confidence` for `train --coverage`) in model.json, adds the validation ECE before and
-after to the summary, and writes calibration.json: the temperature, both reliability tables and
-a coverage table of calibrated validation confidences, so `tlearn predict RUN --coverage C`
-picks its threshold without the data.
+`calibrate_run` chooses the temperature from the best epoch's validation probabilities (a
+cross-validated fit, or T = 1 and why: calibration_choice.py), stores it (and `min_confidence`
+for `train --coverage`) in model.json, adds the validation ECE before and after to the summary,
+and writes calibration.json: the temperature, the decision and its evidence, both reliability
+tables and a coverage table of calibrated validation confidences, so `tlearn predict RUN
+--coverage C` picks its threshold without the data. The "after" ECE and reliability table are
+out-of-fold (each image calibrated by a T fitted without it), so they are fair figures; the
+coverage table uses the stored T on every validation image, as predict will.
 """
 from __future__ import annotations
 
@@ -24,11 +27,11 @@ from .calibration import (
     check_coverage,
     check_min_confidence,
     coverage_table,
-    fit_temperature,
     reliability,
     scaled_probabilities,
     threshold_for_coverage,
 )
+from .calibration_choice import FITTED, TemperatureChoice, choose_temperature
 from .errors import ConfigError, RunFolderError
 from .files import read_json, write_json
 from .models.classifier import ModelInfo
@@ -39,34 +42,47 @@ CALIBRATION_FILE = "calibration.json"
 
 
 def calibrate_run(run_dir: Path | None, info: ModelInfo, probs: torch.Tensor, labels, coverage: float | None,
-                  summary: dict[str, Any]) -> torch.Tensor:
-    """Fit T on validation (`probs`: the best model's uncalibrated softmax), record it; returns
-    the calibrated validation probabilities. `summary` gains temperature, val_ece and
+                  summary: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Choose T on validation (`probs`: the best model's uncalibrated softmax) and record it; returns
+    the validation probabilities at that T and the calibration record (calibration.json's content).
+    `summary` gains temperature, calibration (the decision), val_ece (out-of-fold) and
     val_ece_uncalibrated; with a `run_dir`, model.json and calibration.json are written."""
     labels = np.asarray(labels, dtype=np.int64)
     logits = as_logits(probs)
-    temperature = fit_temperature(logits, labels)
-    calibrated = scaled_probabilities(logits, temperature)
-    before, after = reliability(probs.numpy(), labels), reliability(calibrated.numpy(), labels)
+    choice = choose_temperature(logits, labels)
+    calibrated = scaled_probabilities(logits, choice.temperature)
+    before = reliability(probs.numpy(), labels)
+    after = before if choice.held_out is None else reliability(choice.held_out.numpy(), labels)
     table = coverage_table(calibrated.max(dim=1).values.numpy())
-    info.temperature = round(temperature, 6)
+    info.temperature = round(choice.temperature, 6)
     info.min_confidence = _floor(threshold_for_coverage(table, coverage)) if coverage is not None else None
-    summary.update({"temperature": info.temperature, "val_ece": round(after.ece, 6),
+    summary.update({"temperature": info.temperature, "calibration": choice.decision, "val_ece": round(after.ece, 6),
                     "val_ece_uncalibrated": round(before.ece, 6)})
     if info.min_confidence is not None:
         summary.update({"coverage": coverage, "min_confidence": info.min_confidence})
-    logger.info(f"calibration: temperature {temperature:.3f}, val ECE {before.ece:.4f} -> {after.ece:.4f}"
-                + (f"; --coverage {coverage:g}: min confidence {info.min_confidence:.4f}"
-                   if info.min_confidence is not None else ""))
+    logger.info(_log_line(choice, before.ece, after.ece, info.min_confidence, coverage))
+    record = {"temperature": info.temperature, **choice.to_dict(), "num_val": len(labels),
+              "num_bins": len(after.counts), "ece": round(after.ece, 6), "ece_uncalibrated": round(before.ece, 6),
+              "reliability": after.to_dict(), "reliability_uncalibrated": before.to_dict(),
+              # entry k-1: the highest threshold answering at least k/len(table) of the validation images
+              "coverage_thresholds": [_floor(v) for v in table]}
     if run_dir is not None:
-        write_json(run_dir / CALIBRATION_FILE, {
-            "temperature": info.temperature, "num_val": len(labels), "num_bins": len(after.counts),
-            "ece": round(after.ece, 6), "ece_uncalibrated": round(before.ece, 6),
-            "reliability": after.to_dict(), "reliability_uncalibrated": before.to_dict(),
-            # entry k-1: the highest threshold answering at least k/len(table) of the validation images
-            "coverage_thresholds": [_floor(v) for v in table]})
+        write_json(run_dir / CALIBRATION_FILE, record)
         checkpoint.save_model_info(run_dir, info)
-    return calibrated
+    return calibrated, record
+
+
+def _log_line(choice: TemperatureChoice, before: float, after: float, min_confidence: float | None,
+              coverage: float | None) -> str:
+    """The run's one calibration line: the fitted T and its out-of-fold evidence, or why T = 1."""
+    if choice.decision == FITTED:
+        line = (f"calibration: temperature {choice.temperature:.3f}, val ECE {before:.4f} -> {after:.4f} "
+                f"out-of-fold; {choice.reason}")
+    else:
+        line = f"calibration: keeping T = 1: {choice.reason}; val ECE {before:.4f}"
+    if min_confidence is not None:
+        line += f"; --coverage {coverage:g}: min confidence {min_confidence:.4f}"
+    return line
 
 
 def _floor(threshold: float) -> float:

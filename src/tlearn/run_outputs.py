@@ -42,8 +42,9 @@ def start_run_folder(run: Run, model: Classifier) -> None:
 def finish_run(model: Classifier, run: Run) -> dict[str, Any]:
     summary = _summary(model, run)
     probs = best_val_probabilities(model, run) if run.writes else None
+    calibration = None  # calibration.json's record: the report shows its out-of-fold figures
     if run.writes and not model.info.multi_label and run.progress.best_epoch > 0:
-        probs = _calibrate(model, run, probs, summary)
+        probs, calibration = _calibrate(model, run, probs, summary)
     if run.writes:
         with run_folder_writes(run.run_dir, "the run summary"):
             if run.progress.best_epoch == 0:  # zero epochs: still leave a loadable model
@@ -57,14 +58,15 @@ def finish_run(model: Classifier, run: Run) -> dict[str, Any]:
 
             path = report_run(run.run_dir, run.data.val, run.runtime.alone(),
                               batch_size=max(run.config.data.batch_size, 64), workers=run.config.data.workers,
-                              probs=probs, cache_dir=run.cache_dir)
+                              probs=probs, calibration=calibration, cache_dir=run.cache_dir)
             logger.info(f"report: {path}")
     return summary
 
 
-def _calibrate(model: Classifier, run: Run, probs: torch.Tensor | None, summary: dict[str, Any]) -> torch.Tensor:
-    """Fit the temperature on the best model's validation probabilities (a pass of its own when
-    they were not kept); returns the calibrated ones (run_calibration.py)."""
+def _calibrate(model: Classifier, run: Run, probs: torch.Tensor | None,
+               summary: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Choose the temperature from the best model's validation probabilities (a pass of its own when
+    they were not kept); returns the calibrated ones and the calibration record (run_calibration.py)."""
     from .run_calibration import calibrate_run
 
     if probs is None:

@@ -37,9 +37,11 @@ def best_model_logits(run_dir: Path, samples: Samples, runtime: Runtime, *, batc
 
 def report_run(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size: int = 64,
                workers: int | None = None, title: str | None = None, probs: torch.Tensor | None = None,
-               cache_dir: Path | None = None) -> Path:
+               calibration: dict | None = None, cache_dir: Path | None = None) -> Path:
     """Predict `samples` with the run's best model (unless `probs` are given) and write
-    report.html and the PNG plots. `cache_dir`: where the CPU engine's graph is kept."""
+    report.html and the PNG plots. `calibration`: the run's calibration record when `samples` are
+    the validation split it was chosen on (its out-of-fold figures are then the fair ones to show).
+    `cache_dir`: where the CPU engine's graph is kept."""
     model = None
     if probs is None:
         logits, model = best_model_logits(run_dir, samples, runtime, batch_size=batch_size, workers=workers,
@@ -68,7 +70,8 @@ def report_run(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size:
                                        explain=explain)
     return write_report(run_dir, probs=probs.numpy(), labels=labels.numpy(), class_names=info.class_names,
                         describe=samples.describe, load_image=samples.load, settings=settings, summary=summary,
-                        title=title or f"tlearn report: {info.name} in {run_dir.name}", explain=explain)
+                        title=title or f"tlearn report: {info.name} in {run_dir.name}", explain=explain,
+                        calibration=calibration)
 
 
 def _explainer(run_dir: Path, model: Classifier | None, samples: Samples, runtime: Runtime) -> Explain:

@@ -33,8 +33,9 @@ class ModelInfo:
     task: str = "single-label"
     thresholds: list[float] = field(default_factory=list)
     label_delim: str | None = None  # multi-label: how the labels table joined labels (predict writes them so)
-    # Single-label: probabilities are softmax(logits / temperature), T fitted on val at the end of
-    # training (calibration.py; model.json of older runs has no key: 1.0). Multi-label runs keep 1.0.
+    # Single-label: probabilities are softmax(logits / temperature), T chosen on val at the end of
+    # training (calibration_choice.py: a cross-validated fit, or 1.0; model.json of older runs has no
+    # key: 1.0). Multi-label runs keep 1.0.
     temperature: float = 1.0
     min_confidence: float | None = None  # train --coverage: below it predict answers "unknown"
 
