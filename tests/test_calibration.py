@@ -20,7 +20,7 @@ from tlearn.calibration import (
     reliability,
     threshold_for_coverage,
 )
-from tlearn.calibration_choice import BOUND_MARGIN, FOLDS, fold_assignment
+from tlearn.calibration_choice import BOUND_MARGIN, FOLDS, REPEATS, fold_assignment
 from tlearn.cli import main
 from tlearn.errors import ConfigError
 from tlearn.models.classifier import ModelInfo
@@ -125,7 +125,7 @@ def test_a_temperature_that_raises_the_out_of_fold_nll_keeps_t_1(tmp_path, caplo
     model_json, calibration, summary, lines = _calibrate(tmp_path, probs, labels, caplog)
     _kept_t_1(model_json, calibration, summary, lines, "not improved")
     assert calibration["nll_out_of_fold"] > calibration["nll_uncalibrated"]
-    assert len(calibration["fold_temperatures"]) == calibration["folds"] == FOLDS
+    assert len(calibration["fold_temperatures"]) == calibration["folds"] * calibration["repeats"] == FOLDS * REPEATS
 
 
 def test_a_miscalibrated_split_gets_the_true_temperature_and_its_out_of_fold_ece(tmp_path, caplog):
@@ -135,12 +135,15 @@ def test_a_miscalibrated_split_gets_the_true_temperature_and_its_out_of_fold_ece
     assert summary["calibration"] == calibration["decision"] == "fitted"
     assert temperature == pytest.approx(2.5, rel=0.2) and len(lines) == 1 and "out-of-fold" in lines[0]
     # the reported ECE is the out-of-fold one, recomputed here fold by fold
-    logits, folds = as_logits(probs), fold_assignment(labels)
-    held_out = torch.empty_like(logits)
-    for fold in range(FOLDS):
-        inside = folds != fold
-        held_out[~inside] = logits[~inside] / fit_temperature(logits[inside], labels[inside])
-    out_of_fold = reliability(held_out.softmax(dim=1).numpy(), labels)
+    logits, held_out = as_logits(probs), torch.zeros(len(labels), 10, dtype=torch.float64)
+    assert calibration["repeats"] == REPEATS  # 400 x 10 is small: every cut is made
+    for repeat in range(REPEATS):
+        folds, scaled = fold_assignment(labels, FOLDS, repeat), torch.empty_like(logits)
+        for fold in range(FOLDS):
+            inside = folds != fold
+            scaled[~inside] = logits[~inside] / fit_temperature(logits[inside], labels[inside])
+        held_out += scaled.softmax(dim=1) / REPEATS
+    out_of_fold = reliability(held_out.float().numpy(), labels)
     assert summary["val_ece"] == calibration["ece"] == round(out_of_fold.ece, 6) < summary["val_ece_uncalibrated"]
     assert calibration["reliability"] == out_of_fold.to_dict()
     in_sample = expected_calibration_error((logits / temperature).softmax(dim=1).numpy(), labels)
