@@ -26,7 +26,7 @@ from common import ROOT, sample_cifar  # noqa: E402
 
 import tlearn  # noqa: E402
 from tlearn.api import evaluation  # noqa: E402
-from tlearn.calibration import answered  # noqa: E402
+from tlearn.metrics.calibration import answered  # noqa: E402
 
 COVERAGES = (1.0, 0.95, 0.9, 0.8)
 

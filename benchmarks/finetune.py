@@ -90,7 +90,7 @@ def time_decoding(count: int = 24, size: tuple[int, int] = (3000, 2000)) -> dict
 
     from tlearn.data.images import open_rgb
     from tlearn.data.transforms import presize_transform
-    from tlearn.preprocessing import Preprocessing
+    from tlearn.data.preprocessing import Preprocessing
 
     prep = Preprocessing(256, 224, "bicubic", (0.5,) * 3, (0.5,) * 3)
     presize = presize_transform(prep)

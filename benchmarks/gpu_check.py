@@ -15,7 +15,7 @@ import time
 import torch
 
 import tlearn
-from tlearn.extraction import TorchBackend
+from tlearn.features.backends import TorchBackend
 from tlearn.runtime import Runtime
 
 

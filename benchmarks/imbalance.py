@@ -92,11 +92,11 @@ def train_mode(data: Path, mode: str, run: Path, cache: Path, image_size: int, s
 
 def cached_features(run: Path, test_folder: Path, cache: Path):
     """The run's own train/val features (cache hits) and the long-tailed test set's, as numpy."""
-    from tlearn import checkpoint
+    from tlearn.run_folder import checkpoint
     from tlearn.config import DataConfig
     from tlearn.data.sources import load_data, resolve_split
-    from tlearn.features import FeatureExtractor
-    from tlearn.run_folder import read_config
+    from tlearn.features.extractor import FeatureExtractor
+    from tlearn.run_folder.records import read_config
     from tlearn.runtime import setup_runtime
 
     config = read_config(run)
@@ -121,7 +121,7 @@ def scores(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def head_logits(run: Path, features: np.ndarray) -> np.ndarray:
-    from tlearn import checkpoint
+    from tlearn.run_folder import checkpoint
 
     weights = checkpoint.read_tensors(run / checkpoint.MODEL_FILE)
     return features @ weights["head.weight"].double().numpy().T + weights["head.bias"].double().numpy()

@@ -75,10 +75,10 @@ def build_mosaics(out: Path, train: int, val: int, seed: int) -> Path:
 
 def features_of(run: Path, cache: Path):
     """The run's train/val features (its own cache entries) and multi-hot labels, as numpy."""
-    from tlearn import checkpoint
+    from tlearn.run_folder import checkpoint
     from tlearn.data.sources import load_data
-    from tlearn.features import FeatureExtractor
-    from tlearn.run_folder import read_config
+    from tlearn.features.extractor import FeatureExtractor
+    from tlearn.run_folder.records import read_config
     from tlearn.runtime import setup_runtime
 
     config = read_config(run)
@@ -92,7 +92,7 @@ def features_of(run: Path, cache: Path):
 def figures(probs: np.ndarray, targets: np.ndarray, thresholds) -> dict:
     from sklearn.metrics import average_precision_score, f1_score
 
-    from tlearn.multilabel import choose_thresholds, predict_labels
+    from tlearn.metrics.multilabel import choose_thresholds, predict_labels
 
     thresholds = choose_thresholds(probs, targets) if thresholds is None else thresholds
     return {"map_sklearn": round(float(average_precision_score(targets, probs, average="macro")), 4),
@@ -129,7 +129,7 @@ def main() -> None:
     summary = json.loads((run / "summary.json").read_text())
     features, thresholds = features_of(run, cache)
     (train_x, train_y), (val_x, val_y) = features["train"], features["val"]
-    from tlearn import checkpoint
+    from tlearn.run_folder import checkpoint
 
     weights = checkpoint.read_tensors(run / checkpoint.MODEL_FILE)
     head_weight, head_bias = weights["head.weight"].double().numpy(), weights["head.bias"].double().numpy()

@@ -30,10 +30,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     import tlearn
-    import tlearn.run_report as run_report
-    from tlearn import checkpoint
+    import tlearn.reports.run_report as run_report
+    from tlearn.run_folder import checkpoint
     from tlearn.api import eval_samples
-    from tlearn.inference import classify
+    from tlearn.infer.engine import classify
     from tlearn.runtime import setup_runtime
 
     out = ROOT / "data" / "report_grad_cam"

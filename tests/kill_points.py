@@ -18,11 +18,11 @@ import signal
 import sys
 from pathlib import Path
 
-import tlearn.checkpoint as checkpoint
-import tlearn.features as features
+import tlearn.run_folder.checkpoint as checkpoint
+import tlearn.features.extractor as features
 import tlearn.files as files
-import tlearn.loops as loops
-import tlearn.training as training
+import tlearn.training.loop as loops
+import tlearn.training.runner as training
 
 event, count = sys.argv[1].split(":")
 count = int(count)
@@ -83,6 +83,6 @@ def after_commit(run_dir, model, state):
 
 wrap(checkpoint, "save_train_state", after=after_commit)
 
-from tlearn.cli import main  # noqa: E402  (after the patches, like a user's sitecustomize)
+from tlearn.cli.commands import main  # noqa: E402  (after the patches, like a user's sitecustomize)
 
 sys.exit(main(sys.argv[2:]))

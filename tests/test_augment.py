@@ -7,12 +7,12 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from tlearn import checkpoint
-from tlearn.balance import Balance
+from tlearn.run_folder import checkpoint
+from tlearn.training.balance import Balance
 from tlearn.data.augment import POLICIES
 from tlearn.data.transforms import train_transform
-from tlearn.mixing import BatchMixer
-from tlearn.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from tlearn.training.mixing import BatchMixer
+from tlearn.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from conftest import TINY_MODEL, kill_chain, make_folder, run_cli
 
@@ -130,7 +130,7 @@ def test_balance_losses_take_soft_targets(mode):
     ("--augment", "augmix", "invalid choice"),
 ])
 def test_bad_values_exit_2_with_one_line(flag, value, message, tmp_path, capsys):
-    from tlearn.cli import main
+    from tlearn.cli.commands import main
 
     folder = make_folder(tmp_path / "data", per_class=2)
     try:

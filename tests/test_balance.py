@@ -12,10 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 import tlearn
-from tlearn import checkpoint, head_solver
-from tlearn.balance import Balance, BalancedSampler, LogitAdjustedLoss, warn_if_imbalanced
-from tlearn.cli import main
-from tlearn.metrics import ClassificationMeter
+from tlearn.run_folder import checkpoint
+from tlearn.features import head_solver
+from tlearn.metrics.imbalance import warn_if_imbalanced
+from tlearn.training.balance import Balance, BalancedSampler, LogitAdjustedLoss
+from tlearn.cli.commands import main
+from tlearn.metrics.classification import ClassificationMeter
 
 from conftest import TINY_MODEL, write_image
 

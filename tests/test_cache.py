@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import tlearn
-import tlearn.features as features_mod
+import tlearn.features.extractor as features_mod
 from tlearn.data import load_splits
-from tlearn.features import FeatureExtractor, cache_key
-from tlearn.head_solver import fit_linear_head_lbfgs
+from tlearn.features.extractor import FeatureExtractor, cache_key
+from tlearn.features.head_solver import fit_linear_head_lbfgs
 from tlearn.runtime import setup_runtime
 
 from conftest import TINY_MODEL, run_cli
@@ -78,7 +78,7 @@ def test_onnxruntime_features_match_pytorch_and_leave_the_model_alone(tmp_path, 
 
 def test_a_graph_that_disagrees_with_pytorch_falls_back_to_pytorch(tiny, tmp_path, monkeypatch, caplog):
     caplog.set_level("INFO", logger="tlearn")
-    import tlearn.extraction as extraction
+    import tlearn.features.backends as extraction
 
     model, data = tiny
     runtime = setup_runtime("cpu")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import tlearn
-from tlearn.calibration import (
+from tlearn.metrics.calibration import (
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
     as_logits,
@@ -20,12 +20,12 @@ from tlearn.calibration import (
     reliability,
     threshold_for_coverage,
 )
-from tlearn.calibration_choice import BOUND_MARGIN, FOLDS, REPEATS, fold_assignment
-from tlearn.cli import main
+from tlearn.metrics.calibration_choice import BOUND_MARGIN, FOLDS, REPEATS, fold_assignment
+from tlearn.cli.commands import main
 from tlearn.errors import ConfigError
 from tlearn.models.classifier import ModelInfo
-from tlearn.preprocessing import Preprocessing
-from tlearn.run_calibration import calibrate_run
+from tlearn.data.preprocessing import Preprocessing
+from tlearn.infer.calibration import calibrate_run
 
 from conftest import TINY_MODEL, kill_chain, make_folder
 
@@ -93,7 +93,7 @@ def _calibrate(tmp_path, probs, labels, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="tlearn"):
         calibrate_run(tmp_path, info, probs, labels, None, summary)
-    lines = [r.getMessage() for r in caplog.records if r.name == "tlearn.run_calibration"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "tlearn.infer.calibration"]
     return (json.loads((tmp_path / "model.json").read_text()), json.loads((tmp_path / "calibration.json").read_text()),
             summary, lines)
 
@@ -172,7 +172,7 @@ def test_no_temperature_is_stored_at_a_bound(tmp_path, caplog):
 
 
 def test_the_report_shows_the_out_of_fold_figures_and_why_t_1_was_kept(tmp_path):
-    from tlearn.report_calibration import reliability_section
+    from tlearn.reports.calibration import reliability_section
 
     for name, (probs, labels), phrase in (("fitted", _synthetic(0, 400, 2.5), "out-of-fold"),
                                           ("kept", _separated(20), "keeps T = 1")):
@@ -201,8 +201,8 @@ def calibrated_run(tmp_path_factory):
 
 
 def test_the_run_stores_its_temperature_ece_and_threshold(calibrated_run):
-    from tlearn.checkpoint import load_model
-    from tlearn.export import sidecar
+    from tlearn.run_folder.checkpoint import load_model
+    from tlearn.infer.export import sidecar
 
     run, _, summary = calibrated_run
     info = json.loads((run / "model.json").read_text())
@@ -299,7 +299,7 @@ def test_bad_thresholds_exit_2_with_one_line(calibrated_run, capsys, flags, mess
 def test_train_coverage_is_checked_before_anything_runs(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path), "--coverage", "1.5"]) == 2
     assert "--coverage must be above 0 and at most 1" in capsys.readouterr().err
-    from tlearn.multilabel import check_config
+    from tlearn.metrics.multilabel import check_config
 
     with pytest.raises(ConfigError, match="single-label"):
         check_config(tlearn.RunConfig(data=tlearn.DataConfig(source="x", labels="t.csv", label_delim=" "),

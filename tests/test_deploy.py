@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tlearn
-from tlearn.cli import main
+from tlearn.cli.commands import main
 
 from conftest import TINY_MODEL, make_folder, run_cli
 
@@ -309,7 +309,7 @@ def test_report_renders_in_chromium(trained_run, tmp_path):
 def test_report_with_100_classes_stays_readable(tmp_path):
     from PIL import Image
 
-    from tlearn.report_page import write_report
+    from tlearn.reports.page import write_report
 
     rng = np.random.default_rng(0)
     names = [f"class_{i:03d}_name" for i in range(100)]

@@ -9,13 +9,14 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tlearn import checkpoint
-from tlearn.accumulation import optimizer_steps
+from tlearn.run_folder import checkpoint
+from tlearn.training.accumulation import optimizer_steps
 from tlearn.config import TrainConfig
-from tlearn.ema import WeightAverage, published_weights, start_weight_average
+from tlearn.run_folder.checkpoint import published_weights
+from tlearn.training.ema import WeightAverage, start_weight_average
 from tlearn.errors import ConfigError
-from tlearn.loops import train_one_epoch
-from tlearn.optim import make_scheduler
+from tlearn.training.loop import train_one_epoch
+from tlearn.training.optim import make_scheduler
 from tlearn.runtime import setup_runtime
 
 from conftest import TINY_MODEL, kill_chain, make_folder
@@ -179,7 +180,7 @@ def test_killed_with_ema_and_accumulation_resumes_bit_identical(tmp_path):
     (["--accumulate", "0"], "--accumulate must be at least 1, got 0"),
 ])
 def test_bad_values_are_one_line_exit_2(tmp_path, capsys, flags, message):
-    from tlearn.cli import main
+    from tlearn.cli.commands import main
 
     data = make_folder(tmp_path / "data", per_class=4)
     assert main(["train", "--data", str(data), *TINY, *flags, "--out", str(tmp_path / "run")]) == 2

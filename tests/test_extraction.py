@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import tlearn
-import tlearn.features as features_mod
+import tlearn.features.extractor as features_mod
 from tlearn.data import load_splits
-from tlearn.features import FeatureExtractor
+from tlearn.features.extractor import FeatureExtractor
 from tlearn.runtime import setup_runtime
 
 from conftest import TINY_MODEL

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 import tlearn
-import tlearn.run_outputs as run_outputs
-import tlearn.run_report as run_report
+import tlearn.training.outputs as run_outputs
+import tlearn.infer.engine as engine  # where the report (and the run's end) would run the model
 from tlearn.data.loaders import make_loader
 from tlearn.data.transforms import eval_transform
-from tlearn.loops import predict_logits
+from tlearn.infer.engine import predict_logits
 from tlearn.runtime import setup_runtime
 
 from conftest import TINY_MODEL
@@ -34,7 +34,7 @@ def test_probe_report_uses_the_cached_features(image_folder, tmp_path, monkeypat
         return seen["probs"]
 
     monkeypatch.setattr(run_outputs, "best_val_probabilities", spy)
-    monkeypatch.setattr(run_report, "classify",
+    monkeypatch.setattr(engine, "classify",
                         lambda *a, **k: pytest.fail("the report ran the backbone again"))
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
     run = tmp_path / "run"
@@ -51,7 +51,7 @@ def test_fine_tuned_run_is_reported_from_its_best_epochs_validation(image_folder
     real = run_outputs.best_val_probabilities
     monkeypatch.setattr(run_outputs, "best_val_probabilities",
                         lambda model, run: seen.setdefault("probs", real(model, run)))
-    monkeypatch.setattr(run_report, "classify",
+    monkeypatch.setattr(engine, "classify",
                         lambda *a, **k: pytest.fail("the report ran the model again"))
     model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
     run = tmp_path / "run"
@@ -66,8 +66,8 @@ def test_report_scores_match_scikit_learn():
     import numpy as np
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    from tlearn.report_page import confusion_matrix as numpy_confusion
-    from tlearn.report_page import per_class_scores
+    from tlearn.reports.page import confusion_matrix as numpy_confusion
+    from tlearn.reports.page import per_class_scores
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 6, 200)

@@ -8,13 +8,13 @@ from PIL import Image
 from test_models import FAMILIES
 
 import tlearn
-from tlearn import checkpoint
+from tlearn.run_folder import checkpoint
 from tlearn.data.samples import ArraySamples
 from tlearn.errors import DataError
-from tlearn.grad_cam import find_target, grad_cam
-from tlearn.report_multilabel import write_multilabel_report
-from tlearn.report_page import write_report
-from tlearn.run_report import report_run
+from tlearn.reports.grad_cam import find_target, grad_cam
+from tlearn.reports.multilabel import write_multilabel_report
+from tlearn.reports.page import write_report
+from tlearn.reports.run_report import report_run
 from tlearn.runtime import setup_runtime
 
 from conftest import TINY_MODEL, needs_shared
@@ -79,7 +79,7 @@ def _probs(labels, predictions, count, confidence=0.8):
 
 def _fake_explain(indices, classes):
     pixel = Image.new("RGB", (8, 8), (200, 10, 10))
-    from tlearn.report_cards import thumbnail_png
+    from tlearn.reports.cards import thumbnail_png
 
     return {i: (thumbnail_png(pixel), thumbnail_png(pixel)) for i in indices if i not in (0, 3)}
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tlearn.feature_store import FeatureMatrix, TensorFeatures, open_features, write_feature_shards
-from tlearn.head_solver import fit_linear_head_lbfgs
+from tlearn.features.store import FeatureMatrix, TensorFeatures, open_features, write_feature_shards
+from tlearn.features.head_solver import fit_linear_head_lbfgs
 
 
 def _blobs(rows: int, dim: int = 48, classes: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ from tlearn.data.image_cache import CachedImages, cache_images
 from tlearn.data.images import open_rgb
 from tlearn.data.samples import FileSamples
 from tlearn.data.transforms import eval_transform, presize_transform, train_transform
-from tlearn.preprocessing import Preprocessing
+from tlearn.data.preprocessing import Preprocessing
 
 from conftest import TINY_MODEL
 

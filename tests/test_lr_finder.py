@@ -21,7 +21,7 @@ def _model_and_stage(batches: int = 12, batch_size: int = 4):
     """test_resnet at 32 px on random images of 3 classes, as a fine-tuning stage's data."""
     from tlearn.models.factory import create_model
     from tlearn.runtime import setup_runtime
-    from tlearn.stage_data import StageData
+    from tlearn.training.stage_data import StageData
 
     torch.manual_seed(0)
     model = create_model(TINY_MODEL, 3, "none", image_size=32)
@@ -42,7 +42,7 @@ def _config(**changes):
 
 
 def test_sweep_rises_exponentially_and_restores_weights_and_rng():
-    from tlearn.lr_finder import find_stage_lr
+    from tlearn.training.lr_finder import find_stage_lr
 
     model, stage_data, runtime = _model_and_stage()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -70,7 +70,7 @@ def test_sweep_rises_exponentially_and_restores_weights_and_rng():
 
 
 def test_sweep_stops_when_the_loss_diverges():
-    from tlearn.lr_finder import SweepSettings, find_stage_lr
+    from tlearn.training.lr_finder import SweepSettings, find_stage_lr
 
     model, stage_data, runtime = _model_and_stage(batches=30)
     finding = find_stage_lr(model, stage_data, _config(optimizer="sgd"), runtime, nn.CrossEntropyLoss(),
@@ -80,7 +80,7 @@ def test_sweep_stops_when_the_loss_diverges():
 
 
 def test_valley_is_fastais_rule_on_the_longest_fall():
-    from tlearn.lr_finder import valley
+    from tlearn.training.lr_finder import valley
 
     # 40 points: flat, a fall over indices 10-29, then a blow-up. fastai's `valley` finds the
     # longest falling run (from index 9: the last flat point, to 29) and, in its code, steps
@@ -145,7 +145,7 @@ def test_bad_lr_values_are_one_line_and_exit_2(args, message, tmp_path):
 
 def test_under_gradual_unfreezing_the_sweep_trains_what_the_first_epoch_trains(image_folder, tmp_path, monkeypatch):
     import tlearn
-    from tlearn import lr_finder
+    from tlearn.training import lr_finder
     from tlearn.models.block_groups import block_groups
 
     swept = {}

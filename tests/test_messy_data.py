@@ -88,7 +88,7 @@ def test_tampered_run_files_are_one_line_errors_and_never_run_code(tmp_path):
     from conftest import make_folder
 
     data = make_folder(tmp_path / "data", per_class=4)
-    from tlearn.cli import main  # the run to tamper with, made in-process: the subprocesses below are the test
+    from tlearn.cli.commands import main  # the run to tamper with, made in-process: the subprocesses below are the test
 
     assert main(["train", "--data", str(data), "--model", TINY_MODEL, "--weights", "none", "--image-size", "32",
                  "--strategy", "linear-probe", "--epochs", "1", "--no-report", "--out", str(out)]) == 0
@@ -106,7 +106,7 @@ def test_tampered_run_files_are_one_line_errors_and_never_run_code(tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1 and "model.safetensors" in result.stderr
     with pytest.raises(tlearn.UserError, match="model.safetensors"):
         tlearn.load(out)
-    from tlearn.export import export_run
+    from tlearn.infer.export import export_run
 
     with pytest.raises(tlearn.UserError, match="model.safetensors"):
         export_run(out, "onnx")

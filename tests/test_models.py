@@ -5,7 +5,7 @@ from torch import nn
 
 import tlearn
 from tlearn.errors import ModelError
-from tlearn.strategy import freeze
+from tlearn.training.strategy import freeze
 
 # (name, input size): the smallest size each architecture accepts in train mode
 FAMILIES = [

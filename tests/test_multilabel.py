@@ -19,11 +19,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import tlearn
-from tlearn import checkpoint
+from tlearn.run_folder import checkpoint
 from tlearn.config import DataConfig
 from tlearn.data.tables import read_table, table_split
 from tlearn.errors import ConfigError
-from tlearn.multilabel import average_precision, best_f1_threshold, choose_thresholds, f1_scores, score
+from tlearn.metrics.multilabel import average_precision, best_f1_threshold, choose_thresholds, f1_scores, score
 
 from conftest import TINY_MODEL, kill_chain
 
@@ -111,7 +111,7 @@ def test_linear_probe_end_to_end_eval_predict_and_export(tmp_path, capsys):
     import onnxruntime as ort
 
     from tlearn import api
-    from tlearn.cli import main
+    from tlearn.cli.commands import main
 
     root = make_multilabel(tmp_path / "data")
     run = tmp_path / "run"
@@ -159,7 +159,7 @@ def test_linear_probe_end_to_end_eval_predict_and_export(tmp_path, capsys):
 
 
 def test_two_stage_with_fine_tuning_early_stopping_on_map_and_the_report(tmp_path):
-    from tlearn.cli import main
+    from tlearn.cli.commands import main
 
     root = make_multilabel(tmp_path / "data")
     run = tmp_path / "run"

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import tlearn
-from tlearn import checkpoint
+from tlearn.run_folder import checkpoint
 
 from conftest import TINY_MODEL, make_folder, run_cli
 

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 import tlearn
-from tlearn.cli import main
-from tlearn.run_guard import LOCK_FILE, RUN_FILES, RUN_FOLDERS, run_folder_lock
+from tlearn.cli.commands import main
+from tlearn.run_folder.guard import LOCK_FILE, RUN_FILES, RUN_FOLDERS
 
 from conftest import TINY_MODEL, make_folder
 
@@ -104,7 +104,7 @@ def test_python_fit_refuses_a_run_too(data, tmp_path):
 
 HOLDER = """
 import sys, time
-from tlearn.run_guard import run_folder_lock
+from tlearn.run_folder.guard import run_folder_lock
 with run_folder_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
@@ -190,7 +190,7 @@ def test_the_committed_state_stands_in_only_when_it_is_the_best_epoch(data, tmp_
 
 
 def test_a_failed_export_parity_check_is_on_stderr(data, tmp_path, monkeypatch, train, cli):
-    from tlearn import export
+    from tlearn.infer import export
 
     run = tmp_path / "run"
     assert train(data, run).returncode == 0

@@ -73,7 +73,7 @@ def test_budget_skips_and_lists_candidates(tmp_path):
 def test_budget_skip_gives_the_estimate(tmp_path, monkeypatch):
     """A candidate whose timing-batch estimate exceeds what is left is skipped with that estimate."""
     import tlearn
-    from tlearn.select_probe import PreparedCandidate
+    from tlearn.select.probe import PreparedCandidate
 
     data = make_folder(tmp_path / "images")
     real = PreparedCandidate.estimate_seconds
@@ -90,7 +90,7 @@ def test_budget_skip_gives_the_estimate(tmp_path, monkeypatch):
 def test_default_list_offline_skips_missing_weights(tmp_path):
     """No --models: the bundled Lite0 runs; every other default says in one line that its weights
     are not here, and is never built (no download is tried)."""
-    from tlearn.select import DEFAULT_MODELS
+    from tlearn.select.selection import DEFAULT_MODELS
 
     data, out = make_folder(tmp_path / "images"), tmp_path / "select"
     done = run_cli("select", "--data", str(data), "--image-sizes", "32", "--out", str(out),

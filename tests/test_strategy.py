@@ -6,7 +6,7 @@ from torch import nn
 import tlearn
 from tlearn.config import DataConfig, RunConfig, TrainConfig
 from tlearn.errors import ConfigError
-from tlearn.strategy import (
+from tlearn.training.strategy import (
     freeze,
     parameter_counts,
     parameter_groups,

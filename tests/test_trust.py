@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 
 import tlearn
 import tlearn.files as files
-from tlearn import checkpoint
-from tlearn.cli import main
+from tlearn.run_folder import checkpoint
+from tlearn.cli.commands import main
 from tlearn.errors import ModelError, WeightsDownloadError
-from tlearn.strategy import freeze, parameter_counts
+from tlearn.training.strategy import freeze, parameter_counts
 
 from conftest import TINY_MODEL, make_folder
 

@@ -40,8 +40,8 @@ def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror(trained, tmp_p
 
 @pytest.mark.parametrize("tta,crops,count", [(True, 1, 2), (False, 5, 5), (True, 5, 10)])
 def test_views_per_image(trained, tta, crops, count):
-    from tlearn.preprocessing import Preprocessing
-    from tlearn.tta import views_for, views_transform
+    from tlearn.data.preprocessing import Preprocessing
+    from tlearn.infer.tta import views_for, views_transform
 
     image = Image.new("RGB", (50, 40), (10, 200, 30))
     views = views_for(tta, crops)
@@ -55,10 +55,10 @@ def test_views_per_image(trained, tta, crops, count):
 def test_views_and_the_plain_view_in_the_eager_and_onnx_engines(trained, tmp_path, monkeypatch):
     """classify's views: the plain view equals plain evaluation, the flip is the mirror's logits, and
     the onnxruntime engine (used for many images on CPU) gives the eager engine's logits."""
-    from tlearn import inference
+    from tlearn.infer import engine as inference
     from tlearn.data.folders import list_class_folders
     from tlearn.runtime import setup_runtime
-    from tlearn.tta import Views
+    from tlearn.infer.tta import Views
 
     folder = make_folder(tmp_path / "images", per_class=2)
     samples = list_class_folders(folder)[0]
@@ -83,7 +83,7 @@ def test_views_and_the_plain_view_in_the_eager_and_onnx_engines(trained, tmp_pat
 
 def test_eval_json_tta_and_predict_tta(tmp_path, capsys):
     from tlearn import api
-    from tlearn.cli import main
+    from tlearn.cli.commands import main
 
     data = make_folder(tmp_path / "split", split_dirs=True)
     run = tmp_path / "run"
@@ -116,6 +116,7 @@ def test_tlearn_predict_stays_the_function_after_the_cli_imports_its_module():
     module would replace the function on the package."""
     import tlearn
     import tlearn.cli  # noqa: F401
-    import tlearn.prediction  # noqa: F401
+    import tlearn.infer.prediction  # noqa: F401
+    import tlearn.training.runner  # noqa: F401  (a package named like an API function would shadow it)
 
-    assert callable(tlearn.predict)
+    assert callable(tlearn.predict) and callable(tlearn.train)

@@ -18,8 +18,8 @@ _EXPORTS = {
     "TrainedModel": "api", "evaluate": "api", "fit": "api", "load": "api", "predict": "api", "train": "api",
     "DataConfig": "config", "ModelConfig": "config", "RunConfig": "config", "TrainConfig": "config",
     "UserError": "errors", "Classifier": "models", "create_model": "models", "list_models": "models",
-    "freeze": "strategy", "unfreeze": "strategy", "configure_allocator": "allocator",
-    "select_backbone": "select",
+    "freeze": "train.strategy", "unfreeze": "train.strategy", "configure_allocator": "allocator",
+    "select_backbone": "select.selection",
 }
 __all__ = sorted(_EXPORTS)
 

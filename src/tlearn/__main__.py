@@ -1,6 +1,6 @@
 """`python -m tlearn ...` (what `torchrun -m tlearn train ...` runs)."""
 import sys
 
-from .cli import main
+from .cli.commands import main
 
 sys.exit(main())

@@ -1,40 +1,38 @@
-"""The Python API: train from a config, evaluate a run, load a run to predict."""
+"""The Python API, the public face: train from a config or fit a model (a run folder either way),
+resume, and load / evaluate / predict from a run folder.
+
+A run is the stages (train/), then its end here: the temperature chosen on the validation split
+(infer/calibration.py), summary.json, and the report (reports/). The trainer imports neither.
+"""
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-import torch
-from PIL import Image
-
-from . import checkpoint, run_folder, training
-from .balance import class_counts, imbalance_ratio, warn_if_imbalanced
-from .calibration import probabilities
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from .data.images import open_rgb
-from .data.samples import Samples
-from .data.sources import BUILTIN, DatasetSplits, default_eval_split, load_data, require_validation, resolve_split
-from .data.transforms import eval_transform
+from .data.sources import DatasetSplits, load_data, require_validation
 from .errors import ConfigError, DataError, RunFolderError
-from .features import default_cache_dir
-from .inference import classify
-from .metrics import ClassificationMeter
+from .infer.calibration import calibrate_run
+from .infer.engine import best_model_logits
+from .infer.evaluation import Evaluation, data_config_for, eval_samples, evaluate, evaluation
+from .infer.trained import TrainedModel, load, predict
 from .models.classifier import Classifier
 from .models.factory import create_model
-from .multilabel import DEFAULT_THRESHOLD, predict_multi_label, remap_multi_hot, score
-from .preprocessing import Preprocessing
-from .run_calibration import calibration_figures, mark_unknown, resolve_min_confidence
-from .run_guard import claim_run_folder, run_folder_lock
-from .runtime import seed_everything, setup_runtime
-from .train_overlap import count_training_images
-from .train_state import ResumePoint
-from .tta import Views, average_views, views_for, views_transform
+from .reports.run_report import report_run
+from .run_folder import checkpoint
+from .run_folder import records as run_folder
+from .run_folder.guard import claim_run_folder, run_folder_lock, run_folder_writes
+from .runtime import seed_everything
+from .training import runner as training
+from .training.outputs import StagesResult
+from .training.state import ResumePoint
+
+__all__ = ["train", "resume", "fit", "load", "predict", "evaluate", "evaluation", "eval_samples", "data_config_for",
+           "TrainedModel", "Evaluation", "build_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +87,37 @@ def _writes_run_folder() -> bool:
 
 def _run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_dir: Path,
                 resume: ResumePoint | None = None) -> dict:
+    """The stages, then the run's end: the temperature, summary.json, the report."""
     try:
-        return training.run_stages(model, data, config, run_dir, resume=resume)
+        result = training.run_stages(model, data, config, run_dir, resume=resume)
     except KeyboardInterrupt:
         logger.info(f"interrupted: the last completed epoch is saved; continue with: tlearn train --resume {run_dir}")
         raise
+    return _finish(result)
+
+
+def _finish(result: StagesResult) -> dict:
+    """A single-label run's temperature (from the best model's validation probabilities: kept by
+    training, or a pass of their own), then summary.json, then report.html."""
+    summary, run_dir, info = result.summary, result.run_dir, result.model.info
+    if run_dir is None:
+        return summary
+    probs, calibration = result.val_probs, None  # calibration.json's record: the report shows it
+    if not info.multi_label and summary["best_epoch"] > 0:
+        if probs is None:
+            logits, _ = best_model_logits(run_dir, result.val, result.runtime, batch_size=result.batch_size,
+                                          workers=result.workers, cache_dir=result.cache_dir)
+            probs = logits.softmax(dim=1)
+        with run_folder_writes(run_dir, "the calibration"):
+            probs, calibration = calibrate_run(run_dir, info, probs.cpu().float(), result.val.labels,
+                                               result.coverage, summary)
+    with run_folder_writes(run_dir, "the run summary"):
+        run_folder.write_summary(run_dir, summary)
+    if result.report:
+        path = report_run(run_dir, result.val, result.runtime, batch_size=result.batch_size, workers=result.workers,
+                          probs=probs, calibration=calibration, cache_dir=result.cache_dir)
+        logger.info(f"report: {path}")
+    return summary
 
 
 def resume(run_dir: str | Path) -> tuple[dict, Path]:
@@ -146,280 +170,3 @@ def fit(model: Classifier, data: str | DatasetSplits, out: str | Path | None = N
         return _run_stages(model, splits, config, run_dir)
 
 
-@dataclass
-class TrainedModel:
-    """A trained classifier with everything needed to use it: preprocessing and class names."""
-
-    model: Classifier
-    preprocessing: Preprocessing
-    class_names: list[str]
-    run_dir: Path | None = None  # where it was loaded from: predict's --coverage reads its calibration.json
-
-    @property
-    def multi_label(self) -> bool:
-        return self.model.info.multi_label
-
-    @functools.cached_property
-    def transform(self):
-        return eval_transform(self.preprocessing)
-
-    def predict(self, images: Iterable[str | Path | Image.Image | torch.Tensor] | str | Path,
-                top_k: int = 1, batch_size: int = 32, *, tta: bool = False, tta_crops: int = 1,
-                min_confidence: float | None = None, coverage: float | None = None) -> list[dict[str, Any]]:
-        """Top-k labels and (calibrated) probabilities for paths, PIL images, or preprocessed tensors.
-
-        Inputs are decoded a batch at a time, so a long list of paths never sits in memory decoded.
-        `tta`: average the logits of each image and its horizontal flip; `tta_crops=5`: of five
-        crops (tta.py). A preprocessed tensor is then its views, (V, C, H, W).
-        Below `min_confidence` (or the threshold answering `coverage` of the validation images; by
-        default the run's own, from train --coverage) the label is "unknown".
-        """
-        if isinstance(images, (str, Path, Image.Image, torch.Tensor)):
-            images = [images]
-        transform = self.views_transform(tta, tta_crops)
-        threshold = self.min_confidence(min_confidence, coverage)
-        warn_if_views_and_threshold(transform, threshold)
-        results: list[dict[str, Any]] = []
-        for batch in _batched(images, batch_size):
-            results += self.predict_batch(torch.stack([self.prepare(item, transform) for item in batch]), top_k,
-                                          threshold)
-        return results
-
-    def min_confidence(self, min_confidence: float | None = None, coverage: float | None = None) -> float | None:
-        """The confidence threshold predict applies (run_calibration.resolve_min_confidence)."""
-        return resolve_min_confidence(self.model.info, self.run_dir, min_confidence, coverage)
-
-    def views_transform(self, tta: bool = False, tta_crops: int = 1):
-        """The transform of `--tta` / `--tta-crops` (None: the plain image)."""
-        views = views_for(tta, tta_crops)
-        return None if views is None else views_transform(self.preprocessing, views)
-
-    @torch.inference_mode()
-    def predict_batch(self, batch: torch.Tensor, top_k: int = 1,
-                      min_confidence: float | None = None) -> list[dict[str, Any]]:
-        """Top-k of a batch of preprocessed images (what `tlearn predict` feeds); "unknown" below
-        `min_confidence` (a number: `min_confidence()` resolves flags). Multi-label: the labels at or
-        above their thresholds ("labels", "probs") and every class's probability ("scores")."""
-        self.model.eval()
-        views = batch.shape[1] if batch.ndim == 5 else 1  # test-time augmentation: (images, views, C, H, W)
-        inputs = batch.flatten(0, 1) if batch.ndim == 5 else batch
-        logits = average_views(self.model(inputs.to(next(self.model.parameters()).device)).float(), views)
-        if self.multi_label:
-            return predict_multi_label(logits.sigmoid().cpu(), self.model.info.thresholds, self.class_names)
-        probs = probabilities(logits, self.model.info)  # softmax(logits / T): calibrated
-        values, indices = probs.topk(min(top_k, len(self.class_names)), dim=1)
-        return mark_unknown([{"labels": [self.class_names[i] for i in row_indices], "probs": row_values,
-                              "label": self.class_names[row_indices[0]], "prob": row_values[0]}
-                             for row_values, row_indices in zip(values.tolist(), indices.tolist())], min_confidence)
-
-    def prepare(self, item: str | Path | Image.Image | torch.Tensor, transform=None) -> torch.Tensor:
-        """One input as the model's preprocessed CHW tensor (`transform`: its views, tta.py)."""
-        if isinstance(item, torch.Tensor):
-            return item if item.ndim == 3 or transform is not None else item.squeeze(0)
-        transform = transform or self.transform
-        image = item if isinstance(item, Image.Image) else open_rgb(item, transform.decode_size)
-        return transform(image.convert("RGB"))
-
-
-def warn_if_views_and_threshold(views_transform, threshold: float | None) -> None:
-    """The temperature and the threshold were fitted on single views: averaged views are less
-    confident, so TTA answers fewer images than the threshold's coverage promises."""
-    if views_transform is not None and threshold:
-        logger.warning("the confidence threshold was chosen on single views; with test-time augmentation "
-                       "the averaged probabilities are less confident, so fewer images are answered")
-
-
-def predict(run_or_model: str | Path | TrainedModel, images: Iterable[str | Path | Image.Image] | str | Path,
-            top_k: int = 1, batch_size: int = 32, *, tta: bool = False, tta_crops: int = 1,
-            min_confidence: float | None = None, coverage: float | None = None,
-            device: str = "cpu") -> list[dict[str, Any]]:
-    """`load(run).predict(...)`: top-k labels of images (multi-label: those at their thresholds;
-    single-label: "unknown" below the confidence threshold, see TrainedModel.predict)."""
-    trained = run_or_model if isinstance(run_or_model, TrainedModel) else load(run_or_model, device)
-    return trained.predict(images, top_k, batch_size, tta=tta, tta_crops=tta_crops, min_confidence=min_confidence,
-                           coverage=coverage)
-
-
-def _batched(items: Iterable, size: int):
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def load(run_dir: str | Path, device: str = "cpu") -> TrainedModel:
-    """Load a run folder's best model with its preprocessing and class names."""
-    model = checkpoint.load_model(run_dir)
-    model.to(torch.device(device))
-    return TrainedModel(model, model.info.preprocessing, list(model.info.class_names), Path(run_dir))
-
-
-def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
-             batch_size: int = 64, device: str = "auto", workers: int | None = None, *,
-             labels: str | Path | None = None, path_col: str | None = None, label_col: str | None = None,
-             label_delim: str | None = None, tta: bool = False, tta_crops: int = 1) -> dict:
-    """top1, top5, balanced_acc, f1_macro, per_class and confusion of a run on a dataset, classes
-    matched by name; warns when the data's largest class has 10x the images of its smallest.
-    A multi-label run: map, f1_micro, f1_macro (at its stored thresholds), per_class AP/F1/support.
-
-    `split`: train, val, test or all; by default the validation split, or all of a folder
-    without split folders, or a table's test rows. Built-in data sets, plain folders and tables
-    are split as the run was. `labels`: a .csv/.tsv table of paths under `data` and labels; a
-    run trained on a table reads it again when `data` is the run's own data folder.
-    `tta`: also top1_tta and top5_tta (multi-label: map_tta), the logits of each image and its
-    horizontal flip averaged; `tta_crops=5`: five crops (and their flips with `tta`), tta.py.
-    """
-    return evaluation(run_or_model, data, split, batch_size, device, workers, labels=labels, path_col=path_col,
-                      label_col=label_col, label_delim=label_delim, tta=tta, tta_crops=tta_crops).result
-
-
-@dataclass
-class Evaluation:
-    result: dict  # what `evaluate` returns
-    probs: torch.Tensor  # softmax(logits / T) (multi-label: sigmoid) of every sample, in order (the report's input)
-    samples: Samples
-
-
-def evaluation(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
-               batch_size: int = 64, device: str = "auto", workers: int | None = None, *,
-               labels: str | Path | None = None, path_col: str | None = None,
-               label_col: str | None = None, label_delim: str | None = None, tta: bool = False,
-               tta_crops: int = 1) -> Evaluation:
-    """`evaluate`, with the probabilities and samples behind the figures (one pass for both)."""
-    views = views_for(tta, tta_crops)
-    trained = run_or_model if isinstance(run_or_model, TrainedModel) else load(run_or_model)
-    samples = eval_samples(run_or_model, data, split, trained.class_names, labels=labels, path_col=path_col,
-                           label_col=label_col, label_delim=label_delim, multi_label=trained.multi_label)
-    overlap = 0 if isinstance(run_or_model, TrainedModel) else _training_overlap(
-        Path(run_or_model), data, split, samples, labels=labels, path_col=path_col, label_col=label_col,
-        label_delim=label_delim)
-    evaluated = (_evaluate_multi_label(trained, samples, batch_size, device, workers, views) if trained.multi_label
-                 else _evaluate_single_label(trained, samples, data, batch_size, device, workers, views))
-    if overlap:
-        evaluated.result["train_overlap"] = overlap
-    return evaluated
-
-
-def _training_overlap(run_dir: Path, data: str | Path, split: str | None, samples: Samples, **table) -> int:
-    """How many evaluated images the run trained on (warned about; train_overlap.py)."""
-    data_config, seed = data_config_for(run_dir, data, **table)
-    trained_on = run_folder.read_config(run_dir).data
-    return count_training_images(trained_on, seed, data_config, split or default_eval_split(data_config), samples)
-
-
-def _evaluate_single_label(trained: TrainedModel, samples: Samples, data: str | Path, batch_size: int, device: str,
-                           workers: int | None, views: Views | None) -> Evaluation:
-    counts = class_counts(samples.labels, len(trained.class_names))
-    warn_if_imbalanced(counts, trained.class_names, f"the evaluation data ({data})")
-    runtime = setup_runtime(device)
-    trained.model.to(runtime.device)
-    logits, averaged, targets = _classify(trained, samples, runtime, batch_size, workers, views)
-    probs = probabilities(logits, trained.model.info)  # calibrated: softmax(logits / T)
-    result = {**_scores(logits, targets, trained.class_names), "imbalance_ratio": round(imbalance_ratio(counts), 2),
-              **calibration_figures(logits, probs, targets, trained.model.info)}
-    if averaged is not None:
-        tta_result = _scores(averaged, targets, trained.class_names)
-        result.update(top1_tta=tta_result["top1"], top5_tta=tta_result["top5"], tta_views=views.count)
-    return Evaluation(result, probs, samples)
-
-
-def _scores(logits: torch.Tensor, targets: torch.Tensor, class_names: list[str]) -> dict:
-    meter = ClassificationMeter(len(class_names))
-    if len(targets):
-        meter.update(logits, targets, torch.nn.functional.cross_entropy(logits, targets).item())
-    return meter.result().to_dict(class_names)
-
-
-def _classify(trained: TrainedModel, samples: Samples, runtime, batch_size: int, workers: int | None,
-              views: Views | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """(plain logits, the views' averaged logits or None, labels): one pass when plain evaluation's
-    image is one of the views, else a plain pass too."""
-    logits, targets = classify(trained.model, samples, runtime, batch_size=batch_size, workers=workers,
-                               cache_dir=default_cache_dir(), views=views)
-    if views is None:
-        return logits, None, targets
-    index = views.plain_index(trained.preprocessing)
-    plain = logits[:, index] if index is not None else classify(
-        trained.model, samples, runtime, batch_size=batch_size, workers=workers, cache_dir=default_cache_dir())[0]
-    return plain.contiguous(), logits.mean(dim=1), targets
-
-
-def eval_samples(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
-                 class_names: list[str] | None = None, *, labels: str | Path | None = None,
-                 path_col: str | None = None, label_col: str | None = None, label_delim: str | None = None,
-                 multi_label: bool = False) -> Samples:
-    """The samples `tlearn eval` uses, labels mapped onto the run's classes by name (multi-hot
-    rows for a `multi_label` run: a class folder's images then carry that one class)."""
-    if isinstance(run_or_model, TrainedModel) and str(data) in BUILTIN:
-        raise ConfigError("built-in datasets need the run folder (its split settings), not a loaded model")
-    run_dir = None if isinstance(run_or_model, TrainedModel) else Path(run_or_model)
-    data_config, seed = data_config_for(run_dir, data, labels=labels, path_col=path_col, label_col=label_col,
-                                        label_delim=label_delim)
-    if run_dir is not None:
-        class_names = class_names or list(checkpoint.read_model_info(run_dir).class_names)
-    found = resolve_split(data_config, split or default_eval_split(data_config), seed)
-    known = {name: i for i, name in enumerate(class_names)}
-    foreign = [n for n in found.class_names if n not in known]
-    if foreign:
-        raise DataError(f"class(es) the model does not know: {', '.join(foreign[:5])}; "
-                        f"the model knows {', '.join(class_names[:10])}")
-    if multi_label:
-        return dataclasses.replace(found.samples, labels=remap_multi_hot(found.samples.labels, found.class_names,
-                                                                         class_names))
-    if found.samples.labels and isinstance(found.samples.labels[0], tuple):
-        raise ConfigError("--label-delim (multi-label data) needs a multi-label run; this run is single-label")
-    labels = [known[found.class_names[label]] for label in found.samples.labels]
-    return dataclasses.replace(found.samples, labels=labels)
-
-
-def data_config_for(run_dir: Path | None, data: str | Path, *, labels: str | Path | None = None,
-                    path_col: str | None = None, label_col: str | None = None,
-                    label_delim: str | None = None) -> tuple[DataConfig, int]:
-    """(data settings, seed) to read `data` for a run: its split settings, its table's columns and
-    label delimiter, and its labels table when `data` is the folder it trained on (explicit
-    `labels`, columns and delimiter win)."""
-    if run_dir is None:
-        return DataConfig(source=str(data), labels=_text(labels), path_col=path_col, label_col=label_col,
-                          label_delim=label_delim), 0
-    config = run_folder.read_config(run_dir)
-    trained = config.data
-    same_root = trained.labels and str(data) not in BUILTIN and _same_path(data, trained.source)
-    table = _text(labels) or (trained.labels if same_root else None)
-    if table:  # the run's table format (its columns, its delimiter) unless told otherwise
-        path_col, label_col = path_col or trained.path_col, label_col or trained.label_col
-        label_delim = label_delim or trained.label_delim
-    return (dataclasses.replace(trained, source=str(data), labels=table, path_col=path_col, label_col=label_col,
-                                label_delim=label_delim if table else None), config.train.seed)
-
-
-def _text(path: str | Path | None) -> str | None:
-    return None if path is None else str(path)
-
-
-def _same_path(a: str | Path, b: str | Path) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
-
-
-def _evaluate_multi_label(trained: TrainedModel, samples: Samples, batch_size: int, device: str,
-                          workers: int | None, views: Views | None = None) -> Evaluation:
-    """mAP, F1 at the run's stored thresholds (and at 0.5), per-class AP/F1/support; with
-    `views`, map_tta and f1_micro_tta of the averaged logits too."""
-    runtime = setup_runtime(device)
-    trained.model.to(runtime.device)
-    logits, averaged, targets = _classify(trained, samples, runtime, batch_size, workers, views)
-    targets = targets.float().reshape(len(logits), len(trained.class_names))
-    thresholds = trained.model.info.thresholds or [DEFAULT_THRESHOLD] * len(trained.class_names)
-
-    def scored(outputs: torch.Tensor):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(outputs, targets).item() if len(targets) else 0.0
-        return score(outputs.sigmoid().numpy(), targets.numpy(), thresholds, loss)
-
-    result = scored(logits).to_dict(trained.class_names)
-    if averaged is not None:
-        tta_result = scored(averaged)
-        result.update(map_tta=tta_result.map, f1_micro_tta=tta_result.f1_micro, tta_views=views.count)
-    return Evaluation(result, logits.sigmoid(), samples)

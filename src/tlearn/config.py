@@ -52,6 +52,41 @@ def option(default: Any, help: str, *, group: str, choices: tuple[str, ...] | No
 
 
 @dataclass(frozen=True)
+class LabelTable:
+    """A labels table and how to read it (`--labels`, `--path-col`, `--label-col`, `--label-delim`):
+    the four travel together, through training, eval, features and the audit."""
+
+    path: str
+    path_col: str | None = None
+    label_col: str | None = None
+    label_delim: str | None = None  # split each label cell on it: the task is multi-label
+
+    @classmethod
+    def of(cls, path: Any = None, path_col: str | None = None, label_col: str | None = None,
+           label_delim: str | None = None) -> LabelTable | None:
+        """From the four flags (None without a table; DataConfig refuses columns without one)."""
+        return None if path is None else cls(str(path), path_col, label_col, label_delim)
+
+    @property
+    def multi_label(self) -> bool:
+        """The one test of the delimiter: a delimited label column is a multi-label task (task.py)."""
+        return self.label_delim is not None
+
+    def fields(self) -> dict[str, str | None]:
+        """As DataConfig's fields (config.yaml keeps them flat)."""
+        return {"labels": self.path, "path_col": self.path_col, "label_col": self.label_col,
+                "label_delim": self.label_delim}
+
+    def read_as(self, trained: LabelTable) -> LabelTable:
+        """This table read in `trained`'s format where this one does not say (eval on a run's data)."""
+        return LabelTable(self.path, self.path_col or trained.path_col, self.label_col or trained.label_col,
+                          self.label_delim or trained.label_delim)
+
+
+NO_TABLE = {"labels": None, "path_col": None, "label_col": None, "label_delim": None}
+
+
+@dataclass(frozen=True)
 class DataConfig:
     source: str = option(None, "folder with train/ and val/ (or test/) class folders, one folder of class "
                                "folders, or digits | cifar10 | cifar100", group="data", flag="--data", dest="data")
@@ -97,6 +132,14 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    @property
+    def table(self) -> LabelTable | None:
+        """The labels table, when labels come from one."""
+        return LabelTable.of(self.labels, self.path_col, self.label_col, self.label_delim)
+
+    def with_table(self, table: LabelTable | None, **changes: Any) -> DataConfig:
+        return dataclasses.replace(self, **(table.fields() if table is not None else NO_TABLE), **changes)
 
     def validate(self) -> None:
         if not isinstance(self.source, str) or not self.source:

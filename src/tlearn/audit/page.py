@@ -5,8 +5,8 @@ import html
 from pathlib import Path
 
 from ..files import atomic_write
-from ..html_page import html_page
-from ..report_cards import thumbnail_png
+from ..reports.html_page import html_page
+from ..reports.cards import thumbnail_png
 
 MAX_PAIRS = 60  # pairs and issues shown with thumbnails; the CSV files hold them all
 MAX_ISSUES = 48

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..files import atomic_write_with
-from ..preprocessing import Preprocessing
+from .preprocessing import Preprocessing
 from .samples import Samples
 from .transforms import presize_transform
 

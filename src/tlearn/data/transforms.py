@@ -12,7 +12,7 @@ import torch
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
-from ..preprocessing import Preprocessing
+from .preprocessing import Preprocessing
 from .augment import erasing_transforms, policy_transforms
 
 _INTERPOLATION = {

@@ -7,7 +7,7 @@ from typing import Any, Iterator, NamedTuple
 import torch
 from torch import nn
 
-from ..preprocessing import Preprocessing
+from ..data.preprocessing import Preprocessing
 
 
 @dataclass

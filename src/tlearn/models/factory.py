@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError, ModelError, first_line
-from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from ..data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from . import heads
 from . import weights as weights_mod
 from .classifier import Classifier, ModelInfo

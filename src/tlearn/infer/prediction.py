@@ -1,0 +1,130 @@
+"""Predict labels for image files with a run folder's model and preprocessing.
+
+Multi-label runs write, per image, the labels at or above their thresholds (joined with the
+run's label delimiter, as its table wrote them) and every class's probability."""
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .trained import TrainedModel, warn_if_views_and_threshold
+from ..data.images import is_image_name
+from ..errors import UserError, first_line
+from ..files import atomic_write
+
+
+@dataclass
+class Predictions:
+    rows: list[dict]  # path, labels, probs, answered (multi-label: scores, every class's probability, no answered)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    min_confidence: float | None = None  # the threshold below which a label is "unknown", when one applied
+
+
+def collect_paths(inputs: list[str]) -> tuple[list[str], list[str]]:
+    """Image files from files, folders (recursively) and globs; (found, inputs that matched nothing)."""
+    found, missing = [], []
+    for item in inputs:
+        if os.path.isdir(item):
+            for directory, subdirs, files in os.walk(item):
+                subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+                found += [os.path.join(directory, f) for f in sorted(files)
+                          if is_image_name(f) and not f.startswith(".")]
+        elif os.path.isfile(item):
+            found.append(item)
+        else:
+            matches = sorted(glob.glob(item, recursive=True))
+            files = [m for m in matches if os.path.isfile(m) and is_image_name(m)]
+            if files:
+                found += files
+            else:
+                missing.append(item)
+    return list(dict.fromkeys(found)), missing
+
+
+def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch_size: int = 32, *,
+                  min_confidence: float | None = None, tta: bool = False, tta_crops: int = 1) -> Predictions:
+    """Batched prediction, decoding a batch at a time; files that fail to decode are listed, not fatal.
+    Below `min_confidence` (calibrated top probability) an image's label is "unknown".
+    `tta`, `tta_crops`: test-time augmentation, the views' logits averaged (tta.py)."""
+    result = Predictions([], min_confidence=min_confidence or None)
+    transform = trained.views_transform(tta, tta_crops)
+    warn_if_views_and_threshold(transform, min_confidence)
+    batch: list[tuple[str, torch.Tensor]] = []
+
+    def flush():
+        if batch:
+            outputs = trained.predict_batch(torch.stack([tensor for _, tensor in batch]), top_k, min_confidence)
+            result.rows += [{"path": path, "labels": output["labels"], "probs": output["probs"],
+                             **{key: output[key] for key in ("scores", "answered", "guess") if key in output}}
+                            for (path, _), output in zip(batch, outputs)]
+            batch.clear()
+
+    for path in paths:
+        try:
+            batch.append((path, trained.prepare(path, transform)))
+        except Exception as error:  # unreadable, truncated, not an image
+            result.unreadable.append((path, first_line(error)))
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    return result
+
+
+def write_predictions(predictions: Predictions, output: str | Path, top_k: int, label_delim: str | None = None,
+                      class_names: list[str] | None = None) -> None:
+    """A .csv or .json file; `label_delim` and `class_names` given: a multi-label run's predictions."""
+    output = Path(output)
+    if label_delim is not None:
+        _write_multi_label(predictions, output, label_delim, class_names or [])
+        return
+    if output.suffix.lower() == ".json":
+        data = [{"path": r["path"], "predictions": [{"label": l, "prob": p} for l, p in zip(r["labels"], r["probs"])],
+                 **({"answered": r["answered"], "guess": r.get("guess", r["labels"][0])} if predictions.min_confidence is not None else {})}
+                for r in predictions.rows]
+        atomic_write(output, json.dumps({"predictions": data, "unreadable": [
+            {"path": p, "reason": why} for p, why in predictions.unreadable]}, indent=2, ensure_ascii=False))
+        return
+    if output.suffix.lower() != ".csv":
+        raise UserError(f"--output must end in .csv or .json, got {output.name}")
+    header = ["path", "label", "prob"]
+    for k in range(2, top_k + 1):
+        header += [f"label_{k}", f"prob_{k}"]
+    thresholded = predictions.min_confidence is not None
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header + (["answered", "guess"] if thresholded else []))
+    for row in predictions.rows:
+        cells = [row["path"]]
+        for label, prob in zip(row["labels"], row["probs"]):
+            cells += [label, f"{prob:.6f}"]
+        cells += [""] * (len(header) - len(cells))  # fewer classes than --top-k
+        if thresholded:
+            cells += [str(row.get("answered", True)).lower(), row.get("guess", row["labels"][0])]
+        writer.writerow(cells)
+    atomic_write(output, buffer.getvalue())
+
+
+def _write_multi_label(predictions: Predictions, output: Path, label_delim: str, class_names: list[str]) -> None:
+    """CSV: path, labels (joined with `label_delim`), prob_<class> for every class; JSON: the same, nested."""
+    unreadable = [{"path": p, "reason": why} for p, why in predictions.unreadable]
+    if output.suffix.lower() == ".json":
+        data = [{"path": r["path"], "labels": r["labels"], "probs": r["scores"]} for r in predictions.rows]
+        atomic_write(output, json.dumps({"predictions": data, "unreadable": unreadable}, indent=2,
+                                        ensure_ascii=False))
+        return
+    if output.suffix.lower() != ".csv":
+        raise UserError(f"--output must end in .csv or .json, got {output.name}")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "labels", *(f"prob_{name}" for name in class_names)])
+    for row in predictions.rows:
+        writer.writerow([row["path"], label_delim.join(row["labels"]),
+                         *(f"{row['scores'][name]:.6f}" for name in class_names)])
+    atomic_write(output, buffer.getvalue())

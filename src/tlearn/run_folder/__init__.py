@@ -1,0 +1,1 @@
+"""tlearn.run_folder."""

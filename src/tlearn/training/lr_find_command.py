@@ -1,0 +1,71 @@
+"""`tlearn lr-find`: the LR finder on a fresh model, without a training run.
+
+The model is built as `tlearn train` would build it (weights, new head, preprocessing adapted to
+small images), the stage is the strategy's (finetune: everything, backbone at
+`backbone_lr_mult` x the LR; linear-probe: the head on cached features), and the sweep is
+lr_finder.py's. Nothing is trained: the weights are restored after the sweep.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .balance import Balance
+from ..config import RunConfig
+from ..data.sources import load_data
+from ..errors import DataError
+from ..features.extractor import run_cache_dir
+from .lr_finder import Finding, find_stage_lr, write_finding
+from ..models.factory import create_model
+from ..metrics.multilabel import check_config, is_multi_label
+from ..runtime import seed_everything, setup_runtime
+from ..data.small_images import adapt_preprocessing
+from .stage_data import build_stage_data
+from .strategy import plan_stages
+
+STRATEGIES = ("finetune", "linear-probe")
+
+
+def lr_find(config: RunConfig, out_dir: str | Path) -> Finding:
+    """Sweep the LR for `config`'s data, model and strategy; writes lr_find.csv and lr_find.png
+    into `out_dir` and returns the finding (its `suggestion` is the LR to train with)."""
+    tc = config.train
+    if tc.strategy not in STRATEGIES:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"lr-find --strategy must be one of {', '.join(STRATEGIES)}; got {tc.strategy!r}")
+    multi = is_multi_label(config)
+    if multi:
+        check_config(config)
+    data = load_data(config.data, tc.seed)
+    if len(data.class_names) < (1 if multi else 2):
+        raise DataError(f"need at least 2 classes, found {len(data.class_names)}")
+    runtime = setup_runtime(tc.device, tc.amp, tc.amp_dtype, tc.channels_last)
+    seed_everything(tc.seed, tc.deterministic)
+    model = create_model(config.model.name, len(data.class_names), config.model.weights,
+                         aux_logits=config.model.aux_weight > 0, image_size=config.data.image_size)
+    model.info.class_names = list(data.class_names)
+    model.info.preprocessing = adapt_preprocessing(model.info.preprocessing, data.train, config.data.small_images)
+    if multi:
+        model.info.task = "multi-label"
+    model.to(runtime.device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    # The head's stage is a mini-batch one here: L-BFGS has no LR to find.
+    sgd = dataclasses.replace(config, train=dataclasses.replace(tc, head_solver="sgd", head_epochs=0))
+    stage = plan_stages(sgd, model)[-1]
+    stage.apply(model)
+    cache_dir = run_cache_dir(tc.cache_dir, tc.use_cache)
+    stage_data = build_stage_data(model, stage, data, sgd, runtime, cache_dir)
+    if multi:
+        loss_fn = nn.BCEWithLogitsLoss()
+    else:
+        balance = Balance.from_labels(tc.balance, data.train.labels, len(data.class_names), tc.balance_tau)
+        loss_fn = balance.training_loss(tc.label_smoothing, runtime.device, sampled=stage_data.balanced_sampler)
+    finding = find_stage_lr(model, stage_data, tc, runtime, loss_fn, aux_weight=config.model.aux_weight)
+    if runtime.is_main:
+        write_finding(finding, out_dir)
+    return finding
