@@ -83,6 +83,6 @@ def after_commit(run_dir, model, state):
 
 wrap(checkpoint, "save_train_state", after=after_commit)
 
-from tlearn.cli.commands import main  # noqa: E402  (after the patches, like a user's sitecustomize)
+from tlearn.cli import main  # noqa: E402  (after the patches, like a user's sitecustomize)
 
 sys.exit(main(sys.argv[2:]))

@@ -130,7 +130,7 @@ def test_balance_losses_take_soft_targets(mode):
     ("--augment", "augmix", "invalid choice"),
 ])
 def test_bad_values_exit_2_with_one_line(flag, value, message, tmp_path, capsys):
-    from tlearn.cli.commands import main
+    from tlearn.cli import main
 
     folder = make_folder(tmp_path / "data", per_class=2)
     try:

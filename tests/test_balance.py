@@ -16,7 +16,7 @@ from tlearn.run_folder import checkpoint
 from tlearn.features import head_solver
 from tlearn.metrics.imbalance import warn_if_imbalanced
 from tlearn.training.balance import Balance, BalancedSampler, LogitAdjustedLoss
-from tlearn.cli.commands import main
+from tlearn.cli import main
 from tlearn.metrics.classification import ClassificationMeter
 
 from conftest import TINY_MODEL, write_image

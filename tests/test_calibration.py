@@ -21,7 +21,7 @@ from tlearn.metrics.calibration import (
     threshold_for_coverage,
 )
 from tlearn.metrics.calibration_choice import BOUND_MARGIN, FOLDS, REPEATS, fold_assignment
-from tlearn.cli.commands import main
+from tlearn.cli import main
 from tlearn.errors import ConfigError
 from tlearn.models.classifier import ModelInfo
 from tlearn.data.preprocessing import Preprocessing

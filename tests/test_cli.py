@@ -11,7 +11,7 @@ TINY = ["--model", TINY_MODEL, "--weights", "none", "--image-size", "32", "--bat
 def test_demo_wiring_shortened(tmp_path, monkeypatch, capsys):
     """`tlearn demo` end to end, in-process, on the first 300 digits: the whole 1,797 cost minutes
     of L-BFGS and fine-tuning on 2 cores and would prove nothing more about the wiring."""
-    from tlearn.cli.commands import main
+    from tlearn.cli import main
     from tlearn.data import sources
 
     digits = sources._digits_samples  # the loader itself (memoised), so earlier tests cannot defeat the cut
@@ -37,7 +37,7 @@ def test_demo_wiring_shortened(tmp_path, monkeypatch, capsys):
 
 
 def test_train_then_eval_json(tmp_path, split_folder, capsys):
-    from tlearn.cli.commands import main
+    from tlearn.cli import main
 
     out = tmp_path / "run"
     assert main(["train", "--data", str(split_folder), *TINY, "--strategy", "linear-probe", "--epochs", "1",
@@ -140,7 +140,7 @@ def bad_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_run(bad_data, tmp_path_factory):
     """A real run folder, for the cases that need one: a linear probe, in-process."""
-    from tlearn.cli.commands import main
+    from tlearn.cli import main
 
     root = tmp_path_factory.mktemp("tiny_run")
     args = ["train", "--data", str(bad_data["images"]), *TINY, "--strategy", "linear-probe", "--epochs", "1",
@@ -161,7 +161,7 @@ def _filled(args, message, paths, out):
 
 def _run_main(args):
     """tlearn.cli.main in this process: its exit code, or argparse's (SystemExit)."""
-    from tlearn.cli.commands import main
+    from tlearn.cli import main
 
     try:
         return main(args)

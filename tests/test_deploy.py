@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tlearn
-from tlearn.cli.commands import main
+from tlearn.cli import main
 
 from conftest import TINY_MODEL, make_folder, run_cli
 

@@ -58,7 +58,7 @@ def test_min_delta_must_be_beaten_and_balanced_accuracy():
 def test_each_stage_stops_after_patience_epochs_and_the_next_starts_as_planned(tmp_path):
     """Probe (mini-batch head on cached features) 6 epochs planned, stops after 3; fine-tuning
     2 planned, runs 2 (patience is never exhausted); an L-BFGS probe is one solve regardless."""
-    from tlearn.cli.commands import main
+    from tlearn.cli import main
 
     data = make_folder(tmp_path / "data", per_class=6)
     run = tmp_path / "run"
@@ -78,7 +78,7 @@ def test_each_stage_stops_after_patience_epochs_and_the_next_starts_as_planned(t
 
 
 def test_a_metric_the_task_lacks_is_one_line_before_training(tmp_path, capsys):
-    from tlearn.cli.commands import main
+    from tlearn.cli import main
 
     data = make_folder(tmp_path / "data", per_class=4)
     run = tmp_path / "run"

@@ -180,7 +180,7 @@ def test_killed_with_ema_and_accumulation_resumes_bit_identical(tmp_path):
     (["--accumulate", "0"], "--accumulate must be at least 1, got 0"),
 ])
 def test_bad_values_are_one_line_exit_2(tmp_path, capsys, flags, message):
-    from tlearn.cli.commands import main
+    from tlearn.cli import main
 
     data = make_folder(tmp_path / "data", per_class=4)
     assert main(["train", "--data", str(data), *TINY, *flags, "--out", str(tmp_path / "run")]) == 2

@@ -107,7 +107,7 @@ def _rows(run: Path) -> list[dict]:
 def test_gradual_unfreezing_trains_one_more_group_each_epoch(tmp_path):
     """Epoch k trains the head and the top k groups; what is frozen does not move (not even by
     weight decay), though the optimiser held it from the start."""
-    from tlearn.cli.commands import main
+    from tlearn.cli import main
 
     data = make_folder(tmp_path / "data", per_class=4)
     model = tlearn.create_model(TINY_MODEL, num_classes=3, weights="none")
@@ -158,7 +158,7 @@ def test_gradual_with_layer_decay_resumes_bit_identical(tmp_path):
     (["--unfreeze", "sometimes"], "invalid choice"),
 ])
 def test_bad_values_are_one_line_and_exit_2(args, message, tmp_path, capsys):
-    from tlearn.cli.commands import main
+    from tlearn.cli import main
 
     data = make_folder(tmp_path / "data", per_class=2)
     try:
@@ -171,7 +171,7 @@ def test_bad_values_are_one_line_and_exit_2(args, message, tmp_path, capsys):
 
 
 def test_models_groups_prints_the_block_groups(capsys):
-    from tlearn.cli.commands import main
+    from tlearn.cli import main
 
     assert main(["models", "--groups", TINY_MODEL]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

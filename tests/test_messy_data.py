@@ -88,7 +88,7 @@ def test_tampered_run_files_are_one_line_errors_and_never_run_code(tmp_path):
     from conftest import make_folder
 
     data = make_folder(tmp_path / "data", per_class=4)
-    from tlearn.cli.commands import main  # the run to tamper with, made in-process: the subprocesses below are the test
+    from tlearn.cli import main  # the run to tamper with, made in-process: the subprocesses below are the test
 
     assert main(["train", "--data", str(data), "--model", TINY_MODEL, "--weights", "none", "--image-size", "32",
                  "--strategy", "linear-probe", "--epochs", "1", "--no-report", "--out", str(out)]) == 0

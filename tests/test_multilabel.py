@@ -111,7 +111,7 @@ def test_linear_probe_end_to_end_eval_predict_and_export(tmp_path, capsys):
     import onnxruntime as ort
 
     from tlearn import api
-    from tlearn.cli.commands import main
+    from tlearn.cli import main
 
     root = make_multilabel(tmp_path / "data")
     run = tmp_path / "run"
@@ -159,7 +159,7 @@ def test_linear_probe_end_to_end_eval_predict_and_export(tmp_path, capsys):
 
 
 def test_two_stage_with_fine_tuning_early_stopping_on_map_and_the_report(tmp_path):
-    from tlearn.cli.commands import main
+    from tlearn.cli import main
 
     root = make_multilabel(tmp_path / "data")
     run = tmp_path / "run"

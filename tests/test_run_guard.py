@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import tlearn
-from tlearn.cli.commands import main
+from tlearn.cli import main
 from tlearn.run_folder.guard import LOCK_FILE, RUN_FILES, RUN_FOLDERS
 
 from conftest import TINY_MODEL, make_folder

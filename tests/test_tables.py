@@ -132,7 +132,7 @@ BAD_TABLES = [
 
 @pytest.mark.parametrize("text,message", BAD_TABLES, ids=[m for _, m in BAD_TABLES])
 def test_bad_tables_are_one_line_and_exit_2(tmp_path, capsys, text, message):
-    from tlearn.cli.commands import main
+    from tlearn.cli import main
 
     make_images(tmp_path, count=3)
     (tmp_path / "t.csv").write_text(text)
@@ -189,7 +189,7 @@ def test_a_table_through_train_resume_eval_predict_export_and_features(tmp_path,
     import sys
     from pathlib import Path
 
-    from tlearn.cli.commands import main
+    from tlearn.cli import main
 
     items = make_images(tmp_path / "root", count=30)
     rows = [(path.removesuffix(".png"), label, "test" if i >= 24 else "train") for i, (path, label) in enumerate(items)]

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import tlearn
 import tlearn.files as files
 from tlearn.run_folder import checkpoint
-from tlearn.cli.commands import main
+from tlearn.cli import main
 from tlearn.errors import ModelError, WeightsDownloadError
 from tlearn.training.strategy import freeze, parameter_counts
 

@@ -83,7 +83,7 @@ def test_views_and_the_plain_view_in_the_eager_and_onnx_engines(trained, tmp_pat
 
 def test_eval_json_tta_and_predict_tta(tmp_path, capsys):
     from tlearn import api
-    from tlearn.cli.commands import main
+    from tlearn.cli import main
 
     data = make_folder(tmp_path / "split", split_dirs=True)
     run = tmp_path / "run"

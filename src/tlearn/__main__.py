@@ -1,6 +1,6 @@
 """`python -m tlearn ...` (what `torchrun -m tlearn train ...` runs)."""
 import sys
 
-from .cli.commands import main
+from .cli import main
 
 sys.exit(main())

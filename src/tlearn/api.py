@@ -27,6 +27,7 @@ from .run_folder import checkpoint
 from .run_folder import records as run_folder
 from .run_folder.guard import claim_run_folder, run_folder_lock, run_folder_writes
 from .runtime import seed_everything
+from .task import Task
 from .training import runner as training
 from .training.outputs import StagesResult
 from .training.state import ResumePoint
@@ -51,7 +52,7 @@ def train(config: RunConfig, out: str | Path | None = None, data: DatasetSplits 
     that run's files first, and only those); run_guard.py. Default: runs/<timestamp>."""
     data = data if data is not None else load_data(config.data, config.train.seed)
     require_validation(data, config.data.val_split)
-    if len(data.class_names) < (1 if config.data.label_delim is not None else 2):  # one tag: present or not
+    if len(data.class_names) < Task.of(config).min_classes:
         raise DataError(f"need at least 2 classes, found {len(data.class_names)}")
     _warn_skipped(data)
     seed_everything(config.train.seed)  # the new head's initialisation follows the seed too

@@ -64,8 +64,12 @@ class LabelTable:
     @classmethod
     def of(cls, path: Any = None, path_col: str | None = None, label_col: str | None = None,
            label_delim: str | None = None) -> LabelTable | None:
-        """From the four flags (None without a table; DataConfig refuses columns without one)."""
-        return None if path is None else cls(str(path), path_col, label_col, label_delim)
+        """From the four flags; None without a table (and a one-line error for columns without one)."""
+        if path is None:
+            if path_col or label_col or label_delim is not None:
+                raise ConfigError("--path-col, --label-col and --label-delim need --labels FILE")
+            return None
+        return cls(str(path), path_col, label_col, label_delim)
 
     @property
     def multi_label(self) -> bool:

@@ -103,6 +103,18 @@ class Task:
             return result.map
         return result.balanced_acc if balancing else result.top1
 
+    # --- predictions ---
+
+    def prediction_columns(self, top_k: int, class_names: list[str]) -> list[str]:
+        """The CSV header of `tlearn predict --output`: the top-k labels and probabilities, or the
+        labels above their thresholds and every class's probability."""
+        if self.multi_label:
+            return ["path", "labels", *(f"prob_{name}" for name in class_names)]
+        header = ["path", "label", "prob"]
+        for k in range(2, top_k + 1):
+            header += [f"label_{k}", f"prob_{k}"]
+        return header
+
     # --- early stopping ---
 
     def require_monitor(self, monitor: str) -> None:

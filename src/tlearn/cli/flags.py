@@ -29,6 +29,12 @@ def add_config_flags(parser: argparse.ArgumentParser, *, defaults: dict[str, Any
             _add_flag(groups[meta["group"]], item, defaults.get(item.name, item.default))
 
 
+def add_data_flag(parser: argparse.ArgumentParser) -> None:
+    """--data on eval, features and audit, with train's help text (config.py writes it once)."""
+    source = next(item for item in dataclasses.fields(DataConfig) if item.name == "source")
+    parser.add_argument("--data", required=True, help=source.metadata["help"])
+
+
 def add_table_flags(parser: argparse.ArgumentParser) -> None:
     """--labels, --path-col, --label-col, --label-delim on eval and features, with train's help texts."""
     fields = {item.name: item for item in dataclasses.fields(DataConfig)}

@@ -67,13 +67,15 @@ def print_evaluation(result: dict) -> None:
         print(f"  {name:<{width}}" + " ".join(f"{v:>5}" for v in row) + f"   [{i}]")
 
 
-def print_predictions(predictions, label_delim: str | None = None) -> None:
-    """One line per image: its label(s) and probabilities; then the unreadable files."""
+def print_predictions(predictions, trained) -> None:
+    """One line per image: its label(s) and probabilities; then the unreadable files. `trained`:
+    the infer.trained.TrainedModel that predicted them (its task decides the columns)."""
+    multi_label = trained.task.multi_label
     width = min(max((len(r["path"]) for r in predictions.rows), default=4), 80)
-    print(f"{'path':<{width}}  {'labels' if label_delim is not None else 'label':<20} prob")
+    print(f"{'path':<{width}}  {'labels' if multi_label else 'label':<20} prob")
     for row in predictions.rows:
-        if label_delim is not None:  # multi-label: every label at or above its threshold
-            text = label_delim.join(row["labels"]) or "(none)"
+        if multi_label:  # every label at or above its threshold
+            text = trained.label_join.join(row["labels"]) or "(none)"
             print(f"{row['path']:<{width}}  {text:<20} " + " ".join(f"{p:.4f}" for p in row["probs"]))
             continue
         extra = "".join(f"  {l} {p:.4f}" for l, p in zip(row["labels"][1:], row["probs"][1:]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .flags import add_config_flags, add_table_flags
+from .flags import add_config_flags, add_data_flag, add_table_flags
 from .select_flags import add_select_flags
 from ..config import DEVICES, SMALL_IMAGES
 
@@ -71,7 +71,7 @@ def _add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
 
 def _add_eval_flags(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("run")
-    evaluate.add_argument("--data", required=True, help="folder of class folders, dataset root, or digits/cifar10")
+    add_data_flag(evaluate)
     evaluate.add_argument("--split", default=None, choices=("val", "test", "train", "all"),
                           help="default: val, all of a folder without train/ and val/, a table's test rows")
     evaluate.add_argument("--batch-size", type=int, default=64)
@@ -99,7 +99,7 @@ def _add_predict_flags(predict: argparse.ArgumentParser) -> None:
 
 
 def _add_audit_flags(audit: argparse.ArgumentParser) -> None:
-    audit.add_argument("--data", required=True, help="folder of class folders, dataset root, or digits/cifar10")
+    add_data_flag(audit)
     audit.add_argument("--out", required=True, help="folder for duplicates.csv, label_issues.csv, audit.html")
     audit.add_argument("--model", default="efficientnet_lite0", help="backbone for the features")
     audit.add_argument("--weights", default="default")
@@ -134,7 +134,7 @@ def _add_features_flags(features: argparse.ArgumentParser) -> None:
     features.add_argument("run", nargs="?", default=None, help="a run folder (instead of --model)")
     features.add_argument("--model", default=None, help="model name, when no run folder is given")
     features.add_argument("--weights", default="default")
-    features.add_argument("--data", required=True, help="folder of class folders, dataset root, or digits/cifar10")
+    add_data_flag(features)
     features.add_argument("--out", required=True, help="output .npz")
     features.add_argument("--image-size", type=int, default=None)
     features.add_argument("--small-images", choices=SMALL_IMAGES, default="auto",

@@ -10,6 +10,7 @@ validation carved out of the training split). Splits: train, val, test, all.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,11 +55,8 @@ def resolve_split(data: DataConfig, split: str, seed: int = 0) -> Split:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     if data.source in BUILTIN:
         return _builtin_split(data, split, seed)
+    require_data_source(data.source)
     root = Path(data.source)
-    if not root.exists():
-        raise DataError(f"data folder not found: {data.source} (or use {', '.join(BUILTIN)})")
-    if not root.is_dir():
-        raise DataError(f"--data must be a folder of class folders, got a file: {data.source}")
     if data.labels:
         found = table_split(data, split, seed)
         return Split(found.class_names, found.samples, found.description, found.skipped, found.split_names)
@@ -80,6 +78,16 @@ def resolve_split(data: DataConfig, split: str, seed: int = 0) -> Split:
     return Split(names, samples, description, skipped + unusable)
 
 
+def require_data_source(source: str) -> None:
+    """`--data` names a built-in set or a folder that exists: the one check, for every command."""
+    if source in BUILTIN:
+        return
+    if not os.path.exists(source):
+        raise DataError(f"--data not found: {source} (a folder of images, or {', '.join(BUILTIN)})")
+    if not os.path.isdir(source):
+        raise DataError(f"--data {source} is a file; a folder of class folders (or --labels' image root) is expected")
+
+
 def split_folders(root: Path) -> dict[str, Path]:
     """{"train", "val", "test"} -> folder, for a root with train/ and a validation folder; else {}."""
     present = [name for name in VAL_FOLDERS if (root / name).is_dir()]
@@ -94,8 +102,9 @@ def default_eval_split(data: DataConfig) -> str:
     (a held-out folder of class folders is evaluated whole). A table's test rows, when it has some."""
     if data.source in BUILTIN:
         return "val"
-    if data.labels:
-        return "test" if read_table(data.labels, data.path_col, data.label_col).has_test else "val"
+    spec = data.table
+    if spec is not None:
+        return "test" if read_table(spec.path, spec.path_col, spec.label_col).has_test else "val"
     root = Path(data.source)
     return "val" if not root.is_dir() or split_folders(root) else "all"
 

@@ -253,8 +253,9 @@ def table_split(data: DataConfig, split: str, seed: int) -> TableSplit:
     by the split the row belongs to; those of training and validation rows by train.
     """
     root = Path(data.source)
-    multi = data.label_delim is not None
-    table = read_table(data.labels, data.path_col, data.label_col, data.label_delim)
+    spec = data.table
+    multi = spec.multi_label
+    table = read_table(spec.path, spec.path_col, spec.label_col, spec.label_delim)
     if split == "test" and not table.has_test:
         raise DataError(f"{table.path} has no test rows (a split column with test); use --split val or all")
     index = FileIndex(root)

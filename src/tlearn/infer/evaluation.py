@@ -8,18 +8,18 @@ from pathlib import Path
 
 import torch
 
-from ..config import DataConfig
+from ..config import DataConfig, LabelTable
 from ..data.samples import Samples
 from ..data.sources import BUILTIN, default_eval_split, resolve_split
 from ..errors import ConfigError, DataError
 from ..features.extractor import default_cache_dir
-from ..metrics.calibration import probabilities
 from ..metrics.classification import ClassificationMeter
 from ..metrics.imbalance import class_counts, imbalance_ratio, warn_if_imbalanced
 from ..metrics.multilabel import DEFAULT_THRESHOLD, remap_multi_hot, score
 from ..run_folder import checkpoint
 from ..run_folder import records as run_folder
 from ..runtime import setup_runtime
+from ..task import SINGLE_LABEL, Task
 from .calibration import calibration_figures
 from .engine import classify
 from .overlap import count_training_images
@@ -60,22 +60,24 @@ def evaluation(run_or_model: str | Path | TrainedModel, data: str | Path, split:
                tta_crops: int = 1) -> Evaluation:
     """`evaluate`, with the probabilities and samples behind the figures (one pass for both)."""
     views = views_for(tta, tta_crops)
+    table = LabelTable.of(labels, path_col, label_col, label_delim)
     trained = run_or_model if isinstance(run_or_model, TrainedModel) else load(run_or_model)
-    samples = eval_samples(run_or_model, data, split, trained.class_names, labels=labels, path_col=path_col,
-                           label_col=label_col, label_delim=label_delim, multi_label=trained.multi_label)
+    samples = eval_samples(run_or_model, data, split, trained.class_names, table=table, task=trained.task)
     overlap = 0 if isinstance(run_or_model, TrainedModel) else _training_overlap(
-        Path(run_or_model), data, split, samples, labels=labels, path_col=path_col, label_col=label_col,
-        label_delim=label_delim)
-    evaluated = (_evaluate_multi_label(trained, samples, batch_size, device, workers, views) if trained.multi_label
-                 else _evaluate_single_label(trained, samples, data, batch_size, device, workers, views))
+        Path(run_or_model), data, split, samples, table)
+    if trained.task.multi_label:
+        evaluated = _evaluate_multi_label(trained, samples, batch_size, device, workers, views)
+    else:
+        evaluated = _evaluate_single_label(trained, samples, data, batch_size, device, workers, views)
     if overlap:
         evaluated.result["train_overlap"] = overlap
     return evaluated
 
 
-def _training_overlap(run_dir: Path, data: str | Path, split: str | None, samples: Samples, **table) -> int:
-    """How many evaluated images the run trained on (warned about; train_overlap.py)."""
-    data_config, seed = data_config_for(run_dir, data, **table)
+def _training_overlap(run_dir: Path, data: str | Path, split: str | None, samples: Samples,
+                      table: LabelTable | None) -> int:
+    """How many evaluated images the run trained on (warned about; overlap.py)."""
+    data_config, seed = data_config_for(run_dir, data, table)
     trained_on = run_folder.read_config(run_dir).data
     return count_training_images(trained_on, seed, data_config, split or default_eval_split(data_config), samples)
 
@@ -87,7 +89,7 @@ def _evaluate_single_label(trained: TrainedModel, samples: Samples, data: str | 
     runtime = setup_runtime(device)
     trained.model.to(runtime.device)
     logits, averaged, targets = _classify(trained, samples, runtime, batch_size, workers, views)
-    probs = probabilities(logits, trained.model.info)  # calibrated: softmax(logits / T)
+    probs = trained.task.probabilities(logits, trained.model.info.temperature)  # calibrated: softmax(logits / T)
     result = {**_scores(logits, targets, trained.class_names), "imbalance_ratio": round(imbalance_ratio(counts), 2),
               **calibration_figures(logits, probs, targets, trained.model.info)}
     if averaged is not None:
@@ -118,16 +120,14 @@ def _classify(trained: TrainedModel, samples: Samples, runtime, batch_size: int,
 
 
 def eval_samples(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
-                 class_names: list[str] | None = None, *, labels: str | Path | None = None,
-                 path_col: str | None = None, label_col: str | None = None, label_delim: str | None = None,
-                 multi_label: bool = False) -> Samples:
+                 class_names: list[str] | None = None, *, table: LabelTable | None = None,
+                 task: Task = Task(SINGLE_LABEL)) -> Samples:
     """The samples `tlearn eval` uses, labels mapped onto the run's classes by name (multi-hot
-    rows for a `multi_label` run: a class folder's images then carry that one class)."""
+    rows for a multi-label `task`: a class folder's images then carry that one class)."""
     if isinstance(run_or_model, TrainedModel) and str(data) in BUILTIN:
         raise ConfigError("built-in datasets need the run folder (its split settings), not a loaded model")
     run_dir = None if isinstance(run_or_model, TrainedModel) else Path(run_or_model)
-    data_config, seed = data_config_for(run_dir, data, labels=labels, path_col=path_col, label_col=label_col,
-                                        label_delim=label_delim)
+    data_config, seed = data_config_for(run_dir, data, table)
     if run_dir is not None:
         class_names = class_names or list(checkpoint.read_model_info(run_dir).class_names)
     found = resolve_split(data_config, split or default_eval_split(data_config), seed)
@@ -136,37 +136,30 @@ def eval_samples(run_or_model: str | Path | TrainedModel, data: str | Path, spli
     if foreign:
         raise DataError(f"class(es) the model does not know: {', '.join(foreign[:5])}; "
                         f"the model knows {', '.join(class_names[:10])}")
-    if multi_label:
+    if task.multi_label:
         return dataclasses.replace(found.samples, labels=remap_multi_hot(found.samples.labels, found.class_names,
                                                                          class_names))
-    if found.samples.labels and isinstance(found.samples.labels[0], tuple):
+    if Task.of(data_config).multi_label:
         raise ConfigError("--label-delim (multi-label data) needs a multi-label run; this run is single-label")
     labels = [known[found.class_names[label]] for label in found.samples.labels]
     return dataclasses.replace(found.samples, labels=labels)
 
 
-def data_config_for(run_dir: Path | None, data: str | Path, *, labels: str | Path | None = None,
-                    path_col: str | None = None, label_col: str | None = None,
-                    label_delim: str | None = None) -> tuple[DataConfig, int]:
+def data_config_for(run_dir: Path | None, data: str | Path,
+                    table: LabelTable | None = None) -> tuple[DataConfig, int]:
     """(data settings, seed) to read `data` for a run: its split settings, its table's columns and
-    label delimiter, and its labels table when `data` is the folder it trained on (explicit
-    `labels`, columns and delimiter win)."""
+    label delimiter, and its labels table when `data` is the folder it trained on (what `table`
+    says wins)."""
     if run_dir is None:
-        return DataConfig(source=str(data), labels=_text(labels), path_col=path_col, label_col=label_col,
-                          label_delim=label_delim), 0
+        return DataConfig(source=str(data)).with_table(table), 0
     config = run_folder.read_config(run_dir)
-    trained = config.data
-    same_root = trained.labels and str(data) not in BUILTIN and _same_path(data, trained.source)
-    table = _text(labels) or (trained.labels if same_root else None)
-    if table:  # the run's table format (its columns, its delimiter) unless told otherwise
-        path_col, label_col = path_col or trained.path_col, label_col or trained.label_col
-        label_delim = label_delim or trained.label_delim
-    return (dataclasses.replace(trained, source=str(data), labels=table, path_col=path_col, label_col=label_col,
-                                label_delim=label_delim if table else None), config.train.seed)
-
-
-def _text(path: str | Path | None) -> str | None:
-    return None if path is None else str(path)
+    trained, own = config.data, config.data.table
+    same_root = own is not None and str(data) not in BUILTIN and _same_path(data, trained.source)
+    if table is None and same_root:
+        table = own
+    elif table is not None and own is not None:  # the run's table format unless told otherwise
+        table = table.read_as(own)
+    return trained.with_table(table, source=str(data)), config.train.seed
 
 
 def _same_path(a: str | Path, b: str | Path) -> bool:

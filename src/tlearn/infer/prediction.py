@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..task import MULTI_LABEL, Task
 from .trained import TrainedModel, warn_if_views_and_threshold
 from ..data.images import is_image_name
 from ..errors import UserError, first_line
@@ -77,12 +78,13 @@ def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch
     return result
 
 
-def write_predictions(predictions: Predictions, output: str | Path, top_k: int, label_delim: str | None = None,
-                      class_names: list[str] | None = None) -> None:
-    """A .csv or .json file; `label_delim` and `class_names` given: a multi-label run's predictions."""
+def write_predictions(predictions: Predictions, output: str | Path, top_k: int, trained: TrainedModel) -> None:
+    """A .csv or .json file, in the columns of the model's task (task.py)."""
     output = Path(output)
-    if label_delim is not None:
-        _write_multi_label(predictions, output, label_delim, class_names or [])
+    if output.suffix.lower() not in (".csv", ".json"):
+        raise UserError(f"--output must end in .csv or .json, got {output.name}")
+    if trained.task.multi_label:
+        _write_multi_label(predictions, output, trained.label_join, trained.class_names)
         return
     if output.suffix.lower() == ".json":
         data = [{"path": r["path"], "predictions": [{"label": l, "prob": p} for l, p in zip(r["labels"], r["probs"])],
@@ -91,11 +93,7 @@ def write_predictions(predictions: Predictions, output: str | Path, top_k: int, 
         atomic_write(output, json.dumps({"predictions": data, "unreadable": [
             {"path": p, "reason": why} for p, why in predictions.unreadable]}, indent=2, ensure_ascii=False))
         return
-    if output.suffix.lower() != ".csv":
-        raise UserError(f"--output must end in .csv or .json, got {output.name}")
-    header = ["path", "label", "prob"]
-    for k in range(2, top_k + 1):
-        header += [f"label_{k}", f"prob_{k}"]
+    header = trained.task.prediction_columns(top_k, trained.class_names)
     thresholded = predictions.min_confidence is not None
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -119,11 +117,9 @@ def _write_multi_label(predictions: Predictions, output: Path, label_delim: str,
         atomic_write(output, json.dumps({"predictions": data, "unreadable": unreadable}, indent=2,
                                         ensure_ascii=False))
         return
-    if output.suffix.lower() != ".csv":
-        raise UserError(f"--output must end in .csv or .json, got {output.name}")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "labels", *(f"prob_{name}" for name in class_names)])
+    writer.writerow(Task(MULTI_LABEL).prediction_columns(0, class_names))
     for row in predictions.rows:
         writer.writerow([row["path"], label_delim.join(row["labels"]),
                          *(f"{row['scores'][name]:.6f}" for name in class_names)])

@@ -14,10 +14,10 @@ from PIL import Image
 from ..data.images import open_rgb
 from ..data.preprocessing import Preprocessing
 from ..data.transforms import eval_transform
-from ..metrics.calibration import probabilities
 from ..metrics.multilabel import predict_multi_label
 from ..models.classifier import Classifier
 from ..run_folder import checkpoint
+from ..task import Task
 from .calibration import mark_unknown, resolve_min_confidence
 from .tta import average_views, views_for, views_transform
 
@@ -34,8 +34,17 @@ class TrainedModel:
     run_dir: Path | None = None  # where it was loaded from: predict's --coverage reads its calibration.json
 
     @property
+    def task(self) -> Task:
+        return Task.of(self.model.info)
+
+    @property
     def multi_label(self) -> bool:
-        return self.model.info.multi_label
+        return self.task.multi_label
+
+    @property
+    def label_join(self) -> str:
+        """How a multi-label run writes an image's labels: as its labels table joined them."""
+        return self.model.info.label_delim or " "
 
     @functools.cached_property
     def transform(self):
@@ -82,9 +91,9 @@ class TrainedModel:
         views = batch.shape[1] if batch.ndim == 5 else 1  # test-time augmentation: (images, views, C, H, W)
         inputs = batch.flatten(0, 1) if batch.ndim == 5 else batch
         logits = average_views(self.model(inputs.to(next(self.model.parameters()).device)).float(), views)
+        probs = self.task.probabilities(logits, self.model.info.temperature)  # calibrated: softmax(logits / T)
         if self.multi_label:
-            return predict_multi_label(logits.sigmoid().cpu(), self.model.info.thresholds, self.class_names)
-        probs = probabilities(logits, self.model.info)  # softmax(logits / T): calibrated
+            return predict_multi_label(probs.cpu(), self.model.info.thresholds, self.class_names)
         values, indices = probs.topk(min(top_k, len(self.class_names)), dim=1)
         return mark_unknown([{"labels": [self.class_names[i] for i in row_indices], "probs": row_values,
                               "label": self.class_names[row_indices[0]], "prob": row_values[0]}

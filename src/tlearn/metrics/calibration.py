@@ -74,14 +74,6 @@ def scaled_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tens
     return out.float() if out.dtype == torch.float64 else out
 
 
-def probabilities(logits: torch.Tensor, info) -> torch.Tensor:
-    """What a model's logits mean as probabilities: sigmoid for a multi-label run, else
-    softmax(logits / T) with the run's temperature (`info`: a ModelInfo)."""
-    if info.multi_label:
-        return logits.sigmoid()
-    return scaled_probabilities(logits, info.temperature)
-
-
 @dataclass
 class Reliability:
     """Per confidence bin: images, their accuracy and their mean confidence (empty bins: 0)."""

@@ -12,7 +12,6 @@ import torch
 
 from ..run_folder import checkpoint
 from ..run_folder import records as run_folder
-from ..metrics.calibration import probabilities
 from ..data.samples import Samples
 from ..data.transforms import eval_transform_uint8, normalize_batch
 from ..errors import UserError
@@ -23,6 +22,7 @@ from ..models.classifier import Classifier
 from .cards import Explain, overlay_image, thumbnail_png
 from .page import write_report
 from ..runtime import Runtime
+from ..task import Task
 
 # images per backward pass: ViT-B/16 at 224 px keeps about 1 GB of activations for 8 of them
 CAM_BATCH = 8
@@ -40,7 +40,7 @@ def report_run(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size:
         logits, model = best_model_logits(run_dir, samples, runtime, batch_size=batch_size, workers=workers,
                                           cache_dir=cache_dir)
         info = model.info
-        probs, labels = probabilities(logits, info), torch.tensor(samples.labels)
+        probs, labels = Task.of(info).probabilities(logits, info.temperature), torch.tensor(samples.labels)
     else:
         info, labels = checkpoint.read_model_info(run_dir), torch.tensor(samples.labels)
     explain = _explainer(run_dir, model, samples, runtime)

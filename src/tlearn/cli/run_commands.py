@@ -1,0 +1,93 @@
+"""`tlearn eval`, `predict`, `export` and `features`: what they do with a run folder (or a model)
+and a dataset or images. Their paths and flags were checked already (checks.py)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .. import api
+from ..data.small_images import adapt_preprocessing
+from ..data.sources import resolve_split
+from ..errors import UserError
+from ..features.extractor import FeatureExtractor, run_cache_dir
+from ..infer.export import TOLERANCE, export_run
+from ..infer.prediction import collect_paths, predict_files, write_predictions
+from ..models.factory import create_model
+from ..reports.run_report import report_run
+from ..run_folder.checkpoint import load_model
+from ..run_folder.guard import run_folder_lock
+from ..runtime import setup_runtime
+from .checks import label_table
+from .output import print_evaluation, print_predictions
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    table = label_table(args)
+    evaluated = api.evaluation(args.run, args.data, split=args.split, batch_size=args.batch_size,
+                               device=args.device, workers=args.workers, tta=args.tta, tta_crops=args.tta_crops,
+                               **(table.fields() if table else {}))
+    if args.report:
+        with run_folder_lock(args.run):  # the report is written into the run folder
+            path = report_run(Path(args.run), evaluated.samples, setup_runtime(args.device), probs=evaluated.probs,
+                              title=f"tlearn evaluation: {args.run} on {args.data} ({args.split})")
+        print(f"report: {path}", file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(evaluated.result))
+    else:
+        print_evaluation(evaluated.result)
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    paths, missing = collect_paths(args.paths)
+    for item in missing:
+        print(f"tlearn: warning: no image matches {item}", file=sys.stderr)
+    if not paths:
+        raise UserError("no image files found in " + " ".join(args.paths))
+    trained = api.load(args.run, device=args.device)
+    top_k = min(args.top_k, len(trained.class_names))
+    threshold = trained.min_confidence(args.min_confidence, args.coverage)
+    predictions = predict_files(trained, paths, top_k=top_k, batch_size=args.batch_size, min_confidence=threshold,
+                                tta=args.tta, tta_crops=args.tta_crops)
+    print_predictions(predictions, trained)
+    if threshold:
+        unknown = sum(not row.get("answered", True) for row in predictions.rows)
+        print(f"min confidence {threshold:.4f}: {unknown} of {len(predictions.rows)} images answered 'unknown'")
+    if args.output:
+        write_predictions(predictions, args.output, top_k, trained)
+        print(f"wrote {args.output}")
+    if not predictions.rows:
+        raise UserError("no image could be read")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    report = export_run(args.run, args.format, args.output)
+    print(f"wrote {report.path} and {report.path}.json")
+    parity = (f"parity on {report.inputs}: max abs logit difference {report.max_abs_diff:.2e} "
+              f"(limit {TOLERANCE:.0e}), same {report.agreement} {report.top1_agree}/{report.samples}")
+    if not report.ok:  # the file is kept for inspection; the failure is on stderr, exit 1
+        print(f"tlearn: error: {parity}: FAILED", file=sys.stderr)
+        return 1
+    print(f"{parity}: ok")
+    return 0
+
+
+def features(args: argparse.Namespace) -> int:
+    data_config = api.data_config_for(args.run and Path(args.run), args.data, label_table(args))[0]
+    found = resolve_split(data_config, "all")
+    if args.run is not None:
+        model = load_model(args.run)
+    else:
+        model = create_model(args.model, 2, args.weights, image_size=args.image_size, aux_logits=False)
+        model.info.preprocessing = adapt_preprocessing(model.info.preprocessing, found.samples, args.small_images)
+    if args.image_size is not None:
+        model.info.preprocessing = model.info.preprocessing.with_image_size(args.image_size)
+    runtime = setup_runtime(args.device)
+    model.to(runtime.device)
+    extractor = FeatureExtractor(runtime, batch_size=args.batch_size, workers=args.workers, backend=args.backend,
+                                 cache_dir=run_cache_dir(args.cache_dir, args.use_cache))
+    extractor.export(model, found.samples, found.class_names, args.out, split_names=found.split_names)
+    return 0
