@@ -223,7 +223,8 @@ class TrainConfig:
     lr: float | str | None = option(None, "head LR (default 1e-3 AdamW, 0.01 SGD), or find: the LR finder picks "
                                           "the last stage's LR (fine-tuning's, in two-stage)", group="optimizer",
                                     parse=lr_value)
-    backbone_lr_mult: float = option(BACKBONE_LR_MULT, "backbone LR = head LR x this, when fine-tuning", group="optimizer")
+    backbone_lr_mult: float = option(BACKBONE_LR_MULT, "backbone LR = head LR x this, when fine-tuning",
+                                     group="optimizer")
     # BEiT / timm: depth 0 is the head, 1 the top block group; replaces --backbone-lr-mult.
     layer_decay: float | None = option(None, "layer-wise LR decay: a backbone block group's LR = head LR x this ^ "
                                              "its depth from the top (e.g. 0.75); default off", group="optimizer")
@@ -341,7 +342,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
         """Rebuild from `to_dict()` output; unknown keys are an error, missing ones default."""
         try:
             return cls(

@@ -58,7 +58,7 @@ class Runtime:
         if self.distributed:
             dist.barrier()
 
-    def alone(self) -> "Runtime":
+    def alone(self) -> Runtime:
         """This process as if it were the only one: for a pass that rank 0 runs by itself (the end of
         a run's calibration and report), where a collective would wait for ranks that never come."""
         return dataclasses.replace(self, rank=0, world_size=1) if self.distributed else self

@@ -50,7 +50,8 @@ def find_duplicates(content_hashes: list[str], phash_bits: np.ndarray, crop_bits
 
     `features` are L2-normalised rows, so a dot product is the cosine similarity."""
     groups = exact_groups(content_hashes)
-    pairs = [DuplicatePair(int(groups[i]), i, 1.0, "exact", 0) for i in np.flatnonzero(groups != np.arange(len(groups)))]
+    copies = np.flatnonzero(groups != np.arange(len(groups)))
+    pairs = [DuplicatePair(int(groups[i]), i, 1.0, "exact", 0) for i in copies]
     for (first, second), distance in sorted(_candidates(phash_bits, crop_bits, groups).items()):
         cosine = float(features[first] @ features[second])
         if is_near(distance, cosine):

@@ -7,6 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from ..data.samples import Samples
+from ..data.small_images import adapt_preprocessing
+from ..features.extractor import FeatureExtractor, default_cache_dir
+from ..models.factory import create_model
+from ..runtime import setup_runtime
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -14,10 +18,6 @@ DEFAULT_MODEL = "efficientnet_lite0"
 def audit_features(samples: Samples, model_name: str = DEFAULT_MODEL, weights: str = "default",
                    device: str = "auto", batch_size: int = 64, cache_dir: Path | None = None) -> np.ndarray:
     """(N, D) float32 pre-logits features, L2-normalised (cosine similarity is a dot product)."""
-    from ..features.extractor import FeatureExtractor, default_cache_dir
-    from ..models.factory import create_model
-    from ..runtime import setup_runtime
-    from ..data.small_images import adapt_preprocessing
 
     model = create_model(model_name, 2, weights, aux_logits=False)  # the head is never used
     model.info.preprocessing = adapt_preprocessing(model.info.preprocessing, samples, "auto")

@@ -5,8 +5,8 @@ import html
 from pathlib import Path
 
 from ..files import atomic_write
-from ..reports.html_page import html_page
 from ..reports.cards import thumbnail_png
+from ..reports.html_page import html_page
 
 MAX_PAIRS = 60  # pairs and issues shown with thumbnails; the CSV files hold them all
 MAX_ISSUES = 48
@@ -60,7 +60,8 @@ def _issues(audit, image) -> str:
     if audit.label_issues is None:
         return f"<section><h2>Label issues</h2><p>{html.escape(audit.label_note)}</p></section>"
     if not audit.label_issues:
-        return "<section><h2>Label issues</h2><p>No image's out-of-fold prediction disagrees with its label.</p></section>"
+        return ("<section><h2>Label issues</h2><p>No image's out-of-fold prediction disagrees with its label.</p>"
+                "</section>")
     names = audit.class_names
     cards = [f"<figure>{image(issue.index)}<figcaption>given <b>{html.escape(names[issue.given])}</b><br>"
              f"suggested <b>{html.escape(names[issue.suggested])}</b><br>score {issue.score:.3f}<br>"

@@ -14,9 +14,11 @@ from ..data.sources import resolve_split
 from ..errors import DataError
 from ..files import atomic_write
 from .duplicates import DuplicatePair, crosses_split, find_duplicates
+from .embedding import audit_features
 from .hashing import image_facts
 from .label_issues import LabelIssue, find_label_issues
 from .oddities import OddImage, class_balance, imbalance_ratio, odd_images
+from .page import write_audit_page
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,6 @@ def run_audit(data: DataConfig, out: Path, *, model_name: str, weights: str = "d
     paths = [samples.describe(i) for i in range(len(samples))]
     split_names = found.split_names or ["all"] * len(samples)
     facts = image_facts(samples)
-    from .embedding import audit_features
 
     features = audit_features(samples, model_name, weights, device, batch_size, cache_dir)
     duplicates = find_duplicates(facts.content_hashes, facts.phash_bits, facts.crop_bits, features)
@@ -94,7 +95,6 @@ def write_audit(result: AuditResult, out: Path, load_image) -> None:
     rows = [(result.paths[i.index], names[i.given], names[i.suggested], f"{i.score:.4f}")
             for i in result.label_issues or []]
     _write_csv(out / LABEL_ISSUES_FILE, ("path", "given", "suggested", "score"), rows)
-    from .page import write_audit_page
 
     write_audit_page(out / PAGE_FILE, result, load_image)
 

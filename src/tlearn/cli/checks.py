@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..config import LabelTable
 from ..data.sources import require_data_source

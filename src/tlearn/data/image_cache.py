@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..files import atomic_write_with
+from .loaders import default_workers, make_loader
 from .preprocessing import Preprocessing
 from .samples import Samples
 from .transforms import presize_transform
@@ -132,7 +133,6 @@ def _build(samples: Samples, prep: Preprocessing, folder: Path, pixels_path: Pat
     """Decode every image once, in order, streamed into one flat uint8 file; None when it cannot be kept."""
     import torch
 
-    from .loaders import default_workers, make_loader
 
     start = time.perf_counter()
     workers = default_workers(samples) if workers is None else workers

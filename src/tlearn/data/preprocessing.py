@@ -23,7 +23,7 @@ class Preprocessing:
     # for images smaller than the input; see for_small_images.
     whole_image: bool = False
 
-    def with_image_size(self, size: int | None) -> "Preprocessing":
+    def with_image_size(self, size: int | None) -> Preprocessing:
         """Crop to `size`, keeping the weights' crop ratio (e.g. 224/256)."""
         if size is None or size == self.crop_size:
             return self
@@ -32,7 +32,7 @@ class Preprocessing:
         ratio = self.crop_size / self.resize_size
         return replace(self, crop_size=size, resize_size=int(round(size / ratio)))
 
-    def for_small_images(self) -> "Preprocessing":
+    def for_small_images(self) -> Preprocessing:
         """Resize the whole image to the input size, bilinear, no crop: for images smaller than it.
 
         The weights' recipe (resize to crop / crop_pct, center-crop, often bicubic) is made for
@@ -49,7 +49,7 @@ class Preprocessing:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
         return cls(
             resize_size=int(data["resize_size"]),
             crop_size=int(data["crop_size"]),

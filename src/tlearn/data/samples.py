@@ -37,7 +37,7 @@ class Samples:
         """Changes whenever any sample or label changes (hash of a manifest)."""
         raise NotImplementedError
 
-    def subset(self, indices: list[int]) -> "Samples":
+    def subset(self, indices: list[int]) -> Samples:
         raise NotImplementedError
 
 
@@ -69,7 +69,7 @@ class FileSamples(Samples):
             digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode())
         return digest.hexdigest()
 
-    def subset(self, indices: list[int]) -> "FileSamples":
+    def subset(self, indices: list[int]) -> FileSamples:
         return FileSamples([self.paths[i] for i in indices], [self.labels[i] for i in indices])
 
 
@@ -106,7 +106,7 @@ class ArraySamples(Samples):
         digest.update(np.asarray(self.labels, dtype=np.int64).tobytes())
         return digest.hexdigest()
 
-    def subset(self, indices: list[int]) -> "ArraySamples":
+    def subset(self, indices: list[int]) -> ArraySamples:
         return ArraySamples(self.name, self.array[indices], [self.labels[i] for i in indices],
                             [self.indices[i] for i in indices])
 

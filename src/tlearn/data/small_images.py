@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import statistics
 
-from .samples import Samples
 from .preprocessing import Preprocessing
+from .samples import Samples
 
 logger = logging.getLogger(__name__)
 

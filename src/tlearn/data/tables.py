@@ -293,7 +293,8 @@ def table_split(data: DataConfig, split: str, seed: int) -> TableSplit:
     samples = FileSamples([path for _, path, _ in kept], labels)
     if split == "train":
         _require_every_class(samples, names, table.path)
-    description = f"{table.path} under {root}" + (f", {data.val_split:g} held out for val" if carved and split in pool else "")
+    held_out = f", {data.val_split:g} held out for val" if carved and split in pool else ""
+    description = f"{table.path} under {root}{held_out}"
     return TableSplit(names, samples, description, skipped, [where for _, _, where in kept])
 
 

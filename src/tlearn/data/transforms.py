@@ -12,8 +12,8 @@ import torch
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
-from .preprocessing import Preprocessing
 from .augment import erasing_transforms, policy_transforms
+from .preprocessing import Preprocessing
 
 _INTERPOLATION = {
     "bilinear": T.InterpolationMode.BILINEAR,

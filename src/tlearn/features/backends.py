@@ -28,9 +28,9 @@ from typing import Protocol
 
 import torch
 
+from ..data.preprocessing import Preprocessing
 from ..data.transforms import normalize_batch
 from ..models.classifier import Classifier
-from ..data.preprocessing import Preprocessing
 from ..runtime import Runtime
 
 logger = logging.getLogger(__name__)

@@ -12,23 +12,23 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..data.loaders import default_workers, make_loader
+from ..data.preprocessing import Preprocessing
 from ..data.samples import Samples
 from ..data.transforms import eval_transform_uint8
-from .backends import FeatureBackend, backbone_fingerprint, make_backend
-from .shards import gather_batches, on_every_rank, shard_indices
 from ..files import atomic_write, atomic_write_with
 from ..models.classifier import Classifier
-from ..data.preprocessing import Preprocessing
 from ..runtime import Runtime
+from .backends import FeatureBackend, backbone_fingerprint, make_backend
+from .shards import gather_batches, on_every_rank, shard_indices
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class FeatureExtractor:
         batches = _forward_batches(forward, shard, transform or eval_transform_uint8(model.info.preprocessing),
                                    self.batch_size, self.workers, self.runtime.device)
         with torch.inference_mode():
-            for features, where in tqdm(batches, total=-(-len(shard) // self.batch_size), desc=description,
+            for features, _where in tqdm(batches, total=-(-len(shard) // self.batch_size), desc=description,
                                         leave=False, disable=None if self.runtime.is_main else True):
                 consume(features)
         return f"{backend.name}, decoding {where}"

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .store import FeatureMatrix, TensorFeatures
 from ..metrics.multilabel import score
+from .store import FeatureMatrix, TensorFeatures
 
 logger = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..files import atomic_save_tensors
 from .head_solver import L2_GRID, HeadObjective, SolverResult
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,6 @@ def load_solved(head: nn.Linear, cache_dir: Path | None, key: str) -> SolverResu
 def store_solved(head: nn.Linear, result: SolverResult, cache_dir: Path | None, key: str) -> None:
     if cache_dir is None:
         return
-    from ..files import atomic_save_tensors
 
     path = Path(cache_dir) / "heads" / f"{key}.safetensors"
     try:

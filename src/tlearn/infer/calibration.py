@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..run_folder import checkpoint
+from ..errors import ConfigError, RunFolderError
+from ..files import read_json, write_json
 from ..metrics.calibration import (
     UNKNOWN,
     answered,
@@ -32,9 +33,8 @@ from ..metrics.calibration import (
     threshold_for_coverage,
 )
 from ..metrics.calibration_choice import FITTED, TemperatureChoice, choose_temperature
-from ..errors import ConfigError, RunFolderError
-from ..files import read_json, write_json
 from ..models.classifier import ModelInfo
+from ..run_folder import checkpoint
 
 logger = logging.getLogger(__name__)
 

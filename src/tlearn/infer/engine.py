@@ -7,8 +7,8 @@ images the export costs more than it saves, so they go through PyTorch eager.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from torch import nn
@@ -22,8 +22,9 @@ from ..run_folder import checkpoint
 from ..runtime import Runtime
 from .tta import Views, views_transform, views_transform_uint8
 
-# Below this many images (views included: test-time augmentation runs each), PyTorch eager: exporting Lite0 to ONNX and checking it takes about as
-# long as eager evaluation of 150 images at 224 px on 2 cores (measured: export + session 5-18 s,
+# Below this many images (views included: test-time augmentation runs each), PyTorch eager:
+# exporting Lite0 to ONNX and checking it takes about as long as eager evaluation of 150 images
+# at 224 px on 2 cores (measured: export + session 5-18 s,
 # then 64 images in 1.9 s against 11.2 s eager, on a busy machine).
 ENGINE_MIN_IMAGES = 256
 

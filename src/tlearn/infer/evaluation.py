@@ -26,6 +26,8 @@ from .overlap import count_training_images
 from .trained import TrainedModel, load
 from .tta import Views, views_for
 
+SINGLE_LABEL_TASK = Task(SINGLE_LABEL)
+
 
 def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
              batch_size: int = 64, device: str = "auto", workers: int | None = None, *,
@@ -121,7 +123,7 @@ def _classify(trained: TrainedModel, samples: Samples, runtime, batch_size: int,
 
 def eval_samples(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
                  class_names: list[str] | None = None, *, table: LabelTable | None = None,
-                 task: Task = Task(SINGLE_LABEL)) -> Samples:
+                 task: Task = SINGLE_LABEL_TASK) -> Samples:
     """The samples `tlearn eval` uses, labels mapped onto the run's classes by name (multi-hot
     rows for a multi-label `task`: a class folder's images then carry that one class)."""
     if isinstance(run_or_model, TrainedModel) and str(data) in BUILTIN:

@@ -20,13 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..metrics.calibration import sidecar_fields
-from ..run_folder.checkpoint import load_model
+from ..data.sources import resolve_split
 from ..data.transforms import eval_transform
 from ..errors import UserError, first_line
 from ..files import atomic_write
+from ..metrics.calibration import sidecar_fields
 from ..models.classifier import Classifier
+from ..run_folder.checkpoint import load_model
 from ..run_folder.guard import run_folder_lock
+from ..run_folder.records import read_config
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +105,6 @@ def parity_inputs(run_dir: Path, model: Classifier, count: int) -> tuple[torch.T
     """Preprocessed validation images of the run's own data; random pixels if it is gone."""
     transform = eval_transform(model.info.preprocessing)
     try:
-        from ..data.sources import resolve_split
-        from ..run_folder.records import read_config
 
         config = read_config(run_dir)
         samples = resolve_split(config.data, "val", config.train.seed).samples

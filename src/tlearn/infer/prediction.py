@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from ..task import MULTI_LABEL, Task
-from .trained import TrainedModel, warn_if_views_and_threshold
 from ..data.images import is_image_name
 from ..errors import UserError, first_line
 from ..files import atomic_write
+from ..task import MULTI_LABEL, Task
+from .trained import TrainedModel, warn_if_views_and_threshold
 
 
 @dataclass
@@ -87,8 +87,9 @@ def write_predictions(predictions: Predictions, output: str | Path, top_k: int, 
         _write_multi_label(predictions, output, trained.label_join, trained.class_names)
         return
     if output.suffix.lower() == ".json":
+        thresholded = predictions.min_confidence is not None
         data = [{"path": r["path"], "predictions": [{"label": l, "prob": p} for l, p in zip(r["labels"], r["probs"])],
-                 **({"answered": r["answered"], "guess": r.get("guess", r["labels"][0])} if predictions.min_confidence is not None else {})}
+                 **({"answered": r["answered"], "guess": r.get("guess", r["labels"][0])} if thresholded else {})}
                 for r in predictions.rows]
         atomic_write(output, json.dumps({"predictions": data, "unreadable": [
             {"path": p, "reason": why} for p, why in predictions.unreadable]}, indent=2, ensure_ascii=False))

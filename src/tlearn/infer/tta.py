@@ -19,9 +19,9 @@ import torch
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
+from ..data.preprocessing import Preprocessing
 from ..data.transforms import Pipeline, Presize, interpolation_mode
 from ..errors import ConfigError
-from ..data.preprocessing import Preprocessing
 
 CROP_CHOICES = (1, 5)
 WHOLE_IMAGE_CROP_RATIO = 0.875  # timm's DEFAULT_CROP_PCT: the margin five crops need

@@ -54,7 +54,9 @@ class TemperatureChoice:
     held_out: torch.Tensor | None = None
 
     def to_dict(self) -> dict:
-        rounded = (lambda v: None if v is None else round(v, 6))
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 6)
+
         return {"decision": self.decision, "reason": self.reason, "temperature_fitted": rounded(self.fitted),
                 "folds": FOLDS if self.fold_temperatures else 0, "repeats": self.repeats,
                 "fold_temperatures": [round(t, 6) for t in self.fold_temperatures],

@@ -10,12 +10,13 @@ final norm, a pre-logits layer left by the cut) join the top group.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
 from .classifier import Classifier
+from .factory import create_model
 
 Parts = list[tuple[str, list[str]]]  # (group name, module paths inside the backbone), input to output
 
@@ -180,7 +181,6 @@ _RULES: dict[str, Callable[[nn.Module], Parts]] = {
 
 def print_block_groups(name: str) -> None:
     """`tlearn models --groups NAME`: the groups of NAME built without weights (2 classes)."""
-    from .factory import create_model
 
     model = create_model(name, 2, weights="none")
     groups = block_groups(model)

@@ -1,8 +1,9 @@
 """The model tlearn trains: a pretrained backbone (pre-logits features) plus a new head."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -49,7 +50,7 @@ class ModelInfo:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelInfo":
+    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
         data = dict(data)
         if "source" in data:  # model.json of runs before the field was renamed
             data["library"] = data.pop("source")

@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError, ModelError, first_line
 from ..data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from ..errors import ConfigError, ModelError, first_line
 from . import heads
 from . import weights as weights_mod
 from .classifier import Classifier, ModelInfo

@@ -35,7 +35,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             raw = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # any parse failure (truncated zip, foreign pickle, KeyError...)
-        raise ModelError(f"cannot read weights file {path}: not a plain state dict ({first_line(error, 160)})") from None
+        raise ModelError(f"cannot read weights file {path}: not a plain state dict "
+                         f"({first_line(error, 160)})") from None
     return strip_prefixes(_unwrap(raw, path))
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write
 from ..metrics.calibration import NUM_BINS, Reliability, reliability
 from ..metrics.calibration_choice import FOLDS
-from ..files import atomic_write
 
 RELIABILITY_FILE = "reliability.png"
 # Why a run kept T = 1, for a page that has only summary.json's short decision.
@@ -72,8 +72,8 @@ def _validation_text(count: int, calibration: dict) -> str:
     return (f"Expected calibration error (ECE) {before:.4f} before, <b>{after:.4f}</b> after temperature scaling, "
             f"out-of-fold: the run uses T = {float(calibration['temperature']):.3f}, fitted on all {count} validation "
             f"images, but each image's 'after' confidence here comes from a T fitted on the other {FOLDS - 1} of "
-            f"{FOLDS} folds of the split (averaged over several random cuts into folds), so the figure is not judged on "
-            f"the images its T was fitted on.")
+            f"{FOLDS} folds of the split (averaged over several random cuts into folds), so the figure is not "
+            f"judged on the images its T was fitted on.")
 
 
 def _other_images_text(count: int, before: float, after: float, temperature: float, summary: dict | None) -> str:

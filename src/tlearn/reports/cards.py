@@ -11,7 +11,7 @@ import base64
 import html
 import io
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -34,7 +34,8 @@ def choose_samples(correct: np.ndarray, count: int = SAMPLE_COUNT, seed: int = 0
     return sorted(int(i) for i in chosen)
 
 
-def image_pictures(indices: list[int], classes: np.ndarray, load_image, explain: Explain | None) -> dict[int, list[str]]:
+def image_pictures(indices: list[int], classes: np.ndarray, load_image,
+                   explain: Explain | None) -> dict[int, list[str]]:
     """Each index's pictures: [model input, Grad-CAM overlay] when explained, else [thumbnail], or
     [] when the image cannot be read. `classes`: the class explained for each image of the set."""
     unique = list(dict.fromkeys(int(i) for i in indices))

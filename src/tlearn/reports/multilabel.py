@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_write
-from .html_page import html_page
 from ..metrics.multilabel import score
 from .cards import Explain, card, choose_samples, grid_note, image_pictures
+from .html_page import html_page
 from .page import (
     CURVES_FILE,
     MAX_WRONG,
@@ -101,5 +101,6 @@ class _Cards:
 def _grid(anchor: str, title: str, indices: list[int], cards: _Cards) -> str:
     if not indices:
         return ""
-    return (f"<section id='{anchor}'><h2>{html.escape(title)}</h2>{grid_note(cards.pictures, 'the highest-scored class')}<div class='grid'>"
+    note = grid_note(cards.pictures, "the highest-scored class")
+    return (f"<section id='{anchor}'><h2>{html.escape(title)}</h2>{note}<div class='grid'>"
             + "".join(cards(i) for i in indices) + "</div></section>")

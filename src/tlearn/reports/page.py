@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics.imbalance import WARN_RATIO, imbalance_ratio
 from ..files import atomic_write
-from .html_page import html_page
-from .cards import Explain, card, choose_samples, grid_note, image_pictures
+from ..metrics.imbalance import WARN_RATIO, imbalance_ratio
 from ..run_folder.records import METRICS_FILE
+from .calibration import reliability_section
+from .cards import Explain, card, choose_samples, grid_note, image_pictures
+from .html_page import html_page
 
 REPORT_FILE = "report.html"
 CURVES_FILE = "curves.png"
@@ -44,7 +45,6 @@ def write_report(run_dir: Path, *, probs: np.ndarray, labels: np.ndarray, class_
     predictions = probs.argmax(1)
     samples, wrong = choose_samples(predictions == labels), _most_confident_wrong(probs, labels)
     pictures = image_pictures([*samples, *wrong], predictions, load_image, explain)
-    from .calibration import reliability_section  # accuracy vs confidence, before and after T
 
     sections = [_headline_section(labels, predictions, len(class_names), summary),
                 reliability_section(run_dir, probs, labels, summary, calibration),
@@ -251,7 +251,8 @@ img { max-width: 100%; }
 .headline { font-size: 1.2em; } .warning { color: #a40; font-weight: 600; }
 .grid { display: flex; flex-wrap: wrap; gap: 12px; }
 figure { margin: 0; width: 150px; font-size: 12px; } figure img { image-rendering: pixelated; }
-figure.pair { width: 236px; } figure.pair img { width: 116px; image-rendering: auto; } .pictures { display: flex; gap: 4px; }
+figure.pair { width: 236px; } figure.pair img { width: 116px; image-rendering: auto; }
+.pictures { display: flex; gap: 4px; }
 .missing { width: 128px; height: 64px; background: #eee; color: #777; display: flex; align-items: center;
   justify-content: center; }
 .right { color: #262; } .wrong { color: #a22; font-weight: 600; } .note { color: #555; font-size: 0.9em; }

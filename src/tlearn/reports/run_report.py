@@ -10,19 +10,20 @@ from pathlib import Path
 
 import torch
 
-from ..run_folder import checkpoint
-from ..run_folder import records as run_folder
 from ..data.samples import Samples
 from ..data.transforms import eval_transform_uint8, normalize_batch
 from ..errors import UserError
 from ..files import read_json
-from .grad_cam import find_target, grad_cam
 from ..infer.engine import best_model_logits
 from ..models.classifier import Classifier
-from .cards import Explain, overlay_image, thumbnail_png
-from .page import write_report
+from ..run_folder import checkpoint
+from ..run_folder import records as run_folder
 from ..runtime import Runtime
 from ..task import Task
+from .cards import Explain, overlay_image, thumbnail_png
+from .grad_cam import find_target, grad_cam
+from .multilabel import write_multilabel_report
+from .page import write_report
 
 # images per backward pass: ViT-B/16 at 224 px keeps about 1 GB of activations for 8 of them
 CAM_BATCH = 8
@@ -54,7 +55,6 @@ def report_run(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size:
     summary_path = run_dir / run_folder.SUMMARY_FILE
     summary = read_json(summary_path) if summary_path.is_file() else None
     if info.multi_label:
-        from .multilabel import write_multilabel_report
 
         return write_multilabel_report(run_dir, probs=probs.numpy(), targets=labels.numpy(),
                                        class_names=info.class_names, thresholds=info.thresholds,

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from ..errors import RunFolderError
 from ..files import atomic_save_tensors, read_json, write_json
 from ..models.classifier import Classifier, ModelInfo
+from ..models.factory import create_model
 
 MODEL_FILE = "model.safetensors"  # best weights (val top-1; balanced accuracy when balancing): eval/predict/export
 LAST_FILE = "last.safetensors"  # weights after the last committed epoch
@@ -75,7 +76,6 @@ def read_model_info(run_dir: str | Path) -> ModelInfo:
 
 def build_model(info: ModelInfo) -> Classifier:
     """The run's architecture with random weights, from its description (no network)."""
-    from ..models.factory import create_model
 
     model = create_model(info.name, info.num_classes, "none", build_kwargs=info.build_kwargs,
                          aux_logits=bool(info.build_kwargs.get("aux_logits", False)))

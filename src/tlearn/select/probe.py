@@ -16,17 +16,17 @@ from pathlib import Path
 import torch
 
 from ..data.loaders import make_loader
+from ..data.preprocessing import Preprocessing
 from ..data.samples import Samples
+from ..data.small_images import adapt_preprocessing
 from ..data.sources import DatasetSplits
 from ..data.transforms import eval_transform_uint8
 from ..features.backends import make_backend
 from ..features.extractor import FeatureExtractor, cache_key
 from ..features.head_solver import HeadObjective, fit_linear_head_lbfgs
-from ..models.classifier import Classifier
-from ..data.preprocessing import Preprocessing
-from ..runtime import Runtime
-from ..data.small_images import adapt_preprocessing
 from ..features.solved_heads import head_key, load_solved, store_solved
+from ..models.classifier import Classifier
+from ..runtime import Runtime
 from ..training.stage_data import label_tensor
 
 logger = logging.getLogger(__name__)

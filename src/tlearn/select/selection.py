@@ -16,12 +16,22 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from ..api import train
 from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ..data.sources import load_data
 from ..errors import ConfigError, first_line
+from ..features.extractor import run_cache_dir
+from ..metrics.multilabel import is_multi_label
+from ..models.factory import create_model
+from ..models.registry import has_offline_weights, resolve
+from ..runtime import setup_runtime
+from .page import write_outputs
+from .probe import ProbeSettings, prepare_candidate, probe_candidate
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +119,6 @@ def check_request(models: Sequence[str] | None, image_sizes: Sequence[int] | Non
         raise ConfigError(f"--budget must be a number of seconds above 0, got {budget}")
     if weights not in ("default", "none") and len(names) > 1:
         raise ConfigError("--weights FILE fits one architecture: give one model with --models")
-    from ..models.registry import resolve  # imports PyTorch and timm: after the cheap checks
 
     for name in names:
         resolve(name)  # an unknown name: one line with close names
@@ -119,7 +128,6 @@ def check_request(models: Sequence[str] | None, image_sizes: Sequence[int] | Non
 def offline_gaps(names: Sequence[str], weights: str, download: bool) -> tuple[list[str], list[Skipped]]:
     """(models to run, skipped ones): with the default weights and no `download`, a model whose
     weights are not on this machine (registry.has_offline_weights) is skipped, one line each."""
-    from ..models.registry import has_offline_weights, resolve
 
     if weights != "default" or download:
         return list(names), []
@@ -158,10 +166,6 @@ def run_selection(config: RunConfig, models: Sequence[str] | None, image_sizes: 
                   download: bool = False) -> Selection:
     """`select_backbone` from a RunConfig (what the command line builds): its data, weights, runtime and
     cache settings; its training settings are the fine-tuning's."""
-    from ..data.sources import load_data
-    from ..runtime import setup_runtime
-    from .page import write_outputs
-    from .probe import ProbeSettings
 
     names, sizes = check_request(models, image_sizes, budget, config.model.weights)
     names, skipped = offline_gaps(names, config.model.weights, download)
@@ -173,8 +177,6 @@ def run_selection(config: RunConfig, models: Sequence[str] | None, image_sizes: 
         logger.warning(f"skipped {len(data.skipped)} unusable file(s), e.g. {path} ({reason})")
     tc = config.train
     runtime = setup_runtime(tc.device, tc.amp, tc.amp_dtype, tc.channels_last)
-    from ..features.extractor import run_cache_dir
-    from ..metrics.multilabel import is_multi_label
 
     cache_dir = run_cache_dir(tc.cache_dir, tc.use_cache)
     settings = ProbeSettings(runtime, cache_dir, config.data.batch_size, config.data.workers, config.data.small_images)
@@ -202,8 +204,6 @@ def _run_model(name: str, sizes: list[int | None], data, config: RunConfig, sett
     """Every size of one model, the model built once; skips what the budget cannot hold."""
     import torch
 
-    from ..models.factory import create_model
-    from .probe import prepare_candidate, probe_candidate
 
     if clock.left() <= 0:
         skipped += [Skipped(name, size, "the budget was spent before its turn") for size in sizes]
@@ -249,7 +249,6 @@ def _run_model(name: str, sizes: list[int | None], data, config: RunConfig, sett
 
 def _finetune(selection: Selection, config: RunConfig, data) -> None:
     """Train the winner two-stage (tlearn.train) into OUT/best, at its input size."""
-    from ..api import train
 
     best = selection.results[0]
     run_config = dataclasses.replace(
