@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlearn.features.store import ShardedFeatures, open_features, write_feature_shards
+from tlearn.features._store import ShardedFeatures, open_features, write_feature_shards
 from tlearn.features.head_solver import CHUNK_ROWS, _Chunks, _loss_and_grad, fit_linear_head_lbfgs
 
 # _Chunks and _loss_and_grad are the solver's own chunking and closure: `pass` times exactly one

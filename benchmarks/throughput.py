@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import sample_cifar  # noqa: E402
 
 import tlearn  # noqa: E402
-from tlearn.data.folders import scan_class_folders  # noqa: E402
+from tlearn.data._folders import scan_class_folders  # noqa: E402
 from tlearn.data.transforms import normalize_batch  # noqa: E402
 from tlearn.features.backends import make_backend  # noqa: E402
 from tlearn.features.extractor import FeatureExtractor  # noqa: E402

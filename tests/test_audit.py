@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlearn.audit.hashing import hamming_block, perceptual_hash_bits
-from tlearn.audit.label_issues import find_label_issues
+from tlearn.audit._hashing import hamming_block, perceptual_hash_bits
+from tlearn.audit._label_issues import find_label_issues
 
 from conftest import TINY_MODEL, run_cli
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from tlearn.run_folder import checkpoint
 from tlearn.training.balance import Balance
-from tlearn.data.augment import POLICIES
+from tlearn.data._augment import POLICIES
 from tlearn.data.transforms import train_transform
 from tlearn.training.mixing import BatchMixer
 from tlearn.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing

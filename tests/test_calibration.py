@@ -172,7 +172,7 @@ def test_no_temperature_is_stored_at_a_bound(tmp_path, caplog):
 
 
 def test_the_report_shows_the_out_of_fold_figures_and_why_t_1_was_kept(tmp_path):
-    from tlearn.reports.calibration import reliability_section
+    from tlearn.reports._calibration import reliability_section
 
     for name, (probs, labels), phrase in (("fitted", _synthetic(0, 400, 2.5), "out-of-fold"),
                                           ("kept", _separated(20), "keeps T = 1")):

@@ -309,7 +309,7 @@ def test_report_renders_in_chromium(trained_run, tmp_path):
 def test_report_with_100_classes_stays_readable(tmp_path):
     from PIL import Image
 
-    from tlearn.reports.page import write_report
+    from tlearn.reports._page import write_report
 
     rng = np.random.default_rng(0)
     names = [f"class_{i:03d}_name" for i in range(100)]
@@ -325,10 +325,10 @@ def test_report_with_100_classes_stays_readable(tmp_path):
 def test_audit_page_renders_in_chromium(tmp_path):
     from PIL import Image
 
-    from tlearn.audit.duplicates import DuplicatePair
-    from tlearn.audit.label_issues import LabelIssue
-    from tlearn.audit.oddities import OddImage
-    from tlearn.audit.page import write_audit_page
+    from tlearn.audit._duplicates import DuplicatePair
+    from tlearn.audit._label_issues import LabelIssue
+    from tlearn.audit._oddities import OddImage
+    from tlearn.audit._page import write_audit_page
     from tlearn.audit.run import AuditResult
 
     paths = [f"data/train/c{i % 3}/{i}.jpg" for i in range(12)]

@@ -66,8 +66,8 @@ def test_report_scores_match_scikit_learn():
     import numpy as np
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    from tlearn.reports.page import confusion_matrix as numpy_confusion
-    from tlearn.reports.page import per_class_scores
+    from tlearn.reports._page import confusion_matrix as numpy_confusion
+    from tlearn.reports._page import per_class_scores
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 6, 200)

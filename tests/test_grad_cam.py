@@ -11,9 +11,9 @@ import tlearn
 from tlearn.run_folder import checkpoint
 from tlearn.data.samples import ArraySamples
 from tlearn.errors import DataError
-from tlearn.reports.grad_cam import find_target, grad_cam
-from tlearn.reports.multilabel import write_multilabel_report
-from tlearn.reports.page import write_report
+from tlearn.reports._grad_cam import find_target, grad_cam
+from tlearn.reports._multilabel import write_multilabel_report
+from tlearn.reports._page import write_report
 from tlearn.reports.run_report import report_run
 from tlearn.runtime import setup_runtime
 
@@ -48,7 +48,7 @@ def test_the_map_lights_the_object_not_the_background():
     import timm
 
     from tlearn.data.transforms import normalize_batch
-    from tlearn.models.weights import bundled_lite0_state_dict
+    from tlearn.models._weights import bundled_lite0_state_dict
 
     files = sorted(needs_shared("cifar10-mini/val").glob("*/*.jpg"))[::150][:2]
     model = tlearn.create_model("efficientnet_lite0", 1000).eval()

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tlearn.features.store import FeatureMatrix, TensorFeatures, open_features, write_feature_shards
+from tlearn.features._store import FeatureMatrix, TensorFeatures, open_features, write_feature_shards
 from tlearn.features.head_solver import fit_linear_head_lbfgs
 
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 import tlearn
 from tlearn.run_folder import checkpoint
 from tlearn.config import DataConfig
-from tlearn.data.tables import read_table, table_split
+from tlearn.data._tables import read_table, table_split
 from tlearn.errors import ConfigError
 from tlearn.metrics.multilabel import average_precision, best_f1_threshold, choose_thresholds, f1_scores, score
 

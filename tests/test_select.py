@@ -73,7 +73,7 @@ def test_budget_skips_and_lists_candidates(tmp_path):
 def test_budget_skip_gives_the_estimate(tmp_path, monkeypatch):
     """A candidate whose timing-batch estimate exceeds what is left is skipped with that estimate."""
     import tlearn
-    from tlearn.select.probe import PreparedCandidate
+    from tlearn.select._probe import PreparedCandidate
 
     data = make_folder(tmp_path / "images")
     real = PreparedCandidate.estimate_seconds

@@ -41,7 +41,7 @@ def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror(trained, tmp_p
 @pytest.mark.parametrize("tta,crops,count", [(True, 1, 2), (False, 5, 5), (True, 5, 10)])
 def test_views_per_image(trained, tta, crops, count):
     from tlearn.data.preprocessing import Preprocessing
-    from tlearn.infer.tta import views_for, views_transform
+    from tlearn.infer._tta import views_for, views_transform
 
     image = Image.new("RGB", (50, 40), (10, 200, 30))
     views = views_for(tta, crops)
@@ -56,9 +56,9 @@ def test_views_and_the_plain_view_in_the_eager_and_onnx_engines(trained, tmp_pat
     """classify's views: the plain view equals plain evaluation, the flip is the mirror's logits, and
     the onnxruntime engine (used for many images on CPU) gives the eager engine's logits."""
     from tlearn.infer import engine as inference
-    from tlearn.data.folders import list_class_folders
+    from tlearn.data._folders import list_class_folders
     from tlearn.runtime import setup_runtime
-    from tlearn.infer.tta import Views
+    from tlearn.infer._tta import Views
 
     folder = make_folder(tmp_path / "images", per_class=2)
     samples = list_class_folders(folder)[0]

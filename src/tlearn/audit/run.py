@@ -13,12 +13,12 @@ from ..config import DataConfig
 from ..data.sources import resolve_split
 from ..errors import DataError
 from ..files import atomic_write
-from .duplicates import DuplicatePair, crosses_split, find_duplicates
-from .embedding import audit_features
-from .hashing import image_facts
-from .label_issues import LabelIssue, find_label_issues
-from .oddities import OddImage, class_balance, imbalance_ratio, odd_images
-from .page import write_audit_page
+from ._duplicates import DuplicatePair, crosses_split, find_duplicates
+from ._embedding import audit_features
+from ._hashing import image_facts
+from ._label_issues import LabelIssue, find_label_issues
+from ._oddities import OddImage, class_balance, imbalance_ratio, odd_images
+from ._page import write_audit_page
 
 logger = logging.getLogger(__name__)
 

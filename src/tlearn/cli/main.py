@@ -14,16 +14,16 @@ import sys
 
 from ..allocator import configure_allocator
 from ..errors import UserError
-from .checks import CHECKS, is_main_process
-from .parser import build_parser
+from ._checks import CHECKS, is_main_process
+from ._parser import build_parser
 
 # command -> (module in this package, function): one function a command
 COMMANDS = {
-    "train": ("training_commands", "train"), "demo": ("training_commands", "demo"),
-    "lr-find": ("training_commands", "lr_find"), "select": ("training_commands", "select"),
-    "eval": ("run_commands", "evaluate"), "predict": ("run_commands", "predict"),
-    "export": ("run_commands", "export"), "features": ("run_commands", "features"),
-    "audit": ("data_commands", "audit"), "models": ("data_commands", "models"),
+    "train": ("_training_commands", "train"), "demo": ("_training_commands", "demo"),
+    "lr-find": ("_training_commands", "lr_find"), "select": ("_training_commands", "select"),
+    "eval": ("_run_commands", "evaluate"), "predict": ("_run_commands", "predict"),
+    "export": ("_run_commands", "export"), "features": ("_run_commands", "features"),
+    "audit": ("_data_commands", "audit"), "models": ("_data_commands", "models"),
 }
 
 

@@ -19,9 +19,9 @@ import numpy as np
 from ..config import BUILTIN_DATASETS as BUILTIN
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
-from .folders import keep_usable, list_class_folders, require_every_class, scan_class_folders
+from ._folders import keep_usable, list_class_folders, require_every_class, scan_class_folders
 from .samples import ArraySamples, FileSamples, Samples, stratified_split
-from .tables import read_table, table_split
+from ._tables import read_table, table_split
 
 SPLITS = ("train", "val", "test", "all")
 VAL_FOLDERS = ("val", "valid", "validation", "test")  # the first present is the validation split

@@ -12,7 +12,7 @@ import torch
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
-from .augment import erasing_transforms, policy_transforms
+from ._augment import erasing_transforms, policy_transforms
 from .preprocessing import Preprocessing
 
 _INTERPOLATION = {

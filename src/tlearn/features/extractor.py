@@ -28,7 +28,7 @@ from ..files import atomic_write, atomic_write_with
 from ..models.classifier import Classifier
 from ..runtime import Runtime
 from .backends import FeatureBackend, backbone_fingerprint, make_backend
-from .shards import gather_batches, on_every_rank, shard_indices
+from ._shards import gather_batches, on_every_rank, shard_indices
 
 logger = logging.getLogger(__name__)
 

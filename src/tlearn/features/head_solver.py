@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..metrics.multilabel import score
-from .store import FeatureMatrix, TensorFeatures
+from ._store import FeatureMatrix, TensorFeatures
 
 logger = logging.getLogger(__name__)
 

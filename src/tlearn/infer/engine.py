@@ -20,7 +20,7 @@ from ..features.extractor import FeatureExtractor
 from ..models.classifier import Classifier
 from ..run_folder import checkpoint
 from ..runtime import Runtime
-from .tta import Views, views_transform, views_transform_uint8
+from ._tta import Views, views_transform, views_transform_uint8
 
 # Below this many images (views included: test-time augmentation runs each), PyTorch eager:
 # exporting Lite0 to ONNX and checking it takes about as long as eager evaluation of 150 images

@@ -22,9 +22,9 @@ from ..runtime import setup_runtime
 from ..task import SINGLE_LABEL, Task
 from .calibration import calibration_figures
 from .engine import classify
-from .overlap import count_training_images
+from ._overlap import count_training_images
 from .trained import TrainedModel, load
-from .tta import Views, views_for
+from ._tta import Views, views_for
 
 SINGLE_LABEL_TASK = Task(SINGLE_LABEL)
 

@@ -20,7 +20,7 @@ from ..models.classifier import Classifier
 from ..run_folder import checkpoint
 from ..task import Task
 from .calibration import mark_unknown, resolve_min_confidence
-from .tta import average_views, views_for, views_transform
+from ._tta import average_views, views_for, views_transform
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from torch import nn
 
 from ..data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from ..errors import ConfigError, ModelError, first_line
-from . import heads
-from . import weights as weights_mod
+from . import _heads as heads
+from . import _weights as weights_mod
 from .classifier import Classifier, ModelInfo
 from .registry import ModelSpec, resolve
 

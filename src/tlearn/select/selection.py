@@ -31,7 +31,7 @@ from ..models.factory import create_model
 from ..models.registry import has_offline_weights, resolve
 from ..runtime import setup_runtime
 from .page import write_outputs
-from .probe import ProbeSettings, prepare_candidate, probe_candidate
+from ._probe import ProbeSettings, prepare_candidate, probe_candidate
 
 logger = logging.getLogger(__name__)
 

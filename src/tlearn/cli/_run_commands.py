@@ -19,8 +19,8 @@ from ..reports.run_report import report_run
 from ..run_folder.checkpoint import load_model
 from ..run_folder.guard import run_folder_lock
 from ..runtime import setup_runtime
-from .checks import label_table
-from .output import print_evaluation, print_predictions
+from ._checks import label_table
+from ._output import print_evaluation, print_predictions
 
 
 def evaluate(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from ..config import DataConfig
 from ..errors import UserError
 from ..models.block_groups import print_block_groups
 from ..models.registry import list_models
-from .checks import label_table
+from ._checks import label_table
 
 
 def audit(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .flags import add_config_flags
+from ._flags import add_config_flags
 
 # select: the probe's settings are fixed (linear-probe, L-BFGS head on cached features); the training
 # flags left are those of --finetune-best's two-stage run.

@@ -14,7 +14,7 @@ from ..files import atomic_write
 from ..metrics.multilabel import score
 from .cards import Explain, card, choose_samples, grid_note, image_pictures
 from .html_page import html_page
-from .page import (
+from ._page import (
     CURVES_FILE,
     MAX_WRONG,
     PAGE_CSS,

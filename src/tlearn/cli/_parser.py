@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..config import DEVICES, SMALL_IMAGES
-from .flags import add_config_flags, add_data_flag, add_table_flags
-from .select_flags import add_select_flags
+from ._flags import add_config_flags, add_data_flag, add_table_flags
+from ._select_flags import add_select_flags
 
 # The demo: the bundled Lite0 on the embedded digits, small and quick (README, Quick start).
 DEMO_FIXED = {"source": "digits", "name": "efficientnet_lite0", "weights": "default", "strategy": "two-stage",

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..config import DataConfig
 from ..errors import DataError
-from .folders import unusable_reasons
+from ._folders import unusable_reasons
 from .images import IMAGE_SUFFIXES
 from .samples import FileSamples, stratified_split
 

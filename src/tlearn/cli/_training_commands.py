@@ -13,10 +13,10 @@ from ..select.page import format_leaderboard
 from ..select.selection import check_request, parse_list, parse_sizes, run_selection
 from ..training.lr_find_command import lr_find as find_lr
 from ..training.lr_finder import CSV_FILE, PLOT_FILE
-from .checks import is_main_process
-from .flags import config_from_flags
-from .output import print_summary
-from .parser import DEMO_FIXED
+from ._checks import is_main_process
+from ._flags import config_from_flags
+from ._output import print_summary
+from ._parser import DEMO_FIXED
 
 
 def train(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .hashing import ImageFacts
+from ._hashing import ImageFacts
 
 TINY_SIDE = 32  # a shorter side below this is tiny
 EXTREME_ASPECT = 4.0  # longer side over shorter side above this is extreme

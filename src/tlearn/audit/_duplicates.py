@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .hashing import signs
+from ._hashing import signs
 
 # Chosen on one planted CIFAR sample (seed 1) and checked on another (seed 2): README.
 NEAR_HAMMING = 8  # at most this many of 63 pHash bits differ: a copy on the hash alone
