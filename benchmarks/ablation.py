@@ -107,7 +107,8 @@ def train(dataset: str, variant: str, seed: int, epochs: int, out: Path, cache: 
 def tta(dataset: str, seed: int, out: Path, cache: Path) -> dict:
     run = out / dataset / f"default-seed{seed}"
     source = data_source(dataset)
-    args = ["eval", str(run), "--json", "--tta", "--data", str(Path(source) / "val") if dataset == "cifar10" else source]
+    data = str(Path(source) / "val") if dataset == "cifar10" else source
+    args = ["eval", str(run), "--json", "--tta", "--data", data]
     seconds, done = tlearn(*args)
     result = json.loads(done.stdout)
     return {"dataset": dataset, "variant": "tta", "seed": seed, "val_top1": result["top1_tta"],

@@ -185,7 +185,7 @@ def summarise(runs: list[dict], base: str) -> dict:
                              **{f"median_{k}": round(statistics.median(r[k] for r in mine), 3) for k in keys},
                              "img_per_s_all": [round(r["img_per_s"], 2) for r in mine]}
         if base in table:
-            for config, row in table.items():
+            for row in table.values():
                 ref = table[base]
                 row["speed_vs_default"] = round(row["median_img_per_s"] / ref["median_img_per_s"], 3)
                 row["faults_vs_default"] = round(row["median_minor_faults"] / max(ref["median_minor_faults"], 1), 4)

@@ -23,7 +23,6 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT  # noqa: E402
-
 from tlearn.data.transforms import presize_transform, train_transform  # noqa: E402
 from tlearn.models.factory import create_model  # noqa: E402
 

@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, sample_cifar  # noqa: E402
-
 import tlearn  # noqa: E402
+from common import ROOT, sample_cifar  # noqa: E402
 from tlearn.api import evaluation  # noqa: E402
 from tlearn.metrics.calibration import answered  # noqa: E402
 

@@ -50,7 +50,8 @@ TLEARN_VARIANTS = {
 
 
 def clean_env(extra: dict) -> dict:
-    env = {k: v for k, v in os.environ.items() if not (k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD"))}
+    allocator = ("GLIBC_TUNABLES", "LD_PRELOAD")
+    env = {k: v for k, v in os.environ.items() if not (k.startswith("MALLOC_") or k in allocator)}
     return {**env, **extra}
 
 
@@ -89,8 +90,8 @@ def time_decoding(count: int = 24, size: tuple[int, int] = (3000, 2000)) -> dict
     from PIL import Image
 
     from tlearn.data.images import open_rgb
-    from tlearn.data.transforms import presize_transform
     from tlearn.data.preprocessing import Preprocessing
+    from tlearn.data.transforms import presize_transform
 
     prep = Preprocessing(256, 224, "bicubic", (0.5,) * 3, (0.5,) * 3)
     presize = presize_transform(prep)

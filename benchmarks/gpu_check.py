@@ -44,7 +44,8 @@ def main() -> None:
                 torch.cuda.synchronize()
                 rate = args.batches * args.batch_size / (time.perf_counter() - start)
                 print(json.dumps({"gpu": torch.cuda.get_device_name(), "model": name, "image_size": size,
-                                  "batch": args.batch_size, "amp": str(dtype).replace("torch.", "") if dtype else "fp32",
+                                  "batch": args.batch_size,
+                                  "amp": str(dtype).replace("torch.", "") if dtype else "fp32",
                                   "channels_last": channels_last, "images_per_s": round(rate, 1),
                                   "finite": bool(torch.isfinite(out).all())}), flush=True)
 

@@ -92,10 +92,10 @@ def train_mode(data: Path, mode: str, run: Path, cache: Path, image_size: int, s
 
 def cached_features(run: Path, test_folder: Path, cache: Path):
     """The run's own train/val features (cache hits) and the long-tailed test set's, as numpy."""
-    from tlearn.run_folder import checkpoint
     from tlearn.config import DataConfig
     from tlearn.data.sources import load_data, resolve_split
     from tlearn.features.extractor import FeatureExtractor
+    from tlearn.run_folder import checkpoint
     from tlearn.run_folder.records import read_config
     from tlearn.runtime import setup_runtime
 

@@ -25,9 +25,8 @@ from torch import nn
 from torchvision import datasets, transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import sample_cifar  # noqa: E402
-
 import tlearn  # noqa: E402
+from common import sample_cifar  # noqa: E402
 
 
 def tutorial_loop(data_dir: Path, epochs: int, size: int) -> tuple[float, float]:

@@ -22,8 +22,9 @@ import random
 import shutil
 from pathlib import Path
 
-from common import ROOT, sample_cifar
 from PIL import Image
+
+from common import ROOT, sample_cifar
 
 KINDS = ("exact", "reencode", "resize", "crop")
 

@@ -75,9 +75,9 @@ def build_mosaics(out: Path, train: int, val: int, seed: int) -> Path:
 
 def features_of(run: Path, cache: Path):
     """The run's train/val features (its own cache entries) and multi-hot labels, as numpy."""
-    from tlearn.run_folder import checkpoint
     from tlearn.data.sources import load_data
     from tlearn.features.extractor import FeatureExtractor
+    from tlearn.run_folder import checkpoint
     from tlearn.run_folder.records import read_config
     from tlearn.runtime import setup_runtime
 

@@ -31,9 +31,9 @@ def main() -> None:
     args = parser.parse_args()
     import tlearn
     import tlearn.reports.run_report as run_report
-    from tlearn.run_folder import checkpoint
     from tlearn.api import eval_samples
     from tlearn.infer.engine import classify
+    from tlearn.run_folder import checkpoint
     from tlearn.runtime import setup_runtime
 
     out = ROOT / "data" / "report_grad_cam"

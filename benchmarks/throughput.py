@@ -21,15 +21,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import sample_cifar  # noqa: E402
-
 import tlearn  # noqa: E402
+from common import sample_cifar  # noqa: E402
 from tlearn.data._folders import scan_class_folders  # noqa: E402
+from tlearn.data.small_images import adapt_preprocessing  # noqa: E402
 from tlearn.data.transforms import normalize_batch  # noqa: E402
 from tlearn.features.backends import make_backend  # noqa: E402
 from tlearn.features.extractor import FeatureExtractor  # noqa: E402
 from tlearn.runtime import setup_runtime  # noqa: E402
-from tlearn.data.small_images import adapt_preprocessing  # noqa: E402
 
 
 def rate_of(run, images: int) -> float:

@@ -20,8 +20,8 @@ from ..config import BUILTIN_DATASETS as BUILTIN
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from ._folders import keep_usable, list_class_folders, require_every_class, scan_class_folders
-from .samples import ArraySamples, FileSamples, Samples, stratified_split
 from ._tables import read_table, table_split
+from .samples import ArraySamples, FileSamples, Samples, stratified_split
 
 SPLITS = ("train", "val", "test", "all")
 VAL_FOLDERS = ("val", "valid", "validation", "test")  # the first present is the validation split

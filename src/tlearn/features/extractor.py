@@ -27,8 +27,8 @@ from ..data.transforms import eval_transform_uint8
 from ..files import atomic_write, atomic_write_with
 from ..models.classifier import Classifier
 from ..runtime import Runtime
-from .backends import FeatureBackend, backbone_fingerprint, make_backend
 from ._shards import gather_batches, on_every_rank, shard_indices
+from .backends import FeatureBackend, backbone_fingerprint, make_backend
 
 logger = logging.getLogger(__name__)
 

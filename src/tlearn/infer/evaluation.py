@@ -20,11 +20,11 @@ from ..run_folder import checkpoint
 from ..run_folder import records as run_folder
 from ..runtime import setup_runtime
 from ..task import SINGLE_LABEL, Task
+from ._overlap import count_training_images
+from ._tta import Views, views_for
 from .calibration import calibration_figures
 from .engine import classify
-from ._overlap import count_training_images
 from .trained import TrainedModel, load
-from ._tta import Views, views_for
 
 SINGLE_LABEL_TASK = Task(SINGLE_LABEL)
 

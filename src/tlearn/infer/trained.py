@@ -19,8 +19,8 @@ from ..metrics.multilabel import predict_multi_label
 from ..models.classifier import Classifier
 from ..run_folder import checkpoint
 from ..task import Task
-from .calibration import mark_unknown, resolve_min_confidence
 from ._tta import average_views, views_for, views_transform
+from .calibration import mark_unknown, resolve_min_confidence
 
 logger = logging.getLogger(__name__)
 

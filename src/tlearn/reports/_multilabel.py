@@ -12,8 +12,6 @@ import numpy as np
 
 from ..files import atomic_write
 from ..metrics.multilabel import score
-from .cards import Explain, card, choose_samples, grid_note, image_pictures
-from .html_page import html_page
 from ._page import (
     CURVES_FILE,
     MAX_WRONG,
@@ -23,6 +21,8 @@ from ._page import (
     _figure_section,
     _settings_section,
 )
+from .cards import Explain, card, choose_samples, grid_note, image_pictures
+from .html_page import html_page
 
 
 def write_multilabel_report(run_dir: Path, *, probs: np.ndarray, targets: np.ndarray, class_names: list[str],

@@ -20,10 +20,10 @@ from ..run_folder import checkpoint
 from ..run_folder import records as run_folder
 from ..runtime import Runtime
 from ..task import Task
-from .cards import Explain, overlay_image, thumbnail_png
 from ._grad_cam import find_target, grad_cam
 from ._multilabel import write_multilabel_report
 from ._page import write_report
+from .cards import Explain, overlay_image, thumbnail_png
 
 # images per backward pass: ViT-B/16 at 224 px keeps about 1 GB of activations for 8 of them
 CAM_BATCH = 8

@@ -30,8 +30,8 @@ from ..metrics.multilabel import is_multi_label
 from ..models.factory import create_model
 from ..models.registry import has_offline_weights, resolve
 from ..runtime import setup_runtime
-from .page import write_outputs
 from ._probe import ProbeSettings, prepare_candidate, probe_candidate
+from .page import write_outputs
 
 logger = logging.getLogger(__name__)
 
