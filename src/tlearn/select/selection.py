@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ..errors import ConfigError, first_line
+from ..task import Task
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +175,6 @@ def run_selection(config: RunConfig, models: Sequence[str] | None, image_sizes: 
     tc = config.train
     runtime = setup_runtime(tc.device, tc.amp, tc.amp_dtype, tc.channels_last)
     from ..features.extractor import run_cache_dir
-    from ..metrics.multilabel import is_multi_label
 
     cache_dir = run_cache_dir(tc.cache_dir, tc.use_cache)
     settings = ProbeSettings(runtime, cache_dir, config.data.batch_size, config.data.workers, config.data.small_images)
@@ -183,7 +183,7 @@ def run_selection(config: RunConfig, models: Sequence[str] | None, image_sizes: 
     for name in names:
         results += _run_model(name, sizes, data, config, settings, clock, skipped, (len(results), total))
     results.sort(key=lambda result: result.score(), reverse=True)
-    selection = Selection(results, skipped, Path(out), "multi-label" if is_multi_label(config) else "single-label",
+    selection = Selection(results, skipped, Path(out), Task.of(config).name,
                           data.description, len(data.train), len(data.val), time.perf_counter() - clock.started,
                           budget)
     write_outputs(selection)
