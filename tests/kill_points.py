@@ -3,7 +3,8 @@
     python tests/kill_points.py EVENT:N tlearn-args...     (EVENT:N = none:0 runs normally)
 
 Events, counted from 1 within this process:
-  step      the N-th training step, after its loss (mid-epoch)
+  step      the N-th training step, after its loss (mid-epoch; --lr find's sweep runs the same loop:
+            its batches count too)
   solve     the N-th L-BFGS head solve, before it starts
   cache     the N-th feature-cache write, with the temporary file written but not renamed
   state     the N-th training-state write (the commit), temporary file written, not renamed

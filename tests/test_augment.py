@@ -11,7 +11,7 @@ from tlearn.run_folder import checkpoint
 from tlearn.training.balance import Balance
 from tlearn.data._augment import POLICIES
 from tlearn.data.transforms import train_transform
-from tlearn.training.mixing import BatchMixer
+from tlearn.training.callbacks.mixing import BatchMixer
 from tlearn.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from conftest import TINY_MODEL, kill_chain, make_folder, run_cli

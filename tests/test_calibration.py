@@ -299,11 +299,12 @@ def test_bad_thresholds_exit_2_with_one_line(calibrated_run, capsys, flags, mess
 def test_train_coverage_is_checked_before_anything_runs(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path), "--coverage", "1.5"]) == 2
     assert "--coverage must be above 0 and at most 1" in capsys.readouterr().err
-    from tlearn.metrics.multilabel import check_config
+    from tlearn.task import Task
 
     with pytest.raises(ConfigError, match="single-label"):
-        check_config(tlearn.RunConfig(data=tlearn.DataConfig(source="x", labels="t.csv", label_delim=" "),
-                                      train=tlearn.TrainConfig(coverage=0.9)))
+        config = tlearn.RunConfig(data=tlearn.DataConfig(source="x", labels="t.csv", label_delim=" "),
+                                  train=tlearn.TrainConfig(coverage=0.9))
+        Task.of(config).check_config(config)
 
 
 def test_a_killed_run_resumes_to_the_same_calibration(tmp_path):

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from tlearn.run_folder import checkpoint
-from tlearn.training.early_stopping import observe
+from tlearn.training.callbacks.early_stopping import observe
 from tlearn.metrics.classification import EvalResult
 
 from conftest import TINY_MODEL, kill_chain, make_folder

@@ -10,13 +10,15 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tlearn.run_folder import checkpoint
-from tlearn.training.accumulation import optimizer_steps
+from tlearn.training.callbacks.accumulation import Accumulation, optimizer_steps
 from tlearn.config import TrainConfig
 from tlearn.run_folder.checkpoint import published_weights
-from tlearn.training.ema import WeightAverage, start_weight_average
+from tlearn.training.callbacks.ema import WeightAverage, start_weight_average
 from tlearn.errors import ConfigError
-from tlearn.training.loop import train_one_epoch
+from tlearn.training.loop import Loop
 from tlearn.training.optim import make_scheduler
+from tlearn.training.stage_data import StageData
+from tlearn.training.state import TrainState
 from tlearn.runtime import setup_runtime
 
 from conftest import TINY_MODEL, kill_chain, make_folder
@@ -93,9 +95,11 @@ def _train_without_batchnorm(batch_size: int, accumulate: int, scaled: bool = Fa
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10) if scaled else None
     runtime = setup_runtime("cpu", channels_last=False)
     module = wrap(model)
+    data = StageData(loader, loader, module, runtime.to_device, cached=True)  # cached: one process, nothing to sum
+    loop = Loop(module, data, TrainState(optimizer, scheduler, scaler), runtime, nn.CrossEntropyLoss(), num_classes=3,
+                callbacks=[Accumulation(accumulate)])
     for _ in range(2):
-        train_one_epoch(module, loader, optimizer, scheduler, runtime, nn.CrossEntropyLoss(), num_classes=3,
-                        scaler=scaler, accumulate=accumulate, sharded=False)
+        loop.train_epoch()
     return model, scheduler.last_epoch
 
 

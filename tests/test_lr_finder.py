@@ -162,3 +162,44 @@ def test_under_gradual_unfreezing_the_sweep_trains_what_the_first_epoch_trains(i
     top = set(block_groups(model)[-1].parameter_names)
     head = {name for name, _ in model.named_parameters() if name.startswith("head.")}
     assert top and swept["names"] == top | head
+
+
+def test_the_sweep_trains_as_the_run_does_mixed_batches_and_accumulated_steps(tmp_path, monkeypatch):
+    """--lr find with --mixup and --accumulate 2: the sweep's batches are mixed, and its optimiser steps
+    come after every second batch (18 training images in batches of 3: 3 groups of 2, 3 steps)."""
+    import tlearn
+    from tlearn.training import lr_finder
+    from tlearn.training.callbacks.mixing import BatchMixer
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    events, sweeping = [], []
+    real_mix, real_find = BatchMixer.__call__, lr_finder.find_stage_lr
+
+    def mix(self, images, targets):
+        if sweeping:
+            events.append("mix")
+        return real_mix(self, images, targets)
+
+    def find(model, *args, **kwargs):
+        hook = model.register_forward_pre_hook(lambda module, inputs: events.append("batch") if sweeping else None)
+        sweeping.append(True)
+        try:
+            return real_find(model, *args, **kwargs)
+        finally:
+            sweeping.clear()
+            hook.remove()
+
+    monkeypatch.setattr(BatchMixer, "__call__", mix)
+    monkeypatch.setattr(lr_finder, "find_stage_lr", find)
+    step_hook = register_optimizer_step_post_hook(
+        lambda optimizer, args, kwargs: events.append("step") if sweeping else None)
+    try:
+        data = make_folder(tmp_path / "images", per_class=8, split_dirs=True)  # 6 train images a class
+        model = tlearn.create_model(TINY_MODEL, 3, weights="none", image_size=32)
+        tlearn.fit(model, str(data), out=tmp_path / "run", strategy="finetune", epochs=1, lr="find", mixup=0.2,
+                   accumulate=2, batch_size=3, workers=0, report=False)
+    finally:
+        step_hook.remove()
+    assert events == ["mix", "batch", "mix", "batch", "step"] * 3
+    rows = list(csv.DictReader((tmp_path / "run" / "lr_find.csv").open()))
+    assert len(rows) == 3  # one row per optimiser step, its loss the group's

@@ -19,27 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..config import RunConfig
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 
 TASKS = ("single-label", "multi-label")
 DEFAULT_THRESHOLD = 0.5
-
-
-def is_multi_label(config: RunConfig) -> bool:
-    return config.data.label_delim is not None
-
-
-def check_config(config: RunConfig) -> None:
-    """One line, before training, for the settings multi-label training does not have."""
-    tc = config.train
-    if tc.balance != "none":
-        raise ConfigError(f"--balance {tc.balance} is for single-label data; multi-label runs train with "
-                          "--balance none")
-    if tc.label_smoothing:
-        raise ConfigError("--label-smoothing is for single-label data (cross-entropy), not multi-label")
-    if tc.coverage is not None:  # calibration.py: multi-label runs answer per class at their thresholds
-        raise ConfigError("--coverage is for single-label data; multi-label runs use per-class thresholds")
 
 
 def label_counts(labels, num_classes: int) -> list[int]:

@@ -26,10 +26,10 @@ from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ..data.sources import load_data
 from ..errors import ConfigError, first_line
 from ..features.extractor import run_cache_dir
-from ..metrics.multilabel import is_multi_label
 from ..models.factory import create_model
 from ..models.registry import has_offline_weights, resolve
 from ..runtime import setup_runtime
+from ..task import Task
 from ._probe import ProbeSettings, prepare_candidate, probe_candidate
 from .page import write_outputs
 
@@ -177,7 +177,6 @@ def run_selection(config: RunConfig, models: Sequence[str] | None, image_sizes: 
         logger.warning(f"skipped {len(data.skipped)} unusable file(s), e.g. {path} ({reason})")
     tc = config.train
     runtime = setup_runtime(tc.device, tc.amp, tc.amp_dtype, tc.channels_last)
-
     cache_dir = run_cache_dir(tc.cache_dir, tc.use_cache)
     settings = ProbeSettings(runtime, cache_dir, config.data.batch_size, config.data.workers, config.data.small_images)
     clock, results = Budget(budget), []
@@ -185,7 +184,7 @@ def run_selection(config: RunConfig, models: Sequence[str] | None, image_sizes: 
     for name in names:
         results += _run_model(name, sizes, data, config, settings, clock, skipped, (len(results), total))
     results.sort(key=lambda result: result.score(), reverse=True)
-    selection = Selection(results, skipped, Path(out), "multi-label" if is_multi_label(config) else "single-label",
+    selection = Selection(results, skipped, Path(out), Task.of(config).name,
                           data.description, len(data.train), len(data.val), time.perf_counter() - clock.started,
                           budget)
     write_outputs(selection)

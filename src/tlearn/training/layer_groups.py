@@ -1,11 +1,7 @@
-"""Gradual unfreezing and layer-wise LR decay over the backbone's block groups.
+"""Layer-wise LR decay and unfreezing over the backbone's block groups.
 
-`--unfreeze gradual` (ULMFiT; fastai's `freeze_to(-k)` each epoch): fine-tuning epoch k trains
-the head and the top k block groups; once every group trains, the remaining epochs train
-everything. The optimiser holds every parameter from the stage's start: a frozen parameter has
-no gradient, so PyTorch's optimisers skip it (no step, no weight decay) and the optimiser state
-and the LR schedule run on unchanged from epoch to epoch and across a resume. Frozen BatchNorm
-runs in inference mode (strategy.set_train_mode).
+`unfreeze_top` trains the head and the top block groups: `--unfreeze gradual` calls it before
+each epoch (callbacks/unfreezing.py), and the LR finder before sweeping such a stage.
 
 `--layer-decay D` (BEiT; timm's `param_groups_layer_decay`): the head is depth 0 at the head
 LR, the top block group depth 1, and a group at depth d trains at head LR x D^d. Like timm,
@@ -54,17 +50,6 @@ def unfreeze_top(model: Classifier, groups: list[BlockGroup], count: int) -> boo
         trains = id(parameter) in head_ids or name in keep
         changed |= parameter.requires_grad != trains
         parameter.requires_grad_(trains)
-    return changed
-
-
-def gradual_epoch(model: Classifier, groups: list[BlockGroup], epoch: int) -> bool:
-    """Set what trains in fine-tuning epoch `epoch` (0-based) and say so; True when that changed."""
-    count = min(epoch + 1, len(groups))
-    changed = unfreeze_top(model, groups, count)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    which = f"all {count}" if count == len(groups) else \
-        f"the top {count} of {len(groups)} (from {groups[len(groups) - count].name})"
-    logger.info(f"  epoch {epoch + 1}: head + {which} block groups, trainable params {trainable:,}")
     return changed
 
 

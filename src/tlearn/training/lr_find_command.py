@@ -3,7 +3,8 @@
 The model is built as `tlearn train` would build it (weights, new head, preprocessing adapted to
 small images), the stage is the strategy's (finetune: everything, backbone at
 `backbone_lr_mult` x the LR; linear-probe: the head on cached features), and the sweep is
-lr_finder.py's. Nothing is trained: the weights are restored after the sweep.
+lr_finder.py's: the training loop with the stage's batch techniques (mixing, accumulation, as
+the settings ask for them). Nothing is trained: the weights are restored after the sweep.
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from ..config import RunConfig
 from ..data.sources import load_data
 from ..errors import DataError
 from ..features.extractor import run_cache_dir
+from .callbacks import batch_techniques, mixes
 from .lr_finder import Finding, find_stage_lr, write_finding
 from ..models.factory import create_model
-from ..metrics.multilabel import check_config, is_multi_label
 from ..runtime import seed_everything, setup_runtime
+from ..task import Task
 from ..data.small_images import adapt_preprocessing
 from .stage_data import build_stage_data
 from .strategy import plan_stages
@@ -37,11 +39,10 @@ def lr_find(config: RunConfig, out_dir: str | Path) -> Finding:
         from ..errors import ConfigError
 
         raise ConfigError(f"lr-find --strategy must be one of {', '.join(STRATEGIES)}; got {tc.strategy!r}")
-    multi = is_multi_label(config)
-    if multi:
-        check_config(config)
+    task = Task.of(config)
+    task.check_config(config)
     data = load_data(config.data, tc.seed)
-    if len(data.class_names) < (1 if multi else 2):
+    if len(data.class_names) < task.min_classes:
         raise DataError(f"need at least 2 classes, found {len(data.class_names)}")
     runtime = setup_runtime(tc.device, tc.amp, tc.amp_dtype, tc.channels_last)
     seed_everything(tc.seed, tc.deterministic)
@@ -49,8 +50,7 @@ def lr_find(config: RunConfig, out_dir: str | Path) -> Finding:
                          aux_logits=config.model.aux_weight > 0, image_size=config.data.image_size)
     model.info.class_names = list(data.class_names)
     model.info.preprocessing = adapt_preprocessing(model.info.preprocessing, data.train, config.data.small_images)
-    if multi:
-        model.info.task = "multi-label"
+    model.info.task = task.name
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -60,12 +60,15 @@ def lr_find(config: RunConfig, out_dir: str | Path) -> Finding:
     stage.apply(model)
     cache_dir = run_cache_dir(tc.cache_dir, tc.use_cache)
     stage_data = build_stage_data(model, stage, data, sgd, runtime, cache_dir)
-    if multi:
+    techniques = batch_techniques(config, task, len(data.class_names), stage_data.cached)
+    if task.multi_label:
         loss_fn = nn.BCEWithLogitsLoss()
     else:
+        smoothing = 0.0 if mixes(techniques) else tc.label_smoothing  # the mixer's soft targets carry it
         balance = Balance.from_labels(tc.balance, data.train.labels, len(data.class_names), tc.balance_tau)
-        loss_fn = balance.training_loss(tc.label_smoothing, runtime.device, sampled=stage_data.balanced_sampler)
-    finding = find_stage_lr(model, stage_data, tc, runtime, loss_fn, aux_weight=config.model.aux_weight)
+        loss_fn = balance.training_loss(smoothing, runtime.device, sampled=stage_data.balanced_sampler)
+    finding = find_stage_lr(model, stage_data, tc, runtime, loss_fn, aux_weight=config.model.aux_weight,
+                            callbacks=techniques)
     if runtime.is_main:
         write_finding(finding, out_dir)
     return finding

@@ -1,15 +1,17 @@
 """The learning-rate finder (Smith 2017, "Cyclical Learning Rates"; fastai's `lr_find`).
 
-Train for at most one epoch (at most 100 steps) while the LR rises exponentially from 1e-7 to
-10, record the loss and its debiased exponential moving average (beta 0.98), stop once that
-smoothed loss exceeds 4x its minimum, then put every weight (BatchNorm statistics included)
+Train for at most one epoch (at most 100 optimiser steps) while the LR rises exponentially from
+1e-7 to 10, record the loss and its debiased exponential moving average (beta 0.98), stop once
+that smoothed loss exceeds 4x its minimum, then put every weight (BatchNorm statistics included)
 and every random-number generator back as they were. The suggestion is fastai's "valley": the
 longest run of falling smoothed losses, int(length/3) + int(length/6) steps into it (fastai's
 documentation says "2/3 of the way", its code steps about halfway in; this is its code).
 
-`sweep` is the loop; `find_stage_lr` runs it on a training stage's model and data (what
-`tlearn train --lr find` and `tlearn lr-find` both use); `write_finding` writes lr_find.csv
-and lr_find.png.
+As fastai's, the sweep is the training loop with one more callback, `LRFinder`: its batches are
+trained as the stage trains them (mixup/cutmix, and with --accumulate N each step is an
+optimiser step over N batches, its loss the group's). `find_stage_lr` runs it on a training
+stage's model and data (what `tlearn train --lr find` and `tlearn lr-find` both use);
+`write_finding` writes lr_find.csv and lr_find.png.
 """
 from __future__ import annotations
 
@@ -22,21 +24,30 @@ import random
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..run_folder import records as run_folder
 from ..config import RunConfig, TrainConfig
+from ..errors import TrainingError
 from ..files import atomic_write
-from .loop import compute_loss
 from ..models.classifier import Classifier
-from .optim import make_optimizer
-from ..runtime import Runtime
-from .strategy import parameter_groups, set_train_mode
+from ..run_folder import records as run_folder
 from ..run_folder.guard import run_folder_writes
+from ..runtime import Runtime
+from ..task import Task
+from .callbacks.accumulation import optimizer_steps
+from .events import Callback
+from .loop import Loop
+from .optim import make_optimizer
+from .state import TrainState
+from .strategy import parameter_groups
+
+if TYPE_CHECKING:
+    from .stage_data import StageData
+    from .state import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -75,54 +86,60 @@ class Finding:
                 "swept": [self.lrs[0], self.lrs[-1]], "diverged": self.diverged}
 
 
-def sweep(module: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, loss_fn: Callable,
-          runtime: Runtime, *, prepare: Callable, steps: int, sharded: bool = False, aux_weight: float = 0.0,
-          settings: SweepSettings = SweepSettings()) -> Finding:
-    """Train `module` on `loader` with an exponentially rising LR; the optimiser's groups keep their
-    LR ratios (each group's LR is set to its initial LR x the swept one: build them at LR 1).
-    `sharded`: each torchrun process sees its own batches; their losses are averaged, so every
-    process stops at the same step and suggests the same LR."""
-    ratios = [group["lr"] for group in optimizer.param_groups]
-    steps = max(1, min(steps, settings.max_steps))
-    growth = (settings.end_lr / settings.start_lr) ** (1.0 / max(steps - 1, 1))
-    scaler = runtime.grad_scaler()
-    lrs, losses, smoothed = [], [], []
-    average, best, diverged = 0.0, math.inf, False
-    for step, (inputs, targets) in enumerate(loader):
-        if step >= steps:
-            break
-        lr = settings.start_lr * growth ** step
-        for group, ratio in zip(optimizer.param_groups, ratios):
-            group["lr"] = lr * ratio
-        inputs, targets = prepare(inputs), targets.to(runtime.device, non_blocking=True)
-        with runtime.autocast():
-            loss, _ = compute_loss(module(inputs), targets, loss_fn, aux_weight)
-        value = loss.detach().float()
-        if sharded and runtime.distributed:
-            value = runtime.sum_across_processes(value) / runtime.world_size
+class LRFinder(Callback):
+    """The sweep on the training loop's events: each optimiser step's LR (the optimiser's groups keep
+    their LR ratios: each is set to its initial LR x the swept one, so build them at LR 1), the
+    step's loss (with --accumulate, its group's mean loss) and its smoothed value; stops the fit
+    once the smoothed loss diverges or after `steps` optimiser steps (at most settings.max_steps).
+    Under torchrun each process sees its own batches: their losses are averaged, so every process
+    stops at the same step and suggests the same LR."""
+
+    def __init__(self, steps: int, settings: SweepSettings = SweepSettings()) -> None:
+        self.settings = settings
+        self.steps = max(1, min(steps, settings.max_steps))
+        self.growth = (settings.end_lr / settings.start_lr) ** (1.0 / max(self.steps - 1, 1))
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+        self.ratios: list[float] = []
+        self.average, self.best, self.diverged = 0.0, math.inf, False
+        self.lr = self.group_loss = 0.0
+
+    def before_fit(self, loop: Loop) -> None:
+        self.ratios = [group["lr"] for group in loop.state.optimizer.param_groups]
+
+    def after_loss(self, loop: Loop) -> None:
+        value = loop.loss.detach().float()
+        if loop.sharded and loop.runtime.distributed:
+            value = loop.runtime.sum_across_processes(value) / loop.runtime.world_size
         value = value.item()
         if not math.isfinite(value):  # the LR has blown the weights up: as diverged as it gets
-            diverged = True
-            break
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward() if scaler.is_enabled() else loss.backward()
-        scaler.step(optimizer) if scaler.is_enabled() else optimizer.step()
-        if scaler.is_enabled():
-            scaler.update()
-        average = settings.beta * average + (1 - settings.beta) * value
-        smooth = average / (1 - settings.beta ** (step + 1))  # debiased, as fastai's AvgSmoothLoss
-        lrs.append(lr), losses.append(value), smoothed.append(smooth)
-        best = min(best, smooth)
-        if smooth > settings.diverge_factor * best:
-            diverged = True
-            break
-    optimizer.zero_grad(set_to_none=True)
-    if not lrs:
-        from ..errors import TrainingError
+            self.diverged = loop.stop = True
+            return
+        self.group_loss += value * loop.micro.share  # the group's mean loss, as its backward pass sums it
 
-        raise TrainingError("the LR finder got no finite loss: check the data and the model")
-    index = valley(smoothed)
-    return Finding(lrs, losses, smoothed, diverged, lrs[index], index)
+    def before_step(self, loop: Loop) -> None:
+        self.lr = self.settings.start_lr * self.growth ** len(self.lrs)
+        for group, ratio in zip(loop.state.optimizer.param_groups, self.ratios):
+            group["lr"] = self.lr * ratio
+
+    def after_step(self, loop: Loop) -> None:
+        settings, value = self.settings, self.group_loss
+        self.group_loss = 0.0
+        self.average = settings.beta * self.average + (1 - settings.beta) * value
+        smooth = self.average / (1 - settings.beta ** (len(self.lrs) + 1))  # debiased, as fastai's AvgSmoothLoss
+        self.lrs.append(self.lr), self.losses.append(value), self.smoothed.append(smooth)
+        self.best = min(self.best, smooth)
+        if smooth > settings.diverge_factor * self.best:
+            self.diverged = loop.stop = True
+        elif len(self.lrs) >= self.steps:
+            loop.stop = True
+
+    def finding(self) -> Finding:
+        if not self.lrs:
+            raise TrainingError("the LR finder got no finite loss: check the data and the model")
+        index = valley(self.smoothed)
+        return Finding(self.lrs, self.losses, self.smoothed, self.diverged, self.lrs[index], index)
 
 
 def valley(losses: list[float]) -> int:
@@ -167,30 +184,37 @@ def preserved_state(model: nn.Module):
             torch.cuda.set_rng_state_all(states[3])
 
 
-def find_stage_lr(model: Classifier, stage_data, config, runtime: Runtime, loss_fn: Callable, *,
-                  aux_weight: float = 0.0, settings: SweepSettings = SweepSettings()) -> Finding:
-    """Sweep the LR on a stage's data (stage_data.StageData) as that stage would train: the
-    cached features through the head, or images through the model with the backbone at
-    `backbone_lr_mult` x the head's LR and BatchNorm as in fine-tuning (strategy.set_train_mode)."""
+def find_stage_lr(model: Classifier, stage_data: StageData, config: TrainConfig, runtime: Runtime,
+                  loss_fn: Callable, *, aux_weight: float = 0.0, settings: SweepSettings = SweepSettings(),
+                  callbacks: Sequence[Callback] = ()) -> Finding:
+    """Sweep the LR on a stage's data (stage_data.StageData) as that stage would train: one epoch of
+    the training loop (the cached features through the head, or images through the model, under
+    torchrun through DDP) with the backbone at `backbone_lr_mult` x the head's LR, BatchNorm as in
+    fine-tuning, and the stage's batch techniques, `callbacks` (callbacks.batch_techniques of the
+    same settings: mixing, accumulation), before the LR finder's own."""
     unit = dataclasses.replace(config, lr=1.0)  # groups at 1 and backbone_lr_mult: the sweep scales them
+    finder = LRFinder(optimizer_steps(len(stage_data.train), config.accumulate), settings)
     with preserved_state(model):
         optimizer = make_optimizer(parameter_groups(model, unit), unit)
-        stage_data.start_epoch(config.seed, 0)  # the sweep's batches follow the seed: a rerun finds the same LR
-        set_train_mode(model, config.bn_train)
-        finding = sweep(stage_data.module, stage_data.train, optimizer, loss_fn, runtime,
-                        prepare=stage_data.prepare, steps=len(stage_data.train), sharded=not stage_data.cached,
-                        aux_weight=aux_weight, settings=settings)
-    return finding
+        # no schedule (the finder sets each step's LR); the epoch's order follows the seed: a rerun finds the same LR
+        loop = Loop(model, stage_data, TrainState(optimizer, None, runtime.grad_scaler()), runtime, loss_fn,
+                    num_classes=model.info.num_classes, task=Task.of(model.info), config=config,
+                    aux_weight=aux_weight, callbacks=[*callbacks, finder], name="LR finder")
+        loop.fit(0, 1)
+    return finder.finding()
 
 
-def stage_lr_config(model: Classifier, stage_name: str, stage_data, config: RunConfig, runtime: Runtime,
-                    progress, loss_fn: Callable, run_dir: Path | None) -> TrainConfig:
-    """The stage's training settings with --lr find's LR: swept now, or, in a resumed run, the one
-    found before (train_state.Progress.lr_found: committed with every epoch). `run_dir`: where
-    to write lr_find.csv/png and config.yaml's `resolved.lr_found` (None: not this process)."""
+def stage_lr_config(model: Classifier, stage_name: str, stage_data: StageData, config: RunConfig, runtime: Runtime,
+                    progress: Progress, loss_fn: Callable, run_dir: Path | None,
+                    callbacks: Sequence[Callback] = ()) -> TrainConfig:
+    """The stage's training settings with --lr find's LR: swept now (with the stage's batch techniques,
+    `callbacks`), or, in a resumed run, the one found before (state.Progress.lr_found: committed with
+    every epoch). `run_dir`: where to write lr_find.csv/png and config.yaml's `resolved.lr_found`
+    (None: not this process)."""
     tc = config.train
     if progress.lr_found is None:
-        finding = find_stage_lr(model, stage_data, tc, runtime, loss_fn, aux_weight=config.model.aux_weight)
+        finding = find_stage_lr(model, stage_data, tc, runtime, loss_fn, aux_weight=config.model.aux_weight,
+                                callbacks=callbacks)
         progress.lr_found = finding.record(stage_name)
         logger.info(f"LR finder: {finding.describe()}")
         if run_dir is not None:

@@ -1,6 +1,5 @@
 """What a run writes besides each epoch's commit: the run folder at its start, the summary's
-figures and what the run's end needs (StagesResult: the api calibrates and reports from it),
-TensorBoard scalars along the way.
+figures and what the run's end needs (StagesResult: the api calibrates and reports from it).
 
 Split from runner.py, which runs the stages; `run` is its `runner.Run`.
 """
@@ -20,6 +19,7 @@ from ..metrics.imbalance import imbalance_ratio
 from ..data.samples import Samples
 from ..models.classifier import Classifier
 from ..runtime import Runtime
+from ..task import Task
 from ..run_folder.guard import run_folder_writes
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def finish_stages(model: Classifier, run: Run) -> StagesResult:
         with run_folder_writes(run.run_dir, "the run summary"):
             if run.progress.best_epoch == 0:  # zero epochs: still leave a loadable model
                 checkpoint.save_model(run.run_dir, model, epoch=0)
-            if model.info.multi_label:  # the best epoch's thresholds (written with it, again after a resume)
+            if Task.of(model.info).multi_label:  # the best epoch's thresholds (written with it, again after a resume)
                 model.info.thresholds = list(run.progress.best_thresholds)
                 checkpoint.save_model_info(run.run_dir, model.info)
     tc, dc = run.config.train, run.config.data
@@ -93,12 +93,12 @@ def best_val_probabilities(model: Classifier, run: Run) -> torch.Tensor | None:
     best = checkpoint.read_tensors(run.run_dir / checkpoint.MODEL_FILE)
     head.load_state_dict({k[len("head."):]: v for k, v in best.items() if k.startswith("head.")})
     logits = head(run.val_features.float())
-    return logits.sigmoid() if model.info.multi_label else logits.softmax(dim=1)
+    return Task.of(model.info).probabilities(logits)
 
 
 def _summary(model: Classifier, run: Run) -> dict[str, Any]:
     progress, data = run.progress, run.data
-    if model.info.multi_label:
+    if Task.of(model.info).multi_label:
         figures = {"val_map": 0.0, "val_f1_micro": 0.0, "val_f1_macro": 0.0, **progress.best_values,
                    "thresholds": list(progress.best_thresholds)}
     else:
@@ -114,27 +114,3 @@ def _summary(model: Classifier, run: Run) -> dict[str, Any]:
         "class_names": list(data.class_names), "num_train": len(data.train), "num_val": len(data.val),
         "skipped_files": len(data.skipped), "epochs_completed": len(progress.rows),
     }
-
-
-def open_tensorboard(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        from ..errors import ConfigError
-
-        raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-
-def log_tensorboard(writer, row: dict[str, Any]) -> None:
-    step = row["epoch"]
-    for key in ("train_loss", "val_loss"):
-        writer.add_scalar(f"loss/{key[:-5]}", row[key], step)
-    for key in ("train_top1", "train_f1_micro", "val_top1", "val_top5", "val_balanced_acc", "val_f1_macro",
-                "val_map", "val_f1_micro"):
-        if key in row:
-            writer.add_scalar(f"accuracy/{key}", row[key], step)
-    for key in ("lr_head", "lr_backbone"):
-        if isinstance(row[key], float):
-            writer.add_scalar(f"lr/{key[3:]}", row[key], step)
-    writer.flush()

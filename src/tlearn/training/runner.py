@@ -1,8 +1,10 @@
 """The stage runner: run the strategy's stages, validate every epoch, commit the run folder.
 
 Frozen stages without augmentation train the head on cached features (stage_data.py);
-the checkpoint is the same full model either way. After every epoch the run folder holds
-one committed, resumable state (train_state.py), written atomically.
+the checkpoint is the same full model either way. A stage's epochs run on the loop (loop.py)
+with its techniques as callbacks (callbacks/), this module's EpochCommit among them: after
+every epoch the run folder holds one committed, resumable state (state.py), written atomically.
+An L-BFGS head solve is one epoch without the loop.
 """
 from __future__ import annotations
 
@@ -10,38 +12,39 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..run_folder import checkpoint
-from .accumulation import optimizer_steps
 from ..metrics.imbalance import warn_if_imbalanced
 from .balance import Balance
+from .callbacks import (EarlyStopping, GradualUnfreezing, TensorBoard, TimeSplit, WeightAveraging, batch_techniques,
+                        mixes)
+from .callbacks.accumulation import optimizer_steps
+from .callbacks.ema import start_weight_average
+from .callbacks.mixing import warn_if_ignored
 from ..config import LR_FIND, RunConfig, TrainConfig
 from ..data.sources import DatasetSplits
-from .early_stopping import monitor_value, observe, require_monitor
-from .ema import start_weight_average
-from .epoch_figures import describe, result_fields, selection_score, train_fields
+from .events import Callback
 from ..features.extractor import run_cache_dir
 from ..features.head_solver import HeadObjective, fit_linear_head_lbfgs
-from .layer_groups import backbone_trains, gradual_epoch, log_block_groups, unfreeze_top
-from .loop import evaluate_loader, train_one_epoch
+from .layer_groups import backbone_trains, log_block_groups, unfreeze_top
+from .loop import Loop, evaluate_loader
 from .lr_finder import stage_lr_config, stage_to_sweep
 from ..metrics.classification import EpochStats, EvalResult
-from .mixing import make_mixer, warn_if_ignored
 from ..models.block_groups import block_groups
 from ..models.classifier import Classifier
-from ..metrics.multilabel import check_config, is_multi_label, label_counts
+from ..metrics.multilabel import MultiLabelResult, label_counts
 from .optim import make_optimizer, make_scheduler
-from .outputs import StagesResult, finish_stages, log_tensorboard, open_tensorboard, start_run_folder
+from .outputs import StagesResult, finish_stages, start_run_folder
 from ..runtime import Runtime, seed_everything, setup_runtime
 from ..data.small_images import adapt_preprocessing
 from ..features.solved_heads import head_key, load_solved, store_solved
 from .stage_data import StageData, build_stage_data, cache_decoded_images
-from .strategy import Stage, parameter_counts, parameter_groups, plan_stages, set_train_mode, trainable_names
+from .strategy import Stage, parameter_counts, parameter_groups, plan_stages, trainable_names
 from .state import Progress, ResumePoint, TrainState, commit_epoch, repair_run_folder
+from ..task import Task
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ class Run:
     progress: Progress
     cache_dir: Path | None
     balance: Balance
-    tensorboard: Any = None  # SummaryWriter when --tensorboard
+    tensorboard: TensorBoard | None = None  # --tensorboard, where this process writes the run folder
     # The validation features of a stage on cached features, and the epochs trained on them:
     # when the best epoch is one of those, the report needs only the best head on them.
     val_features: torch.Tensor | None = None
@@ -87,16 +90,15 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
                *, runtime: Runtime | None = None, resume: ResumePoint | None = None) -> StagesResult:
     """Train `model` on `data` by `config`'s strategy; returns the summary and what the run's end
     needs (the api then calibrates, writes summary.json and the report)."""
-    tc, multi = config.train, is_multi_label(config)
-    if multi:
-        check_config(config)
+    tc, task = config.train, Task.of(config)
+    task.check_config(config)
     if tc.patience:
-        require_monitor(tc.monitor, multi)
+        task.require_monitor(tc.monitor)
     runtime = runtime or setup_runtime(tc.device, tc.amp, tc.amp_dtype, tc.channels_last)
     seed_everything(tc.seed, tc.deterministic)
     model.info.class_names = list(data.class_names)
-    if multi:  # images per class; balancing is single-label only (multilabel.check_config)
-        model.info.task, model.info.label_delim = "multi-label", config.data.label_delim
+    if task.multi_label:  # images per class; balancing is single-label only (Task.check_config)
+        model.info.task, model.info.label_delim = task.name, config.data.label_delim
         balance = Balance("none", tuple(label_counts(data.train.labels, len(data.class_names))), tc.balance_tau)
     else:
         balance = Balance.from_labels(tc.balance, data.train.labels, len(data.class_names), tc.balance_tau)
@@ -118,7 +120,7 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
     if run.writes and resume is not None:
         repair_run_folder(run.run_dir, resume)
     if run.writes and tc.tensorboard:
-        run.tensorboard = open_tensorboard(run.run_dir)
+        run.tensorboard = TensorBoard(run.run_dir, progress)
     stages = plan_stages(config, model, tuple(progress.as_is_trainable))
     run.lr_stage = stage_to_sweep(stages) if tc.lr == LR_FIND else None
     if run.cache_dir is not None and not all(stage.on_features for stage in stages):
@@ -134,8 +136,6 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
     try:
         for index in range(start, len(stages)):
             progress.stage_index = index
-            if progress.stage_epoch == 0:  # early stopping watches each stage afresh
-                progress.monitor_best, progress.epochs_without_improvement = None, 0
             _run_stage(model, stages[index], index, run, stage_state)
             stage_state, progress.stage_epoch = None, 0
     finally:
@@ -191,73 +191,59 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
 
 def _find_lr(model: Classifier, stage: Stage, stage_data: StageData, run: Run) -> TrainConfig:
     """--lr find: the stage's settings at the LR the finder picks. The sweep trains what the stage's
-    first epoch trains (under --unfreeze gradual: the head and the top block group)."""
-    tc, dc = run.config.train, run.config.data
-    if dc.mixup or dc.cutmix or tc.accumulate > 1:
-        logger.info("  --lr find sweeps plain batches of --batch-size: no mixup/cutmix, no accumulation")
+    first epoch trains (under --unfreeze gradual: the head and the top block group), as it trains it
+    (the batch techniques: mixing, accumulation)."""
     if stage.gradual:
         unfreeze_top(model, block_groups(model), 1)
+    techniques = batch_techniques(run.config, Task.of(model.info), model.info.num_classes, stage_data.cached)
     found = stage_lr_config(model, stage.name, stage_data, run.config, run.runtime, run.progress,
-                            _training_loss(run, stage_data, model), run.run_dir if run.writes else None)
+                            _training_loss(run, stage_data, model, techniques), run.run_dir if run.writes else None,
+                            techniques)
     if stage.gradual:
         stage.apply(model)  # the optimiser holds every parameter; each epoch then sets what trains
     return found
 
 
-def _eval_loss(multi_label: bool, label_smoothing: float) -> nn.Module:
-    """Validation's loss: the training loss without balancing or mixing (comparable across modes)."""
-    return nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-
-
-def _training_loss(run: Run, stage_data: StageData, model: Classifier, smoothing: float | None = None) -> nn.Module:
-    """`smoothing`: None for --label-smoothing (0 when mixup/cutmix's soft targets carry it)."""
-    if model.info.multi_label:
+def _training_loss(run: Run, stage_data: StageData, model: Classifier, techniques: list[Callback]) -> nn.Module:
+    """The stage's loss: balanced as --balance says, with --label-smoothing unless the batches are mixed
+    (the mixer's soft targets carry it)."""
+    if Task.of(model.info).multi_label:
         return nn.BCEWithLogitsLoss()
-    smoothing = run.config.train.label_smoothing if smoothing is None else smoothing
-    return run.balance.training_loss(smoothing, run.runtime.device,
-                                     sampled=stage_data.balanced_sampler)
+    smoothing = 0.0 if mixes(techniques) else run.config.train.label_smoothing
+    return run.balance.training_loss(smoothing, run.runtime.device, sampled=stage_data.balanced_sampler)
 
 
 def _train_epochs(current: StageRun, run: Run) -> None:
+    """The stage's epochs on the loop, its techniques as callbacks. Their order matters where two act
+    on one event: early stopping decides before the EMA hands over its average at the stage's end,
+    the commit comes before TensorBoard, and the time split comes last."""
     model, stage, stage_data, state = current.model, current.stage, current.data, current.state
-    tc, runtime = run.config.train, run.runtime
-    multi = model.info.multi_label
-    mixer = None if stage_data.cached else make_mixer(run.config, model.info.num_classes, multi)
-    smoothing = 0.0 if mixer is not None else tc.label_smoothing  # the mixer's soft targets carry it
-    loss_fn = _training_loss(run, stage_data, model, smoothing)
-    eval_loss = _eval_loss(multi, tc.label_smoothing)
-    train_module = _train_module(model, stage_data, runtime)
-    groups = block_groups(model) if stage.gradual else []
-    for epoch in range(run.progress.stage_epoch, stage.epochs):
-        stage_data.start_epoch(tc.seed, epoch)
-        if stage.gradual and gradual_epoch(model, groups, epoch):
-            train_module = _train_module(model, stage_data, runtime)  # DDP syncs only what trained when built
-        set_train_mode(model, tc.bn_train)
-        with torch.autograd.set_detect_anomaly(tc.detect_anomaly):
-            stats = train_one_epoch(train_module, stage_data.train, state.optimizer, state.scheduler, runtime,
-                                    loss_fn, num_classes=model.info.num_classes, scaler=state.scaler,
-                                    aux_weight=run.config.model.aux_weight,
-                                    description=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
-                                    prepare=stage_data.prepare, sharded=not stage_data.cached, multi_label=multi,
-                                    mix=mixer, accumulate=tc.accumulate,
-                                    after_step=state.ema.update if state.ema else None)
-        evaluated = time.perf_counter()
-        validated = state.ema.module if state.ema else stage_data.module  # --ema-decay: the averaged weights
-        result = evaluate_loader(validated, stage_data.val, runtime, model.info.num_classes, eval_loss,
-                                 prepare=stage_data.prepare, description="val", sharded=not stage_data.cached,
-                                 keep_probs=stage_data.cached or not runtime.distributed, multi_label=multi)
-        stats.eval_seconds = time.perf_counter() - evaluated
-        logger.info(f"  epoch {epoch + 1}/{stage.epochs}: train loss {stats.loss:.4f} "
-                    f"{'micro-F1' if multi else 'acc'} {stats.top1:.4f} | val loss {result.loss:.4f} "
-                    f"{describe(result)} | {stats.images_per_s:.0f} img/s")
-        if _finish_epoch(current, stats, result, run):
-            break
+    tc, task = run.config.train, Task.of(model.info)
+    techniques = batch_techniques(run.config, task, model.info.num_classes, stage_data.cached)
+    callbacks = [GradualUnfreezing(model)] if stage.gradual else []
+    callbacks += techniques
+    if tc.patience:
+        callbacks.append(EarlyStopping(tc, task, run.progress, stage.name))
+    if state.ema is not None:
+        callbacks.append(WeightAveraging(state.ema))
+    callbacks.append(EpochCommit(current, run))
+    if run.tensorboard is not None:
+        callbacks.append(run.tensorboard)
+    callbacks.append(TimeSplit())
+    loop = Loop(model, stage_data, state, run.runtime, _training_loss(run, stage_data, model, techniques),
+                num_classes=model.info.num_classes, task=task, config=tc, aux_weight=run.config.model.aux_weight,
+                callbacks=callbacks, name=stage.name)
+    loop.fit(run.progress.stage_epoch, stage.epochs)
 
 
-def _train_module(model: Classifier, stage_data: StageData, runtime: Runtime) -> nn.Module:
-    if runtime.distributed and not stage_data.cached:
-        return nn.parallel.DistributedDataParallel(model, find_unused_parameters=bool(model.info.aux_modules))
-    return stage_data.module
+class EpochCommit(Callback):
+    """The runner's own part of each epoch's end: the metrics row, the best epoch, the commit."""
+
+    def __init__(self, current: StageRun, run: Run) -> None:
+        self.current, self.run = current, run
+
+    def after_epoch(self, loop: Loop) -> None:
+        _finish_epoch(self.current, loop.stats, loop.result, self.run, stopped=loop.stop)
 
 
 def _solve_head(current: StageRun, run: Run) -> None:
@@ -266,9 +252,10 @@ def _solve_head(current: StageRun, run: Run) -> None:
     train_x, train_y = stage_data.train.dataset.tensors
     val_x, val_y = stage_data.val.dataset.tensors
     began = time.perf_counter()
-    balance, multi = run.balance, model.info.multi_label
+    balance, task = run.balance, Task.of(model.info)
     objective = HeadObjective(balance.loss_weights(), balance.logit_shift(),
-                              "map" if multi else "balanced_acc" if balance.active else "top1", multi)
+                              "map" if task.multi_label else "balanced_acc" if balance.active else "top1",
+                              task.multi_label)
     key = head_key(train_x, train_y, val_x, val_y, objective)
     solved = load_solved(model.head, run.cache_dir, key)
     if solved is None:
@@ -276,27 +263,28 @@ def _solve_head(current: StageRun, run: Run) -> None:
         if run.runtime.is_main:
             store_solved(model.head, solved, run.cache_dir, key)
     solved_at = time.perf_counter()
-    eval_loss = _eval_loss(multi, run.config.train.label_smoothing)
+    eval_loss = task.eval_loss(run.config.train.label_smoothing)
     result = evaluate_loader(model.head, stage_data.val, run.runtime, model.info.num_classes, eval_loss,
-                             prepare=stage_data.prepare, description="val", sharded=False, keep_probs=True,
-                             multi_label=multi)
-    logger.info(f"  L-BFGS head: l2 {solved.l2:g}, val {describe(result)}")
+                             prepare=stage_data.prepare, description="val", sharded=False, keep_probs=True, task=task)
+    logger.info(f"  L-BFGS head: l2 {solved.l2:g}, val {task.describe(result)}")
     stats = EpochStats(solved.train_loss, solved.train_top1, compute_seconds=solved_at - began)
     stats.eval_seconds = time.perf_counter() - solved_at
-    _finish_epoch(current, stats, result, run)
+    _finish_epoch(current, stats, result, run, stopped=False)  # early stopping has no say over the one solve
+    if run.tensorboard is not None:  # a solve has no loop: its row goes to TensorBoard from here
+        run.tensorboard.write(run.progress.rows[-1])
 
 
-def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run: Run) -> bool:
-    """Record the epoch's metrics, track the best model, commit the run folder; True when the
-    stage stops early."""
-    progress, stage, model = run.progress, current.stage, current.model
+def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult | MultiLabelResult, run: Run,
+                  stopped: bool) -> None:
+    """Record the epoch's metrics, track the best model, commit the run folder (`stopped`: early
+    stopping ended the stage after this epoch)."""
+    progress, stage, model, task = run.progress, current.stage, current.model, Task.of(current.model.info)
     now = time.perf_counter()
     progress.train_seconds += now - current.mark  # includes feature extraction and validation
     progress.stage_epoch += 1
     lrs = {g.get("name", ""): g["lr"] for g in current.state.optimizer.param_groups} if current.state else {}
-    multi = model.info.multi_label
     row = {"stage": stage.name, "stage_epoch": progress.stage_epoch, "epoch": len(progress.rows) + 1,
-           **train_fields(stats.loss, stats.top1, multi), "val_loss": result.loss, **result_fields(result),
+           **task.train_fields(stats.loss, stats.top1), "val_loss": result.loss, **task.result_fields(result),
            "lr_head": lrs.get("head", lrs.get("head_no_decay", "")),
            "lr_backbone": next((lr for name, lr in lrs.items() if name.startswith("backbone")), ""),  # the top group
            "trainable_params": parameter_counts(model)[0],
@@ -306,47 +294,25 @@ def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult, run:
     progress.rows.append(row)
     if current.data.cached:
         run.feature_epochs.add(row["epoch"])
-    score = selection_score(result, run.balance.active)  # balancing aims at every class
+    score = task.selection_score(result, run.balance.active)  # balancing aims at every class
     improved = score > progress.best_score
     if improved:
         progress.best_score, progress.best_epoch = score, row["epoch"]
-        if multi:
-            progress.best_values, progress.best_thresholds = result_fields(result), list(result.thresholds)
+        if task.multi_label:
+            progress.best_values, progress.best_thresholds = task.result_fields(result), list(result.thresholds)
         else:
             progress.best_top1, progress.best_top5 = result.top1, result.top5
             progress.best_balanced_acc, progress.best_f1_macro = result.balanced_acc, result.f1_macro
         run.best_val_probs = result.probs
-    stopped = _stops_early(current, result, run)
-    if progress.stage_epoch == stage.epochs or stopped:
-        if current.state is not None and current.state.ema is not None:
-            current.state.ema.copy_to_source()  # the next stage starts from the weights validated and saved
+    if progress.stage_epoch == stage.epochs or stopped:  # (the EMA has handed its average to the model)
         trainable, frozen = parameter_counts(model)
         progress.stage_results.append({"name": stage.name, "epochs": progress.stage_epoch, "stopped_early": stopped,
-                                       **result_fields(result), "trainable_params": trainable, "frozen_params": frozen,
-                                       "cached_features": current.data.cached, "solver": stage.solver})
+                                       **task.result_fields(result), "trainable_params": trainable,
+                                       "frozen_params": frozen, "cached_features": current.data.cached,
+                                       "solver": stage.solver})
     if run.writes:
         commit_epoch(run.run_dir, model, progress, current.state, improved)
-        if improved and multi:  # model.json's thresholds follow model.safetensors
+        if improved and task.multi_label:  # model.json's thresholds follow model.safetensors
             model.info.thresholds = list(progress.best_thresholds)
             checkpoint.save_model_info(run.run_dir, model.info)
-    if run.tensorboard is not None:
-        log_tensorboard(run.tensorboard, row)
     current.mark = time.perf_counter()
-    return stopped
-
-
-def _stops_early(current: StageRun, result: EvalResult, run: Run) -> bool:
-    """Early stopping's verdict on this epoch (never for an L-BFGS solve, the stage's one epoch)."""
-    tc, progress, stage = run.config.train, run.progress, current.stage
-    if not tc.patience or stage.solver == "lbfgs":
-        return False
-    progress.monitor_best, progress.epochs_without_improvement = observe(
-        progress.monitor_best, progress.epochs_without_improvement, monitor_value(result, tc.monitor), tc.monitor,
-        tc.min_delta)
-    if progress.epochs_without_improvement < tc.patience or progress.stage_epoch == stage.epochs:
-        return False
-    logger.info(f"  early stop: {tc.monitor} has not improved on {progress.monitor_best:.4f} by more than "
-                f"{tc.min_delta:g} for {tc.patience} epoch{'s' if tc.patience != 1 else ''}; {stage.name} ends "
-                f"after {progress.stage_epoch} of {stage.epochs} epochs")
-    return True
-

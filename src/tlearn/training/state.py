@@ -21,7 +21,7 @@ import torch
 from ..run_folder import checkpoint
 from ..run_folder import records as run_folder
 from ..run_folder.checkpoint import published_weights
-from .ema import WeightAverage
+from .callbacks.ema import WeightAverage
 from ..run_folder.guard import run_folder_writes
 from ..models.classifier import Classifier
 
@@ -42,11 +42,11 @@ class Progress:
     rows: list[dict[str, Any]] = field(default_factory=list)
     stage_results: list[dict[str, Any]] = field(default_factory=list)
     as_is_trainable: list[str] = field(default_factory=list)  # strategy as-is: the user's flags
-    # Early stopping within the current stage (early_stopping.py): the best value of the
+    # Early stopping within the current stage (callbacks/early_stopping.py): the best value of the
     # monitored metric and the epochs since it improved.
     monitor_best: float | None = None
     epochs_without_improvement: int = 0
-    # Multi-label: the best epoch's val figures (epoch_figures.result_fields) and the per-class
+    # Multi-label: the best epoch's val figures (Task.result_fields) and the per-class
     # thresholds chosen on its validation probabilities (stored in model.json at the end).
     best_values: dict[str, float] = field(default_factory=dict)
     best_thresholds: list[float] = field(default_factory=list)

@@ -12,19 +12,41 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from torch import nn
 
+from ..events import Callback, MicroBatch
 
-@dataclass(frozen=True)
-class MicroBatch:
-    """Where a batch sits in its accumulation group."""
+if TYPE_CHECKING:
+    from ..loop import Loop
 
-    share: float  # its samples / the group's samples: the weight of its mean loss
-    first: bool  # zero the gradients before its backward pass
-    last: bool  # step the optimiser (and the schedule) after it
+
+class Accumulation(Callback):
+    """Groups of `accumulate` micro-batches: each one's loss weighted by its share, DDP's gradient
+    all-reduce on the group's last only, one optimiser step per group."""
+
+    def __init__(self, accumulate: int) -> None:
+        self.accumulate = accumulate
+
+    def before_train(self, loop: Loop) -> None:
+        loop.batches = self._grouped(loop.batches, loop)
+
+    def _grouped(self, batches: Iterable, loop: Loop) -> Iterator[tuple[Any, Any]]:
+        for inputs, targets, micro in micro_batches(batches, self.accumulate):
+            loop.micro = micro
+            yield inputs, targets
+
+    def before_batch(self, loop: Loop) -> None:
+        # DDP decides in the forward pass whether the backward all-reduces: both go inside no_sync
+        loop.hold(gradient_sync(loop.module, loop.micro))
+
+    def before_backward(self, loop: Loop) -> None:
+        if loop.micro.share != 1:
+            loop.backward_loss = loop.backward_loss * loop.micro.share  # the group's mean loss, summed
+
+    def after_backward(self, loop: Loop) -> None:
+        loop.skip_step = not loop.micro.last
 
 
 def micro_batches(loader: Iterable, accumulate: int) -> Iterator[tuple[Any, Any, MicroBatch]]:
@@ -33,7 +55,7 @@ def micro_batches(loader: Iterable, accumulate: int) -> Iterator[tuple[Any, Any,
     while group := list(itertools.islice(batches, accumulate)):
         total = sum(len(targets) for _, targets in group)
         for index, (inputs, targets) in enumerate(group):
-            yield inputs, targets, MicroBatch(len(targets) / total, index == 0, index == len(group) - 1)
+            yield inputs, targets, MicroBatch(len(targets) / total, index == len(group) - 1)
 
 
 def optimizer_steps(batches: int, accumulate: int) -> int:

@@ -10,7 +10,7 @@ multi-hot rows, for binary cross-entropy.
 
 timm's class itself is not used because it draws from numpy's global RNG and asserts an even
 batch: here every draw comes from torch's seeded global RNG, the one the transforms draw from,
-so `--deterministic` and `--resume` (train_state.py saves that state every epoch) repeat a run
+so `--deterministic` and `--resume` (state.py commits that state every epoch) repeat a run
 bit for bit, and an odd last batch is mixed too (its middle image meets itself, lambda unchanged).
 
 The training accuracy of a mixed batch counts each image against the argmax of its soft target
@@ -19,11 +19,17 @@ The training accuracy of a mixed batch counts each image against the argmax of i
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 from timm.data.mixup import mixup_target
 
-from ..config import RunConfig
+from ...config import RunConfig
+from ...task import Task
+from ..events import Callback
+
+if TYPE_CHECKING:
+    from ..loop import Loop
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +65,7 @@ class BatchMixer:
         return lam
 
     def soft_targets(self, targets: torch.Tensor, lam: float) -> torch.Tensor:
-        if self.multi_label:  # multi-label runs have no label smoothing (multilabel.check_config)
+        if self.multi_label:  # multi-label runs have no label smoothing (Task.check_config)
             rows = targets.float()
             return rows * lam + rows.flip(0) * (1.0 - lam)
         return mixup_target(targets, self.num_classes, lam, self.label_smoothing)
@@ -83,13 +89,24 @@ def cutmix_box(height: int, width: int, lam: float) -> tuple[int, int, int, int]
     return top, bottom, left, right
 
 
-def make_mixer(config: RunConfig, num_classes: int, multi_label: bool) -> BatchMixer | None:
+class Mixing(Callback):
+    """Mixes every training batch on the device; the loss learns the soft targets, the training
+    figure counts the targets the mixer says."""
+
+    def __init__(self, mixer: BatchMixer) -> None:
+        self.mixer = mixer
+
+    def before_batch(self, loop: Loop) -> None:
+        loop.inputs, loop.targets, loop.counted = self.mixer(loop.inputs, loop.targets)
+
+
+def make_mixer(config: RunConfig, task: Task, num_classes: int) -> BatchMixer | None:
     """The run's mixer, or None when --mixup and --cutmix are both 0."""
     dc = config.data
     if dc.mixup <= 0 and dc.cutmix <= 0:
         return None
     return BatchMixer(dc.mixup, dc.cutmix, num_classes, label_smoothing=config.train.label_smoothing,
-                      multi_label=multi_label)
+                      multi_label=task.multi_label)
 
 
 def ignored_image_flags(config: RunConfig) -> list[str]:

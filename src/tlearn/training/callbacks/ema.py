@@ -11,10 +11,15 @@ and export read hold the averaged ones. An L-BFGS head solve has no steps to ave
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from ..events import Callback
+
+if TYPE_CHECKING:
+    from ..loop import Loop
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +64,24 @@ class WeightAverage:
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         self.average.module.load_state_dict(saved["weights"])
         self.updates = int(saved["updates"])
+
+
+class WeightAveraging(Callback):
+    """The EMA on the loop: updated after every optimiser step, validated in place of the live
+    weights, and handed to the live weights when the stage ends (before its last commit)."""
+
+    def __init__(self, average: WeightAverage) -> None:
+        self.average = average
+
+    def before_fit(self, loop: Loop) -> None:
+        loop.validated = self.average.module
+
+    def after_step(self, loop: Loop) -> None:
+        self.average.update()
+
+    def after_validate(self, loop: Loop) -> None:
+        if loop.stop or loop.last_epoch:
+            self.average.copy_to_source()
 
 
 def start_weight_average(model: nn.Module, source: nn.Module, decay: float | None) -> WeightAverage | None:
