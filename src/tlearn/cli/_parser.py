@@ -116,10 +116,11 @@ def _add_tta_flags(parser: argparse.ArgumentParser) -> None:
                              "under --tta (default 1: the centre crop)")
 
 
-# Flags of train that mean nothing to one sweep of at most an epoch.
+# Flags of train that mean nothing to one sweep of at most an epoch. The sweep is the training
+# loop, so mixup, cutmix and accumulation apply to it as they do in training.
 LR_FIND_SKIPPED = frozenset({"strategy", "epochs", "head_epochs", "head_solver", "patience", "min_delta", "monitor",
                              "lr", "warmup_epochs", "report", "tensorboard", "unfreeze_last", "probe_augment",
-                             "mixup", "cutmix", "accumulate", "ema_decay", "unfreeze", "coverage"})
+                             "ema_decay", "unfreeze", "coverage"})
 
 
 def _add_lr_find_flags(lr_find: argparse.ArgumentParser) -> None:
