@@ -14,23 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from .data.sources import DatasetSplits, load_data, require_validation
+from .data import DatasetSplits, load_data, require_validation
 from .errors import ConfigError, DataError, RunFolderError
-from .infer.calibration import calibrate_run
-from .infer.engine import best_model_logits
+from .infer import TrainedModel, best_model_logits, calibrate_run, load, predict
 from .infer.evaluation import Evaluation, data_config_for, eval_samples, evaluate, evaluation
-from .infer.trained import TrainedModel, load, predict
-from .models.classifier import Classifier
-from .models.factory import create_model
-from .reports.run_report import report_run
-from .run_folder import checkpoint
+from .models import Classifier, create_model
+from .reports import report_run
+from .run_folder import checkpoint, claim_run_folder, run_folder_lock, run_folder_writes
 from .run_folder import records as run_folder
-from .run_folder.guard import claim_run_folder, run_folder_lock, run_folder_writes
 from .runtime import seed_everything
 from .task import Task
+from .training import ResumePoint, StagesResult
 from .training import runner as training
-from .training.outputs import StagesResult
-from .training.state import ResumePoint
 
 __all__ = ["train", "resume", "fit", "load", "predict", "evaluate", "evaluation", "eval_samples", "data_config_for",
            "TrainedModel", "Evaluation", "build_model"]

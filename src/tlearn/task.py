@@ -20,8 +20,7 @@ from torch import nn
 
 from .config import DataConfig, RunConfig
 from .errors import ConfigError
-from .metrics.classification import ClassificationMeter, EvalResult
-from .metrics.multilabel import MultiLabelMeter, MultiLabelResult, TrainMeter
+from .metrics import ClassificationMeter, EvalResult, MultiLabelMeter, MultiLabelResult, TrainMeter
 
 SINGLE_LABEL, MULTI_LABEL = "single-label", "multi-label"
 LOWER_IS_BETTER = frozenset({"val_loss"})
@@ -148,3 +147,6 @@ class Task:
             raise ConfigError("--label-smoothing is for single-label data (cross-entropy), not multi-label")
         if tc.coverage is not None:  # a multi-label run answers per class at its thresholds
             raise ConfigError("--coverage is for single-label data; multi-label runs use per-class thresholds")
+
+
+SINGLE_LABEL_TASK = Task(SINGLE_LABEL)  # the default where a task is not given (frozen: safe to share)

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.samples import Samples
-from ..data.small_images import adapt_preprocessing
-from ..features.extractor import FeatureExtractor, default_cache_dir
-from ..models.factory import create_model
+from ..data import Samples, adapt_preprocessing
+from ..features import FeatureExtractor, default_cache_dir
+from ..models import create_model
 from ..runtime import setup_runtime
 
 DEFAULT_MODEL = "efficientnet_lite0"

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from scipy.fft import dctn
 
-from ..data.samples import Samples
+from ..data import Samples
 
 HASH_SIDE = 32  # the grayscale image the DCT is taken of
 BLOCK = 8  # low-frequency block kept: 8x8 less the DC term = 63 bits

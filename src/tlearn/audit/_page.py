@@ -5,7 +5,7 @@ import html
 from pathlib import Path
 
 from ..files import atomic_write
-from ..reports.cards import thumbnail_png
+from ..reports import thumbnail_png
 from ..reports.html_page import html_page
 
 MAX_PAIRS = 60  # pairs and issues shown with thumbnails; the CSV files hold them all

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DataConfig
-from ..data.sources import resolve_split
+from ..data import resolve_split
 from ..errors import DataError
 from ..files import atomic_write
 from ._duplicates import DuplicatePair, crosses_split, find_duplicates

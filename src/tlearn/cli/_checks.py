@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import LabelTable
-from ..data.sources import require_data_source
+from ..data import require_data_source
 from ..errors import UserError
-from ..run_folder.guard import check_out_folder
+from ..run_folder import check_out_folder
 
 
 def is_main_process() -> bool:

@@ -4,11 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..audit.run import run_audit, summary_lines
+from ..audit import run_audit, summary_lines
 from ..config import DataConfig
 from ..errors import UserError
-from ..models.block_groups import print_block_groups
-from ..models.registry import list_models
+from ..models import list_models, print_block_groups
 from ._checks import label_table
 
 

@@ -8,16 +8,13 @@ import sys
 from pathlib import Path
 
 from .. import api
-from ..data.small_images import adapt_preprocessing
-from ..data.sources import resolve_split
+from ..data import adapt_preprocessing, resolve_split
 from ..errors import UserError
-from ..features.extractor import FeatureExtractor, run_cache_dir
-from ..infer.export import TOLERANCE, export_run
-from ..infer.prediction import collect_paths, predict_files, write_predictions
-from ..models.factory import create_model
-from ..reports.run_report import report_run
-from ..run_folder.checkpoint import load_model
-from ..run_folder.guard import run_folder_lock
+from ..features import FeatureExtractor, run_cache_dir
+from ..infer import TOLERANCE, collect_paths, export_run, predict_files, write_predictions
+from ..models import create_model
+from ..reports import report_run
+from ..run_folder import load_model, run_folder_lock
 from ..runtime import setup_runtime
 from ._checks import label_table
 from ._output import print_evaluation, print_predictions

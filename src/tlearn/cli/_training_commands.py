@@ -7,12 +7,11 @@ from pathlib import Path
 
 from .. import api
 from ..config import BUILTIN_DATASETS, RunConfig
-from ..data.sources import load_data
+from ..data import load_data
 from ..runtime import close_process_group
-from ..select.page import format_leaderboard
-from ..select.selection import check_request, parse_list, parse_sizes, run_selection
-from ..training.lr_find_command import lr_find as find_lr
-from ..training.lr_finder import CSV_FILE, PLOT_FILE
+from ..select import check_request, format_leaderboard, parse_list, parse_sizes, run_selection
+from ..training import CSV_FILE, PLOT_FILE
+from ..training import lr_find as find_lr
 from ._checks import is_main_process
 from ._flags import config_from_flags
 from ._output import print_summary

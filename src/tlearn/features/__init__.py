@@ -1,1 +1,20 @@
-"""tlearn.features."""
+"""Features of a frozen backbone: extraction backends (onnxruntime, eager), the feature cache and
+store, shards under torchrun, and the L-BFGS head solver with its cache of solved heads.
+
+Other packages import these names from here, the package's front door; modules whose
+names start with _ are its own."""
+from __future__ import annotations
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "make_backend": "backends",
+    "FeatureExtractor": "extractor", "cache_key": "extractor", "default_cache_dir": "extractor",
+    "run_cache_dir": "extractor",
+    "HeadObjective": "head_solver", "fit_linear_head_lbfgs": "head_solver",
+    "head_key": "solved_heads", "load_solved": "solved_heads", "store_solved": "solved_heads",
+}
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

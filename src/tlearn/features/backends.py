@@ -28,9 +28,8 @@ from typing import Protocol
 
 import torch
 
-from ..data.preprocessing import Preprocessing
-from ..data.transforms import normalize_batch
-from ..models.classifier import Classifier
+from ..data import Preprocessing, normalize_batch
+from ..models import Classifier
 from ..runtime import Runtime
 
 logger = logging.getLogger(__name__)

@@ -20,12 +20,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.loaders import default_workers, make_loader
-from ..data.preprocessing import Preprocessing
-from ..data.samples import Samples
-from ..data.transforms import eval_transform_uint8
+from ..data import Preprocessing, Samples, default_workers, eval_transform_uint8, make_loader
 from ..files import atomic_write, atomic_write_with
-from ..models.classifier import Classifier
+from ..models import Classifier
 from ..runtime import Runtime
 from ._shards import gather_batches, on_every_rank, shard_indices
 from .backends import FeatureBackend, backbone_fingerprint, make_backend

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..metrics.multilabel import score
+from ..metrics import score
 from ._store import FeatureMatrix, TensorFeatures
 
 logger = logging.getLogger(__name__)

@@ -1,1 +1,21 @@
-"""tlearn.infer."""
+"""Inference from a run folder: the trained model (trained.py), evaluation, prediction of files,
+test-time augmentation, export, the run's calibration, and the engine that runs many images
+through onnxruntime on CPU.
+
+Other packages import these names from here, the package's front door; modules whose
+names start with _ are its own."""
+from __future__ import annotations
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "calibrate_run": "calibration",
+    "best_model_logits": "engine",
+    "TOLERANCE": "export", "export_run": "export",
+    "collect_paths": "prediction", "predict_files": "prediction", "write_predictions": "prediction",
+    "TrainedModel": "trained", "load": "trained", "predict": "trained",
+}
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -8,8 +8,7 @@ import os
 from pathlib import Path
 
 from ..config import BUILTIN_DATASETS, DataConfig
-from ..data.samples import ArraySamples, FileSamples, Samples
-from ..data.sources import resolve_split
+from ..data import ArraySamples, FileSamples, Samples, resolve_split
 from ..errors import UserError
 
 logger = logging.getLogger(__name__)

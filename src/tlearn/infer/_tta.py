@@ -19,8 +19,7 @@ import torch
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
-from ..data.preprocessing import Preprocessing
-from ..data.transforms import Pipeline, Presize, interpolation_mode
+from ..data import Pipeline, Preprocessing, Presize, interpolation_mode
 from ..errors import ConfigError
 
 CROP_CHOICES = (1, 5)

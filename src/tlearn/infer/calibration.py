@@ -21,19 +21,21 @@ import torch
 
 from ..errors import ConfigError, RunFolderError
 from ..files import read_json, write_json
-from ..metrics.calibration import (
+from ..metrics import (
+    FITTED,
     UNKNOWN,
+    TemperatureChoice,
     answered,
     as_logits,
     check_coverage,
     check_min_confidence,
+    choose_temperature,
     coverage_table,
     reliability,
     scaled_probabilities,
     threshold_for_coverage,
 )
-from ..metrics.calibration_choice import FITTED, TemperatureChoice, choose_temperature
-from ..models.classifier import ModelInfo
+from ..models import ModelInfo
 from ..run_folder import checkpoint
 
 logger = logging.getLogger(__name__)

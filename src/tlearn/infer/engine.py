@@ -13,11 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.loaders import make_loader
-from ..data.samples import Samples
-from ..data.transforms import eval_transform
-from ..features.extractor import FeatureExtractor
-from ..models.classifier import Classifier
+from ..data import Samples, eval_transform, make_loader
+from ..features import FeatureExtractor
+from ..models import Classifier
 from ..run_folder import checkpoint
 from ..runtime import Runtime
 from ._tta import Views, views_transform, views_transform_uint8

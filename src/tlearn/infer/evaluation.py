@@ -9,24 +9,27 @@ from pathlib import Path
 import torch
 
 from ..config import DataConfig, LabelTable
-from ..data.samples import Samples
-from ..data.sources import BUILTIN, default_eval_split, resolve_split
+from ..data import BUILTIN, Samples, default_eval_split, resolve_split
 from ..errors import ConfigError, DataError
-from ..features.extractor import default_cache_dir
-from ..metrics.classification import ClassificationMeter
-from ..metrics.imbalance import class_counts, imbalance_ratio, warn_if_imbalanced
-from ..metrics.multilabel import DEFAULT_THRESHOLD, remap_multi_hot, score
+from ..features import default_cache_dir
+from ..metrics import (
+    DEFAULT_THRESHOLD,
+    ClassificationMeter,
+    class_counts,
+    imbalance_ratio,
+    remap_multi_hot,
+    score,
+    warn_if_imbalanced,
+)
 from ..run_folder import checkpoint
 from ..run_folder import records as run_folder
 from ..runtime import setup_runtime
-from ..task import SINGLE_LABEL, Task
+from ..task import SINGLE_LABEL_TASK, Task
 from ._overlap import count_training_images
 from ._tta import Views, views_for
 from .calibration import calibration_figures
 from .engine import classify
 from .trained import TrainedModel, load
-
-SINGLE_LABEL_TASK = Task(SINGLE_LABEL)
 
 
 def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,

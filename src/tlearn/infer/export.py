@@ -20,15 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.sources import resolve_split
-from ..data.transforms import eval_transform
+from ..data import eval_transform, resolve_split
 from ..errors import UserError, first_line
 from ..files import atomic_write
-from ..metrics.calibration import sidecar_fields
-from ..models.classifier import Classifier
-from ..run_folder.checkpoint import load_model
-from ..run_folder.guard import run_folder_lock
-from ..run_folder.records import read_config
+from ..metrics import sidecar_fields
+from ..models import Classifier
+from ..run_folder import load_model, read_config, run_folder_lock
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.images import is_image_name
+from ..data import is_image_name
 from ..errors import UserError, first_line
 from ..files import atomic_write
 from ..task import MULTI_LABEL, Task

@@ -12,11 +12,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..data.images import open_rgb
-from ..data.preprocessing import Preprocessing
-from ..data.transforms import eval_transform
-from ..metrics.multilabel import predict_multi_label
-from ..models.classifier import Classifier
+from ..data import Preprocessing, eval_transform, open_rgb
+from ..metrics import predict_multi_label
+from ..models import Classifier
 from ..run_folder import checkpoint
 from ..task import Task
 from ._tta import average_views, views_for, views_transform

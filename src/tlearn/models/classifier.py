@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ..data.preprocessing import Preprocessing
+from ..data import Preprocessing
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from ..data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from ..data import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from ..errors import ConfigError, ModelError, first_line
 from . import _heads as heads
 from . import _weights as weights_mod

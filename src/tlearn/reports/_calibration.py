@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_write
-from ..metrics.calibration import NUM_BINS, Reliability, reliability
-from ..metrics.calibration_choice import FOLDS
+from ..metrics import FOLDS, NUM_BINS, Reliability, reliability
 
 RELIABILITY_FILE = "reliability.png"
 # Why a run kept T = 1, for a page that has only summary.json's short decision.

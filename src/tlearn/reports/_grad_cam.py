@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.classifier import Classifier
+from ..models import Classifier
 
 # torchvision architecture (name prefix) -> the backbone submodule whose output is the last stage.
 # VGG and AlexNet end their `features` with a max-pool (1x1 at 64 px); their last ReLU comes before it.

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_write
-from ..metrics.multilabel import score
+from ..metrics import score
 from ._page import (
     CURVES_FILE,
     MAX_WRONG,

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_write
-from ..metrics.imbalance import WARN_RATIO, imbalance_ratio
-from ..run_folder.records import METRICS_FILE
+from ..metrics import WARN_RATIO, imbalance_ratio
+from ..run_folder import METRICS_FILE
 from ._calibration import reliability_section
 from .cards import Explain, card, choose_samples, grid_note, image_pictures
 from .html_page import html_page

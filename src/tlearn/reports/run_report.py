@@ -10,12 +10,11 @@ from pathlib import Path
 
 import torch
 
-from ..data.samples import Samples
-from ..data.transforms import eval_transform_uint8, normalize_batch
+from ..data import Samples, eval_transform_uint8, normalize_batch
 from ..errors import UserError
 from ..files import read_json
-from ..infer.engine import best_model_logits
-from ..models.classifier import Classifier
+from ..infer import best_model_logits
+from ..models import Classifier
 from ..run_folder import checkpoint
 from ..run_folder import records as run_folder
 from ..runtime import Runtime

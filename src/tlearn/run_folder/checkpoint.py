@@ -22,8 +22,7 @@ from safetensors.torch import load_file
 
 from ..errors import RunFolderError
 from ..files import atomic_save_tensors, read_json, write_json
-from ..models.classifier import Classifier, ModelInfo
-from ..models.factory import create_model
+from ..models import Classifier, ModelInfo, create_model
 
 MODEL_FILE = "model.safetensors"  # best weights (val top-1; balanced accuracy when balancing): eval/predict/export
 LAST_FILE = "last.safetensors"  # weights after the last committed epoch

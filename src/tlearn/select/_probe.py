@@ -15,19 +15,20 @@ from pathlib import Path
 
 import torch
 
-from ..data.loaders import make_loader
-from ..data.preprocessing import Preprocessing
-from ..data.samples import Samples
-from ..data.small_images import adapt_preprocessing
-from ..data.sources import DatasetSplits
-from ..data.transforms import eval_transform_uint8
-from ..features.backends import make_backend
-from ..features.extractor import FeatureExtractor, cache_key
-from ..features.head_solver import HeadObjective, fit_linear_head_lbfgs
-from ..features.solved_heads import head_key, load_solved, store_solved
-from ..models.classifier import Classifier
+from ..data import DatasetSplits, Preprocessing, Samples, adapt_preprocessing, eval_transform_uint8, make_loader
+from ..features import (
+    FeatureExtractor,
+    HeadObjective,
+    cache_key,
+    fit_linear_head_lbfgs,
+    head_key,
+    load_solved,
+    make_backend,
+    store_solved,
+)
+from ..models import Classifier
 from ..runtime import Runtime
-from ..training.stage_data import label_tensor
+from ..training import label_tensor
 
 logger = logging.getLogger(__name__)
 

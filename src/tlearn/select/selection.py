@@ -23,11 +23,10 @@ from typing import Any
 
 from ..api import train
 from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from ..data.sources import load_data
+from ..data import load_data
 from ..errors import ConfigError, first_line
-from ..features.extractor import run_cache_dir
-from ..models.factory import create_model
-from ..models.registry import has_offline_weights, resolve
+from ..features import run_cache_dir
+from ..models import create_model, has_offline_weights, resolve
 from ..runtime import setup_runtime
 from ..task import Task
 from ._probe import ProbeSettings, prepare_candidate, probe_candidate

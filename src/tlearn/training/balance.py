@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from torch.utils.data import Sampler
 
 from ..config import BALANCE_MODES  # noqa: F401  (the modes, declared with the flag)
-from ..metrics.imbalance import class_counts
+from ..metrics import class_counts
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import logging
 
 from ..config import TrainConfig
-from ..models.block_groups import BlockGroup, describe_groups
-from ..models.classifier import Classifier
+from ..models import BlockGroup, Classifier, describe_groups
 from .optim import optimizer_groups
 
 logger = logging.getLogger(__name__)

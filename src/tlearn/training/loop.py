@@ -12,7 +12,8 @@ import contextlib
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,11 +21,10 @@ from tqdm import tqdm
 
 from ..config import TrainConfig
 from ..errors import TrainingError
-from ..metrics.classification import EpochStats, EvalResult
-from ..metrics.multilabel import MultiLabelResult
-from ..models.classifier import AuxOutput
+from ..metrics import EpochStats, EvalResult, MultiLabelResult
+from ..models import AuxOutput
 from ..runtime import Runtime
-from ..task import SINGLE_LABEL, Task
+from ..task import SINGLE_LABEL_TASK, Task
 from .events import Callback, MicroBatch
 from .strategy import set_train_mode
 
@@ -58,10 +58,11 @@ class Loop:
     """
 
     def __init__(self, model: nn.Module, data: StageData, state: TrainState, runtime: Runtime, loss_fn: Callable,
-                 *, num_classes: int, task: Task = Task(SINGLE_LABEL), config: TrainConfig = TrainConfig(),
+                 *, num_classes: int, task: Task = SINGLE_LABEL_TASK, config: TrainConfig | None = None,
                  aux_weight: float = 0.0, callbacks: Sequence[Callback] = (), name: str = "train") -> None:
         self.model, self.data, self.state, self.runtime, self.loss_fn = model, data, state, runtime, loss_fn
-        self.num_classes, self.task, self.config, self.aux_weight = num_classes, task, config, aux_weight
+        self.num_classes, self.task, self.aux_weight = num_classes, task, aux_weight
+        self.config = config if config is not None else TrainConfig()
         self.callbacks, self.name = list(callbacks), name
         self.sharded = not data.cached  # each torchrun process saw its own images: sum the metrics
         self.module = self.train_module()
@@ -133,7 +134,8 @@ class Loop:
         self.state.optimizer.zero_grad(set_to_none=True)
         self.call("before_train")
         try:
-            for self.batch_index, (inputs, targets) in enumerate(self.batches):
+            for index, (inputs, targets) in enumerate(self.batches):
+                self.batch_index = index
                 if not self.train_batch(inputs, targets):
                     break
                 meter.update(self.logits, self.counted, self.loss.item())
@@ -222,7 +224,7 @@ class Loop:
 def evaluate_loader(model: nn.Module, loader: Iterable, runtime: Runtime, num_classes: int,
                     loss_fn: Callable | None = None, prepare: Callable | None = None,
                     description: str = "eval", sharded: bool = True, keep_probs: bool = False,
-                    task: Task = Task(SINGLE_LABEL)) -> EvalResult | MultiLabelResult:
+                    task: Task = SINGLE_LABEL_TASK) -> EvalResult | MultiLabelResult:
     """Top-1/top-5, per-class accuracy and confusion over `loader` (model in eval mode); with
     `keep_probs`, the softmax of every sample too, in loader order (this process's only).
     Multi-label: mAP and F1 at thresholds chosen on these images (always keeps the sigmoid

@@ -14,17 +14,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .balance import Balance
 from ..config import RunConfig
-from ..data.sources import load_data
+from ..data import adapt_preprocessing, load_data
 from ..errors import DataError
-from ..features.extractor import run_cache_dir
-from .callbacks import batch_techniques, mixes
-from .lr_finder import Finding, find_stage_lr, write_finding
-from ..models.factory import create_model
+from ..features import run_cache_dir
+from ..models import create_model
 from ..runtime import seed_everything, setup_runtime
 from ..task import Task
-from ..data.small_images import adapt_preprocessing
+from .balance import Balance
+from .callbacks import batch_techniques, mixes
+from .lr_finder import Finding, find_stage_lr, write_finding
 from .stage_data import build_stage_data
 from .strategy import plan_stages
 

@@ -21,10 +21,11 @@ import io
 import logging
 import math
 import random
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,9 +34,9 @@ from torch import nn
 from ..config import RunConfig, TrainConfig
 from ..errors import TrainingError
 from ..files import atomic_write
-from ..models.classifier import Classifier
+from ..models import Classifier
 from ..run_folder import records as run_folder
-from ..run_folder.guard import run_folder_writes
+from ..run_folder import run_folder_writes
 from ..runtime import Runtime
 from ..task import Task
 from .callbacks.accumulation import optimizer_steps

@@ -13,14 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..run_folder import checkpoint
+from ..data import Samples
+from ..metrics import imbalance_ratio
+from ..models import Classifier
+from ..run_folder import checkpoint, run_folder_writes
 from ..run_folder import records as run_folder
-from ..metrics.imbalance import imbalance_ratio
-from ..data.samples import Samples
-from ..models.classifier import Classifier
 from ..runtime import Runtime
 from ..task import Task
-from ..run_folder.guard import run_folder_writes
 
 if TYPE_CHECKING:
     from .runner import Run

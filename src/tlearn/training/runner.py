@@ -16,35 +16,37 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import LR_FIND, RunConfig, TrainConfig
+from ..data import DatasetSplits, adapt_preprocessing
+from ..features import HeadObjective, fit_linear_head_lbfgs, head_key, load_solved, run_cache_dir, store_solved
+from ..metrics import EpochStats, EvalResult, MultiLabelResult, label_counts, warn_if_imbalanced
+from ..models import Classifier
+from ..models.block_groups import block_groups
 from ..run_folder import checkpoint
-from ..metrics.imbalance import warn_if_imbalanced
+from ..runtime import Runtime, seed_everything, setup_runtime
+from ..task import Task
 from .balance import Balance
-from .callbacks import (EarlyStopping, GradualUnfreezing, TensorBoard, TimeSplit, WeightAveraging, batch_techniques,
-                        mixes)
+from .callbacks import (
+    EarlyStopping,
+    GradualUnfreezing,
+    TensorBoard,
+    TimeSplit,
+    WeightAveraging,
+    batch_techniques,
+    mixes,
+)
 from .callbacks.accumulation import optimizer_steps
 from .callbacks.ema import start_weight_average
 from .callbacks.mixing import warn_if_ignored
-from ..config import LR_FIND, RunConfig, TrainConfig
-from ..data.sources import DatasetSplits
 from .events import Callback
-from ..features.extractor import run_cache_dir
-from ..features.head_solver import HeadObjective, fit_linear_head_lbfgs
 from .layer_groups import backbone_trains, log_block_groups, unfreeze_top
 from .loop import Loop, evaluate_loader
 from .lr_finder import stage_lr_config, stage_to_sweep
-from ..metrics.classification import EpochStats, EvalResult
-from ..models.block_groups import block_groups
-from ..models.classifier import Classifier
-from ..metrics.multilabel import MultiLabelResult, label_counts
 from .optim import make_optimizer, make_scheduler
 from .outputs import StagesResult, finish_stages, start_run_folder
-from ..runtime import Runtime, seed_everything, setup_runtime
-from ..data.small_images import adapt_preprocessing
-from ..features.solved_heads import head_key, load_solved, store_solved
 from .stage_data import StageData, build_stage_data, cache_decoded_images
-from .strategy import Stage, parameter_counts, parameter_groups, plan_stages, trainable_names
 from .state import Progress, ResumePoint, TrainState, commit_epoch, repair_run_folder
-from ..task import Task
+from .strategy import Stage, parameter_counts, parameter_groups, plan_stages, trainable_names
 
 logger = logging.getLogger(__name__)
 

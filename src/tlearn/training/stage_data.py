@@ -2,23 +2,20 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .balance import BalancedSampler
 from ..config import DataConfig, RunConfig
-from ..data.loaders import make_loader
-from ..data.sources import DatasetSplits
-from ..data.transforms import eval_transform, train_transform
-from ..features.extractor import FeatureExtractor
-from ..models.classifier import Classifier
-from ..data.preprocessing import Preprocessing
+from ..data import DatasetSplits, Preprocessing, eval_transform, make_loader, train_transform
+from ..features import FeatureExtractor
+from ..models import Classifier
 from ..runtime import Runtime
+from .balance import BalancedSampler
 from .strategy import Stage
 
 
@@ -102,7 +99,7 @@ def cache_decoded_images(data: DatasetSplits, prep: Preprocessing, data_config: 
                          cache_dir: Path) -> DatasetSplits:
     """Stages that train on images decode every image every epoch: decode them once instead
     (data/image_cache.py); under torchrun rank 0 builds the cache and the others read it."""
-    from ..data.image_cache import cache_images, default_image_cache_gb
+    from ..data import cache_images, default_image_cache_gb
 
     budget = default_image_cache_gb() if data_config.image_cache_gb is None else data_config.image_cache_gb
     cached = {}

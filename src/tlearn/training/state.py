@@ -18,12 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..run_folder import checkpoint
+from ..models import Classifier
+from ..run_folder import checkpoint, published_weights, run_folder_writes
 from ..run_folder import records as run_folder
-from ..run_folder.checkpoint import published_weights
 from .callbacks.ema import WeightAverage
-from ..run_folder.guard import run_folder_writes
-from ..models.classifier import Classifier
 
 
 @dataclass
@@ -87,7 +85,7 @@ class ResumePoint:
     rng: dict[str, Any]
 
     @classmethod
-    def read(cls, run_dir: Path) -> "ResumePoint":
+    def read(cls, run_dir: Path) -> ResumePoint:
         weights, saved = checkpoint.load_train_state(run_dir)
         return cls(weights, Progress(**saved["progress"]), saved["stage_state"], saved["rng"])
 

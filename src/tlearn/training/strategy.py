@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..config import RunConfig, TrainConfig
-from .layer_groups import layer_decay_parameter_groups
+from ..models import Classifier
 from ..models.block_groups import block_groups
-from ..models.classifier import Classifier
+from .layer_groups import layer_decay_parameter_groups
 from .optim import optimizer_groups
 
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm,)

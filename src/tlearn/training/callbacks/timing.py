@@ -5,9 +5,10 @@ split is approximate: kernels run asynchronously. Validation's seconds are the l
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
-from ...metrics.classification import EpochStats
+from ...metrics import EpochStats
 from ..events import Callback
 
 if TYPE_CHECKING:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from ...models import Classifier
 from ...models.block_groups import BlockGroup, block_groups
-from ...models.classifier import Classifier
 from ..events import Callback
 from ..layer_groups import unfreeze_top
 
