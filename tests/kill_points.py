@@ -19,10 +19,10 @@ import signal
 import sys
 from pathlib import Path
 
-import tlearn.run_folder.checkpoint as checkpoint
 import tlearn.features.extractor as features
 import tlearn.files as files
-import tlearn.training.loop as loops
+import tlearn.run_folder.checkpoint as checkpoint
+import tlearn.training._loop as loops
 import tlearn.training.runner as training
 
 event, count = sys.argv[1].split(":")

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import RunFolderError
 
 LOCK_FILE = ".tlearn.lock"
-# Every file and folder a run writes into its folder (tests/test_run_guard.py checks a full run
+# Every file and folder a run writes into its folder (tests/run_folder/test_run_guard.py checks a full run
 # against this list): what --overwrite may delete.
 RUN_FILES = frozenset({
     "config.yaml", "metrics.csv", "summary.json", "skipped_files.txt", "model.json", "model.safetensors",

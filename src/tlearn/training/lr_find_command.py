@@ -21,7 +21,7 @@ from ..features import run_cache_dir
 from ..models import create_model
 from ..runtime import seed_everything, setup_runtime
 from ..task import Task
-from .balance import Balance
+from ._balance import Balance
 from .callbacks import batch_techniques, mixes
 from .lr_finder import Finding, find_stage_lr, write_finding
 from .stage_data import build_stage_data

@@ -39,10 +39,10 @@ from ..run_folder import records as run_folder
 from ..run_folder import run_folder_writes
 from ..runtime import Runtime
 from ..task import Task
+from ._events import Callback
+from ._loop import Loop
+from ._optim import make_optimizer
 from .callbacks.accumulation import optimizer_steps
-from .events import Callback
-from .loop import Loop
-from .optim import make_optimizer
 from .state import TrainState
 from .strategy import parameter_groups
 

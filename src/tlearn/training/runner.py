@@ -25,7 +25,11 @@ from ..models.block_groups import block_groups
 from ..run_folder import checkpoint
 from ..runtime import Runtime, seed_everything, setup_runtime
 from ..task import Task
-from .balance import Balance
+from ._balance import Balance
+from ._events import Callback
+from ._layer_groups import backbone_trains, log_block_groups, unfreeze_top
+from ._loop import Loop, evaluate_loader
+from ._optim import make_optimizer, make_scheduler
 from .callbacks import (
     EarlyStopping,
     GradualUnfreezing,
@@ -38,11 +42,7 @@ from .callbacks import (
 from .callbacks.accumulation import optimizer_steps
 from .callbacks.ema import start_weight_average
 from .callbacks.mixing import warn_if_ignored
-from .events import Callback
-from .layer_groups import backbone_trains, log_block_groups, unfreeze_top
-from .loop import Loop, evaluate_loader
 from .lr_finder import stage_lr_config, stage_to_sweep
-from .optim import make_optimizer, make_scheduler
 from .outputs import StagesResult, finish_stages, start_run_folder
 from .stage_data import StageData, build_stage_data, cache_decoded_images
 from .state import Progress, ResumePoint, TrainState, commit_epoch, repair_run_folder

@@ -15,7 +15,7 @@ from ..data import DatasetSplits, Preprocessing, eval_transform, make_loader, tr
 from ..features import FeatureExtractor
 from ..models import Classifier
 from ..runtime import Runtime
-from .balance import BalancedSampler
+from ._balance import BalancedSampler
 from .strategy import Stage
 
 

@@ -18,8 +18,8 @@ from torch import nn
 from ..config import RunConfig, TrainConfig
 from ..models import Classifier
 from ..models.block_groups import block_groups
-from .layer_groups import layer_decay_parameter_groups
-from .optim import optimizer_groups
+from ._layer_groups import layer_decay_parameter_groups
+from ._optim import optimizer_groups
 
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ...config import RunConfig
 from ...task import Task
-from ..events import Callback
+from .._events import Callback
 from .accumulation import Accumulation
 from .early_stopping import EarlyStopping
 from .ema import WeightAveraging

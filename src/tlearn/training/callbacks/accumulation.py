@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ..events import Callback, MicroBatch
+from .._events import Callback, MicroBatch
 
 if TYPE_CHECKING:
-    from ..loop import Loop
+    from .._loop import Loop
 
 
 class Accumulation(Callback):

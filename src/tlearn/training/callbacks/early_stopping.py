@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 from ...config import TrainConfig
 from ...task import LOWER_IS_BETTER, Task
-from ..events import Callback
+from .._events import Callback
 
 if TYPE_CHECKING:
-    from ..loop import Loop
+    from .._loop import Loop
     from ..state import Progress
 
 logger = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..events import Callback
+from .._events import Callback
 
 if TYPE_CHECKING:
-    from ..loop import Loop
+    from .._loop import Loop
 
 logger = logging.getLogger(__name__)
 

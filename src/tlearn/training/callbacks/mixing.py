@@ -26,10 +26,10 @@ from timm.data.mixup import mixup_target
 
 from ...config import RunConfig
 from ...task import Task
-from ..events import Callback
+from .._events import Callback
 
 if TYPE_CHECKING:
-    from ..loop import Loop
+    from .._loop import Loop
 
 logger = logging.getLogger(__name__)
 

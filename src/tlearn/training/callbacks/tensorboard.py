@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigError
-from ..events import Callback
+from .._events import Callback
 
 if TYPE_CHECKING:
-    from ..loop import Loop
+    from .._loop import Loop
     from ..state import Progress
 
 SCALARS = ("train_top1", "train_f1_micro", "val_top1", "val_top5", "val_balanced_acc", "val_f1_macro", "val_map",

@@ -9,10 +9,10 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ...metrics import EpochStats
-from ..events import Callback
+from .._events import Callback
 
 if TYPE_CHECKING:
-    from ..loop import Loop
+    from .._loop import Loop
 
 
 class TimeSplit(Callback):

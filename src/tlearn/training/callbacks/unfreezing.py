@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 from ...models import Classifier
 from ...models.block_groups import BlockGroup, block_groups
-from ..events import Callback
-from ..layer_groups import unfreeze_top
+from .._events import Callback
+from .._layer_groups import unfreeze_top
 
 if TYPE_CHECKING:
-    from ..loop import Loop
+    from .._loop import Loop
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,7 @@ import tlearn
 from tlearn.data.loaders import make_loader
 from tlearn.data.samples import ArraySamples
 from tlearn.data.transforms import eval_transform
-from tlearn.infer.engine import ENGINE_MIN_IMAGES, classify
-from tlearn.infer.engine import predict_logits
+from tlearn.infer.engine import ENGINE_MIN_IMAGES, classify, predict_logits
 from tlearn.runtime import setup_runtime
 
 from conftest import TINY_MODEL

@@ -55,10 +55,10 @@ def test_views_per_image(trained, tta, crops, count):
 def test_views_and_the_plain_view_in_the_eager_and_onnx_engines(trained, tmp_path, monkeypatch):
     """classify's views: the plain view equals plain evaluation, the flip is the mirror's logits, and
     the onnxruntime engine (used for many images on CPU) gives the eager engine's logits."""
-    from tlearn.infer import engine as inference
     from tlearn.data._folders import list_class_folders
-    from tlearn.runtime import setup_runtime
+    from tlearn.infer import engine as inference
     from tlearn.infer._tta import Views
+    from tlearn.runtime import setup_runtime
 
     folder = make_folder(tmp_path / "images", per_class=2)
     samples = list_class_folders(folder)[0]

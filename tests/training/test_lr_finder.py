@@ -99,7 +99,8 @@ def test_lr_find_command_linear_probe_writes_csv_and_plot(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "suggested LR" in result.stdout and "valley" in result.stdout
     rows = list(csv.DictReader((out / "lr_find.csv").open()))
-    assert list(rows[0]) == ["lr", "loss", "smoothed_loss"] and len(rows) == 13  # one epoch: 27 images / 2, the lone last image dropped
+    # one epoch: 27 images / 2, the lone last image dropped
+    assert list(rows[0]) == ["lr", "loss", "smoothed_loss"] and len(rows) == 13
     lrs = [float(row["lr"]) for row in rows]
     suggested = float(result.stdout.split("suggested LR ")[1].split()[0])
     assert lrs[0] <= suggested <= lrs[-1]
@@ -145,8 +146,8 @@ def test_bad_lr_values_are_one_line_and_exit_2(args, message, tmp_path):
 
 def test_under_gradual_unfreezing_the_sweep_trains_what_the_first_epoch_trains(image_folder, tmp_path, monkeypatch):
     import tlearn
-    from tlearn.training import lr_finder
     from tlearn.models.block_groups import block_groups
+    from tlearn.training import lr_finder
 
     swept = {}
     real = lr_finder.find_stage_lr
@@ -167,10 +168,11 @@ def test_under_gradual_unfreezing_the_sweep_trains_what_the_first_epoch_trains(i
 def test_the_sweep_trains_as_the_run_does_mixed_batches_and_accumulated_steps(tmp_path, monkeypatch):
     """--lr find with --mixup and --accumulate 2: the sweep's batches are mixed, and its optimiser steps
     come after every second batch (18 training images in batches of 3: 3 groups of 2, 3 steps)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
     import tlearn
     from tlearn.training import lr_finder
     from tlearn.training.callbacks.mixing import BatchMixer
-    from torch.optim.optimizer import register_optimizer_step_post_hook
 
     events, sweeping = [], []
     real_mix, real_find = BatchMixer.__call__, lr_finder.find_stage_lr

@@ -4,11 +4,11 @@ import pytest
 from PIL import Image
 
 import tlearn
+from tlearn.data.preprocessing import Preprocessing
 from tlearn.data.samples import ArraySamples, FileSamples
+from tlearn.data.small_images import adapt_preprocessing, typical_shorter_side
 from tlearn.data.transforms import eval_transform
 from tlearn.errors import ConfigError
-from tlearn.data.preprocessing import Preprocessing
-from tlearn.data.small_images import adapt_preprocessing, typical_shorter_side
 
 from conftest import TINY_MODEL, write_image
 

@@ -8,8 +8,8 @@ import pytest
 
 import tlearn
 from tlearn.config import DataConfig
-from tlearn.data.sources import load_data, resolve_split
 from tlearn.data._tables import read_table
+from tlearn.data.sources import load_data, resolve_split
 from tlearn.errors import DataError
 
 from conftest import TINY_MODEL, run_cli, write_image

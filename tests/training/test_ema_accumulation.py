@@ -9,17 +9,17 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tlearn.run_folder import checkpoint
-from tlearn.training.callbacks.accumulation import Accumulation, optimizer_steps
 from tlearn.config import TrainConfig
-from tlearn.run_folder.checkpoint import published_weights
-from tlearn.training.callbacks.ema import WeightAverage, start_weight_average
 from tlearn.errors import ConfigError
-from tlearn.training.loop import Loop
-from tlearn.training.optim import make_scheduler
+from tlearn.run_folder import checkpoint
+from tlearn.run_folder.checkpoint import published_weights
+from tlearn.runtime import setup_runtime
+from tlearn.training._loop import Loop
+from tlearn.training._optim import make_scheduler
+from tlearn.training.callbacks.accumulation import Accumulation, optimizer_steps
+from tlearn.training.callbacks.ema import WeightAverage, start_weight_average
 from tlearn.training.stage_data import StageData
 from tlearn.training.state import TrainState
-from tlearn.runtime import setup_runtime
 
 from conftest import TINY_MODEL, kill_chain, make_folder
 

@@ -19,11 +19,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import tlearn
-from tlearn.run_folder import checkpoint
 from tlearn.config import DataConfig
 from tlearn.data._tables import read_table, table_split
 from tlearn.errors import ConfigError
 from tlearn.metrics.multilabel import average_precision, best_f1_threshold, choose_thresholds, f1_scores, score
+from tlearn.run_folder import checkpoint
 
 from conftest import TINY_MODEL, kill_chain
 
@@ -97,7 +97,8 @@ def test_threshold_is_the_best_f1_on_validation():
     scores = np.round(rng.random(50), 2)  # ties
     targets = (scores + rng.normal(0, 0.3, 50) > 0.6).astype(int)
     chosen = best_f1_threshold(scores, targets)
-    f1_at = lambda t: f1_scores((scores >= t)[:, None], targets[:, None])[1]
+    def f1_at(t):
+        return f1_scores((scores >= t)[:, None], targets[:, None])[1]
     assert f1_at(chosen) == pytest.approx(max(f1_at(t) for t in np.unique(scores)))
     assert best_f1_threshold(scores, np.zeros(50)) == 0.5  # no positives: the default
     assert choose_thresholds(np.stack([scores, scores], 1), np.stack([targets, 0 * targets], 1))[1] == 0.5
@@ -185,7 +186,8 @@ def test_killed_multilabel_run_resumes_bit_identical(tmp_path):
              "--deterministic", "--seed", "3", "--strategy", "two-stage", "--epochs", "2"]
     reference, run = tmp_path / "reference", tmp_path / "run"
     kill_chain(train, ["step:3", "commit:1"], reference, run)
-    strip = lambda s: {k: v for k, v in s.items() if k != "train_seconds"}
+    def strip(s):
+        return {k: v for k, v in s.items() if k != "train_seconds"}
     assert [strip(s) for s in _summary(run)["stages"]] == [strip(s) for s in _summary(reference)["stages"]]
     assert _summary(run)["thresholds"] == _summary(reference)["thresholds"]
     assert json.loads((run / "model.json").read_text()) == json.loads((reference / "model.json").read_text())

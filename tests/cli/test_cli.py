@@ -108,7 +108,8 @@ BAD_INPUTS = [
     (["features", *TINY, "--data", "{images}", "--out", "{file}/x.npz"], "--out {file}/x.npz cannot be created"),
     (["features", *TINY, "--data", "{images}", "--out", "{images}"], "--out {images} is a folder"),
     (["features", *TINY, "--data", "{file}", "--out", "x.npz"], "--data {file} is a file"),
-    (["features", *TINY, "--data", "{images}", "--out", "x.npz", "--cache-dir", "{file}"], "--cache-dir {file} is a file"),
+    (["features", *TINY, "--data", "{images}", "--out", "x.npz", "--cache-dir", "{file}"],
+     "--cache-dir {file} is a file"),
 ]
 
 

@@ -7,12 +7,12 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from tlearn.run_folder import checkpoint
-from tlearn.training.balance import Balance
 from tlearn.data._augment import POLICIES
-from tlearn.data.transforms import train_transform
-from tlearn.training.callbacks.mixing import BatchMixer
 from tlearn.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from tlearn.data.transforms import train_transform
+from tlearn.run_folder import checkpoint
+from tlearn.training._balance import Balance
+from tlearn.training.callbacks.mixing import BatchMixer
 
 from conftest import TINY_MODEL, kill_chain, make_folder, run_cli
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tlearn.metrics.classification import EvalResult
 from tlearn.run_folder import checkpoint
 from tlearn.training.callbacks.early_stopping import observe
-from tlearn.metrics.classification import EvalResult
 
 from conftest import TINY_MODEL, kill_chain, make_folder
 

@@ -25,7 +25,7 @@ from ..metrics import EpochStats, EvalResult, MultiLabelResult
 from ..models import AuxOutput
 from ..runtime import Runtime
 from ..task import SINGLE_LABEL_TASK, Task
-from .events import Callback, MicroBatch
+from ._events import Callback, MicroBatch
 from .strategy import set_train_mode
 
 if TYPE_CHECKING:

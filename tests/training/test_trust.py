@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 import tlearn
 import tlearn.files as files
-from tlearn.run_folder import checkpoint
 from tlearn.cli import main
 from tlearn.errors import ModelError, WeightsDownloadError
+from tlearn.run_folder import checkpoint
 from tlearn.training.strategy import freeze, parameter_counts
 
 from conftest import TINY_MODEL, make_folder

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .loop import Loop
+    from ._loop import Loop
 
 
 @dataclass(frozen=True)

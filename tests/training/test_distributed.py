@@ -50,7 +50,8 @@ def test_torchrun_extracts_feature_shards_into_the_single_process_cache_entry(tm
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     assert "shards of 71 + 64 images over 2 processes" in sharded.stdout  # rank 1 computed its batch
     assert "shards of 45 + 0 images over 2 processes" in sharded.stdout
-    single = subprocess.run([sys.executable, *args, "--cache-dir", str(tmp_path / "single"), "--out", str(tmp_path / "b")],
+    single = subprocess.run([sys.executable, *args, "--cache-dir", str(tmp_path / "single"),
+                             "--out", str(tmp_path / "b")],
                             check=False, capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
     entries = sorted(path.name for path in (tmp_path / "single" / "features").iterdir())

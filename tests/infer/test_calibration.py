@@ -10,6 +10,10 @@ import pytest
 import torch
 
 import tlearn
+from tlearn.cli import main
+from tlearn.data.preprocessing import Preprocessing
+from tlearn.errors import ConfigError
+from tlearn.infer.calibration import calibrate_run
 from tlearn.metrics.calibration import (
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
@@ -21,11 +25,7 @@ from tlearn.metrics.calibration import (
     threshold_for_coverage,
 )
 from tlearn.metrics.calibration_choice import BOUND_MARGIN, FOLDS, REPEATS, fold_assignment
-from tlearn.cli import main
-from tlearn.errors import ConfigError
 from tlearn.models.classifier import ModelInfo
-from tlearn.data.preprocessing import Preprocessing
-from tlearn.infer.calibration import calibrate_run
 
 from conftest import TINY_MODEL, kill_chain, make_folder
 
@@ -201,8 +201,8 @@ def calibrated_run(tmp_path_factory):
 
 
 def test_the_run_stores_its_temperature_ece_and_threshold(calibrated_run):
-    from tlearn.run_folder.checkpoint import load_model
     from tlearn.infer.export import sidecar
+    from tlearn.run_folder.checkpoint import load_model
 
     run, _, summary = calibrated_run
     info = json.loads((run / "model.json").read_text())

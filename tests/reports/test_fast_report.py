@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import tlearn
-import tlearn.training.outputs as run_outputs
 import tlearn.infer.engine as engine  # where the report (and the run's end) would run the model
+import tlearn.training.outputs as run_outputs
 from tlearn.data.loaders import make_loader
 from tlearn.data.transforms import eval_transform
 from tlearn.infer.engine import predict_logits

@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 import tlearn
-from tlearn.run_folder import checkpoint
-from tlearn.features import head_solver
-from tlearn.metrics.imbalance import warn_if_imbalanced
-from tlearn.training.balance import Balance, BalancedSampler, LogitAdjustedLoss
 from tlearn.cli import main
+from tlearn.features import head_solver
 from tlearn.metrics.classification import ClassificationMeter
+from tlearn.metrics.imbalance import warn_if_imbalanced
+from tlearn.run_folder import checkpoint
+from tlearn.training._balance import Balance, BalancedSampler, LogitAdjustedLoss
 
 from conftest import TINY_MODEL, write_image
 

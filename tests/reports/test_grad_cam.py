@@ -8,13 +8,13 @@ from PIL import Image
 from test_models import FAMILIES
 
 import tlearn
-from tlearn.run_folder import checkpoint
 from tlearn.data.samples import ArraySamples
 from tlearn.errors import DataError
 from tlearn.reports._grad_cam import find_target, grad_cam
 from tlearn.reports._multilabel import write_multilabel_report
 from tlearn.reports._page import write_report
 from tlearn.reports.run_report import report_run
+from tlearn.run_folder import checkpoint
 from tlearn.runtime import setup_runtime
 
 from conftest import TINY_MODEL, needs_shared

@@ -34,7 +34,7 @@ def build_messy(root):
     frames = [Image.new("P", (30, 30), i * 40) for i in range(3)]
     frames[0].save(dogs / "animated.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
     base.convert("CMYK").save(dogs / "cmyk.jpg")
-    Image.fromarray((np.arange(900, dtype=np.uint16).reshape(30, 30) * 70)).save(dogs / "deep16.png")
+    Image.fromarray(np.arange(900, dtype=np.uint16).reshape(30, 30) * 70).save(dogs / "deep16.png")
     rgba = base.convert("RGBA")
     rgba.putalpha(128)
     rgba.save(birds / "alpha.png")

@@ -14,7 +14,7 @@ import logging
 
 from ..config import TrainConfig
 from ..models import BlockGroup, Classifier, describe_groups
-from .optim import optimizer_groups
+from ._optim import optimizer_groups
 
 logger = logging.getLogger(__name__)
 

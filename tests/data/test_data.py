@@ -5,8 +5,8 @@ from PIL import Image
 
 from tlearn.data import eval_transform, load_splits
 from tlearn.data.images import open_rgb, unusable_reason
-from tlearn.errors import DataError
 from tlearn.data.preprocessing import Preprocessing
+from tlearn.errors import DataError
 
 from conftest import make_folder, write_image
 

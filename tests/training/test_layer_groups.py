@@ -8,11 +8,11 @@ from safetensors.torch import load_file
 from test_models import FAMILIES
 
 import tlearn
-from tlearn.run_folder import checkpoint
 from tlearn.config import TrainConfig
-from tlearn.training.layer_groups import unfreeze_top
 from tlearn.models.block_groups import block_groups
+from tlearn.run_folder import checkpoint
 from tlearn.runtime import seed_everything
+from tlearn.training._layer_groups import unfreeze_top
 from tlearn.training.strategy import parameter_groups
 
 from conftest import TINY_MODEL, kill_chain, make_folder

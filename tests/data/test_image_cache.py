@@ -9,9 +9,9 @@ from PIL import Image
 import tlearn
 from tlearn.data.image_cache import CachedImages, cache_images
 from tlearn.data.images import open_rgb
+from tlearn.data.preprocessing import Preprocessing
 from tlearn.data.samples import FileSamples
 from tlearn.data.transforms import eval_transform, presize_transform, train_transform
-from tlearn.data.preprocessing import Preprocessing
 
 from conftest import TINY_MODEL
 
