@@ -12,7 +12,7 @@ from tlearn.data._tables import read_table
 from tlearn.data.sources import load_data, resolve_split
 from tlearn.errors import DataError
 
-from conftest import TINY_MODEL, run_cli, write_image
+from conftest import KILLER, TINY_MODEL, run_cli, write_image
 
 CLASSES = ("cat", "dog", "fox")
 TINY = ["--model", TINY_MODEL, "--weights", "none", "--image-size", "32", "--batch-size", "8", "--workers", "0"]
@@ -187,7 +187,6 @@ def test_a_table_through_train_resume_eval_predict_export_and_features(tmp_path,
     and resumed, with its report; then every command that reads the run's data reads the same table."""
     import subprocess
     import sys
-    from pathlib import Path
 
     from tlearn.cli import main
 
@@ -198,7 +197,7 @@ def test_a_table_through_train_resume_eval_predict_export_and_features(tmp_path,
     args = ["train", "--data", str(root), "--labels", str(table), "--path-col", "fname", "--label-col", "species",
             *TINY, "--strategy", "two-stage", "--head-epochs", "1", "--epochs", "1", "--val-split", "0.25",
             "--out", str(run)]
-    killer = Path(__file__).with_name("kill_points.py")
+    killer = KILLER
     killed = subprocess.run([sys.executable, str(killer), "commit:1", *args], capture_output=True, text=True,
                             timeout=300, check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]

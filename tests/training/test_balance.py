@@ -19,7 +19,7 @@ from tlearn.metrics.imbalance import warn_if_imbalanced
 from tlearn.run_folder import checkpoint
 from tlearn.training._balance import Balance, BalancedSampler, LogitAdjustedLoss
 
-from conftest import TINY_MODEL, write_image
+from conftest import KILLER, TINY_MODEL, write_image
 
 COUNTS = {"cat": 22, "dog": 6, "fox": 2}  # training images per class: 11x
 TINY = ["--model", TINY_MODEL, "--weights", "none", "--image-size", "32", "--batch-size", "4", "--workers", "0",
@@ -193,7 +193,7 @@ def test_warning_threshold_is_10x(caplog):
     assert "a has 100 images, b 10 (10x)" in caplog.text
 
 
-KILLER = Path(__file__).with_name("kill_points.py")
+
 
 
 @pytest.mark.parametrize("stage_args", [

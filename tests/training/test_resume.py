@@ -14,11 +14,11 @@ from safetensors.torch import load_file
 import tlearn
 from tlearn.run_folder import checkpoint
 
-from conftest import TINY_MODEL, make_folder, run_cli
+from conftest import KILLER, TINY_MODEL, make_folder, run_cli
 
 TINY = ["--model", TINY_MODEL, "--weights", "none", "--image-size", "32", "--batch-size", "4", "--workers", "0",
         "--deterministic", "--no-report", "--seed", "3"]
-KILLER = Path(__file__).with_name("kill_points.py")
+
 TIMING_COLUMNS = ("seconds", "images_per_s", "data_seconds", "compute_seconds", "optimizer_seconds",
                   "eval_seconds")
 

@@ -106,9 +106,10 @@ class FeatureExtractor:
         batches = _forward_batches(forward, shard, transform or eval_transform_uint8(model.info.preprocessing),
                                    self.batch_size, self.workers, self.runtime.device)
         with torch.inference_mode():
-            for features, _where in tqdm(batches, total=-(-len(shard) // self.batch_size), desc=description,
-                                        leave=False, disable=None if self.runtime.is_main else True):
+            for features, decoded in tqdm(batches, total=-(-len(shard) // self.batch_size), desc=description,
+                                          leave=False, disable=None if self.runtime.is_main else True):
                 consume(features)
+                where = decoded  # the last batch's: the workers, once they took over
         return f"{backend.name}, decoding {where}"
 
     def _extract_into(self, model: Classifier, samples: Samples, description: str, tmp: str) -> None:
