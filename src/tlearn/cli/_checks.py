@@ -86,6 +86,21 @@ def check_export(args: argparse.Namespace) -> None:
         require_file_target(args.output, "--output")
 
 
+def check_serve(args: argparse.Namespace) -> None:
+    single_process("serve")
+    require_folder(args.run, "run folder", exists=True)
+    for name in ("model.json", "model.safetensors"):
+        if not os.path.isfile(os.path.join(args.run, name)):
+            raise UserError(f"{args.run} has no {name}: serve needs a finished run folder")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535, got {args.port}")
+    for flag, value in (("--max-batch", args.max_batch), ("--max-body-mb", args.max_body_mb)):
+        if value <= 0:
+            raise UserError(f"{flag} must be positive, got {value:g}")
+    if args.max_wait_ms < 0:
+        raise UserError(f"--max-wait-ms must be 0 or more, got {args.max_wait_ms:g}")
+
+
 def check_features(args: argparse.Namespace) -> None:
     if (args.run is None) == (args.model is None):
         raise UserError("features needs a run folder or --model NAME (one of them)")
@@ -149,5 +164,5 @@ def _require_parent_folder(path: str, what: str) -> None:
 CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "train": check_train, "demo": lambda args: check_train_paths(args, "digits"), "lr-find": check_lr_find,
     "select": check_select, "eval": check_eval, "predict": check_predict, "export": check_export,
-    "features": check_features, "audit": check_audit, "models": lambda args: None,
+    "features": check_features, "audit": check_audit, "serve": check_serve, "models": lambda args: None,
 }

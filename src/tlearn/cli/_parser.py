@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     export.add_argument("--output", default=None, help="default: RUN/export/model.onnx or model.torchscript.pt")
 
+    _add_serve_flags(command("serve", help="serve a run's model over HTTP: batched predictions and a web page"))
+
     _add_features_flags(command("features", help="write backbone embeddings of a dataset to an .npz"))
 
     add_select_flags(command("select", help="rank backbones and input sizes on your data by a linear probe"))
@@ -96,6 +98,23 @@ def _add_predict_flags(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("--coverage", type=float, default=None, metavar="C",
                          help="answer a fraction C of images: the threshold that answers C of the validation split")
     _add_tta_flags(predict)
+
+
+def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("run")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="0: any free port (printed)")
+    serve.add_argument("--engine", default="auto", metavar="ENGINE",
+                       help="auto or onnx (the run's onnxruntime graph), int8 (RUN/export/model.int8.onnx), "
+                            "torch, or an .onnx file tlearn export wrote")
+    serve.add_argument("--max-batch", type=int, default=16, help="images per engine batch (default 16)")
+    serve.add_argument("--max-wait-ms", type=float, default=10.0,
+                       help="how long a request waits for others to join its batch (default 10)")
+    serve.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body (default 20)")
+    serve.add_argument("--min-confidence", type=float, default=None, metavar="P",
+                       help="answer 'unknown' below this calibrated probability (default: the run's own)")
+    serve.add_argument("--coverage", type=float, default=None, metavar="C",
+                       help="or the threshold that answers this share of the validation images")
 
 
 def _add_audit_flags(audit: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
 """Inference from a run folder: the trained model (trained.py), evaluation, prediction of files,
-test-time augmentation, export, the run's calibration, and the engine that runs many images
-through onnxruntime on CPU.
+test-time augmentation, export, the run's calibration, and the engines that run many images
+through onnxruntime on CPU (the run's cached graph, or the int8 one).
 
 Other packages import these names from here, the package's front door; modules whose
 names start with _ are its own."""
@@ -11,6 +11,7 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     "calibrate_run": "calibration",
     "best_model_logits": "engine",
+    "ENGINES": "engines", "INT8_FILE": "engines", "open_engine": "engines",
     "TOLERANCE": "export", "export_run": "export",
     "collect_paths": "prediction", "predict_files": "prediction", "write_predictions": "prediction",
     "TrainedModel": "trained", "load": "trained", "predict": "trained",

@@ -90,9 +90,15 @@ class TrainedModel:
         views = batch.shape[1] if batch.ndim == 5 else 1  # test-time augmentation: (images, views, C, H, W)
         inputs = batch.flatten(0, 1) if batch.ndim == 5 else batch
         logits = average_views(self.model(inputs.to(next(self.model.parameters()).device)).float(), views)
+        return self.answer(logits, top_k, min_confidence)
+
+    def answer(self, logits: torch.Tensor, top_k: int = 1, min_confidence: float | None = None) -> list[dict[str, Any]]:
+        """predict_batch's rows from logits (N, classes), whichever engine computed them (eager PyTorch,
+        onnxruntime, the int8 graph): calibrated probabilities, top-k, "unknown", multi-label thresholds."""
+        logits = logits.float().cpu()
         probs = self.task.probabilities(logits, self.model.info.temperature)  # calibrated: softmax(logits / T)
         if self.multi_label:
-            return predict_multi_label(probs.cpu(), self.model.info.thresholds, self.class_names)
+            return predict_multi_label(probs, self.model.info.thresholds, self.class_names)
         values, indices = probs.topk(min(top_k, len(self.class_names)), dim=1)
         return mark_unknown([{"labels": [self.class_names[i] for i in row_indices], "probs": row_values,
                               "label": self.class_names[row_indices[0]], "prob": row_values[0]}

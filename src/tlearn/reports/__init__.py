@@ -8,7 +8,8 @@ from __future__ import annotations
 from .._lazy import lazy_exports
 
 _EXPORTS = {
-    "thumbnail_png": "cards",
+    "grad_cam": "_grad_cam",
+    "overlay_image": "cards", "thumbnail_png": "cards",
     "report_run": "run_report",
 }
 __all__ = sorted(_EXPORTS)

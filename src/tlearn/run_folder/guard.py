@@ -28,7 +28,8 @@ RUN_FILES = frozenset({
     "confusion.png", "reliability.png", "lr_find.csv", "lr_find.png",
 })
 RUN_FOLDERS = {"tensorboard": None, "export": ("model.onnx", "model.onnx.json", "model.torchscript.pt",
-                                               "model.torchscript.pt.json")}  # None: all of it is the run's
+                                               "model.torchscript.pt.json",
+                                               "engine.onnx", "engine.onnx.json")}  # None: all of it is the run's
 _MARKS = ("model.json", "train_state.safetensors", "config.yaml")  # any of them: a run lives here
 
 
