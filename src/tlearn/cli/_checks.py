@@ -82,6 +82,10 @@ def check_predict(args: argparse.Namespace) -> None:
 
 def check_export(args: argparse.Namespace) -> None:
     require_folder(args.run, "run folder", exists=True)
+    if args.quantize and args.format != "onnx":
+        raise UserError(f"--quantize int8 exports ONNX; it cannot go with --format {args.format}")
+    if args.calibration_images < 1:
+        raise UserError(f"--calibration-images must be at least 1, got {args.calibration_images}")
     if args.output:
         require_file_target(args.output, "--output")
 

@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run")
     export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     export.add_argument("--output", default=None, help="default: RUN/export/model.onnx or model.torchscript.pt")
+    export.add_argument("--quantize", choices=("int8",), default=None,
+                        help="static int8 (onnxruntime), kept only if it passes the accuracy gate: "
+                             "RUN/export/model.int8.onnx")
+    export.add_argument("--calibration-images", type=int, default=256, help="training images for int8 ranges")
+    export.add_argument("--max-drop", type=float, default=1.0,
+                        help="refuse the int8 graph if top-1 (multi-label: mAP) falls by more points (default 1)")
 
     _add_serve_flags(command("serve", help="serve a run's model over HTTP: batched predictions and a web page"))
 

@@ -11,7 +11,7 @@ from .. import api
 from ..data import adapt_preprocessing, resolve_split
 from ..errors import UserError
 from ..features import FeatureExtractor, run_cache_dir
-from ..infer import TOLERANCE, collect_paths, export_run, predict_files, write_predictions
+from ..infer import TOLERANCE, collect_paths, describe_gate, export_run, predict_files, quantize_run, write_predictions
 from ..models import create_model
 from ..reports import report_run
 from ..run_folder import load_model, run_folder_lock
@@ -61,6 +61,8 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
+    if args.quantize:
+        return export_int8(args)
     report = export_run(args.run, args.format, args.output)
     print(f"wrote {report.path} and {report.path}.json")
     parity = (f"parity on {report.inputs}: max abs logit difference {report.max_abs_diff:.2e} "
@@ -69,6 +71,16 @@ def export(args: argparse.Namespace) -> int:
         print(f"tlearn: error: {parity}: FAILED", file=sys.stderr)
         return 1
     print(f"{parity}: ok")
+    return 0
+
+
+def export_int8(args: argparse.Namespace) -> int:
+    """The int8 graph, or exit 2 with the figures when it loses more than --max-drop (QuantizationRefused)."""
+    exported = quantize_run(args.run, calibration_images=args.calibration_images, max_drop=args.max_drop,
+                            output=args.output)
+    print(f"wrote {exported.path} and {exported.path}.json")
+    print(f"accuracy gate passed (drop {exported.figures['drop_points']:.2f} <= --max-drop {args.max_drop:g} points): "
+          f"{describe_gate(exported.figures)}")
     return 0
 
 

@@ -14,6 +14,7 @@ _EXPORTS = {
     "ENGINES": "engines", "INT8_FILE": "engines", "open_engine": "engines",
     "TOLERANCE": "export", "export_run": "export",
     "collect_paths": "prediction", "predict_files": "prediction", "write_predictions": "prediction",
+    "CALIBRATION_IMAGES": "quantize", "MAX_DROP": "quantize", "describe_gate": "quantize", "quantize_run": "quantize",
     "TrainedModel": "trained", "load": "trained", "predict": "trained",
 }
 __all__ = sorted(_EXPORTS)

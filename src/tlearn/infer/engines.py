@@ -149,10 +149,11 @@ def checked_graph_file(path: Path, model: Classifier, engine: str) -> Path:
             raise UserError(f"no int8 graph at {path}: write it with tlearn export RUN --format onnx --quantize int8")
         raise UserError(f"--engine must be one of {', '.join(ENGINES)} or an .onnx file; {engine} is neither")
     try:
-        sidecar = read_json(Path(f"{path}.json"))
+        sidecar = read_json(Path(f"{path}.json")) if Path(f"{path}.json").is_file() else None
     except (OSError, ValueError):
-        raise UserError(f"{path} has no readable sidecar {path.name}.json: use a graph that tlearn export wrote")\
-            from None
+        sidecar = None
+    if not isinstance(sidecar, dict):
+        raise UserError(f"{path} has no readable sidecar {path.name}.json: use a graph that tlearn export wrote")
     prep = model.info.preprocessing
     if sidecar.get("classes") != list(model.info.class_names) or sidecar.get("crop_size") != prep.crop_size:
         raise UserError(f"{path} was exported from another model (its classes or input size differ from the run's)")

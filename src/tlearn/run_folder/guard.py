@@ -29,7 +29,8 @@ RUN_FILES = frozenset({
 })
 RUN_FOLDERS = {"tensorboard": None, "export": ("model.onnx", "model.onnx.json", "model.torchscript.pt",
                                                "model.torchscript.pt.json",
-                                               "engine.onnx", "engine.onnx.json")}  # None: all of it is the run's
+                                               "engine.onnx", "engine.onnx.json", "model.int8.onnx",
+                                               "model.int8.onnx.json")}  # None: all of it is the run's
 _MARKS = ("model.json", "train_state.safetensors", "config.yaml")  # any of them: a run lives here
 
 

@@ -26,6 +26,7 @@ class Batcher:
         self.inference = ThreadPoolExecutor(1, thread_name_prefix="tlearn-inference")
         self.batches = 0  # batches run, and the images in them: /health reports the mean batch
         self.images = 0
+        self.waiting = 0  # requests awaiting their logits now
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -40,8 +41,12 @@ class Batcher:
     async def logits(self, images: torch.Tensor) -> torch.Tensor:
         """The logits of one request's images, computed in whichever batch they join."""
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((images, future))
-        return await future
+        self.waiting += 1
+        try:
+            await self.queue.put((images, future))
+            return await future
+        finally:
+            self.waiting -= 1
 
     async def _gather(self) -> list[tuple[torch.Tensor, asyncio.Future]]:
         loop = asyncio.get_running_loop()

@@ -140,7 +140,8 @@ def create_app(run_dir: str | Path, settings: ServeSettings | None = None) -> Fa
     @app.get("/health")
     async def health() -> dict[str, Any]:
         batcher = service.batcher
-        return {"status": "ok", "engine": service.engine.name, "batches": batcher.batches, "images": batcher.images}
+        return {"status": "ok", "engine": service.engine.name, "batches": batcher.batches, "images": batcher.images,
+                "waiting": batcher.waiting}
 
     @app.get("/metadata")
     async def metadata() -> dict[str, Any]:

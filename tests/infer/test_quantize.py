@@ -1,0 +1,80 @@
+"""`tlearn export --quantize int8`: the int8 graph and its sidecar when the gate passes; a refusal
+(exit 2, the figures, no file) when int8 loses accuracy; the int8 graph served and predicted with."""
+import json
+
+import pytest
+import torch
+
+import tlearn
+from tlearn.cli import main
+from tlearn.infer import quantize as quantize_module
+from tlearn.infer.engines import INT8_FILE, open_engine
+from tlearn.run_folder.guard import RUN_FOLDERS
+
+from conftest import TINY_MODEL, make_folder
+
+
+@pytest.fixture(scope="module")
+def learned_run(tmp_path_factory):
+    """Three classes of distinct colours: the model learns them, so a broken int8 graph shows."""
+    root = tmp_path_factory.mktemp("int8")
+    data = make_folder(root / "data", per_class=12, split_dirs=True)
+    _, run = tlearn.train(tlearn.RunConfig(
+        data=tlearn.DataConfig(source=str(data), image_size=32, batch_size=8),
+        model=tlearn.ModelConfig(name=TINY_MODEL, weights="none"),
+        train=tlearn.TrainConfig(strategy="finetune", epochs=4, report=False, cache_dir=str(root / "cache"))),
+        root / "run")
+    return run, data
+
+
+def test_int8_export_passes_the_gate_and_records_it(learned_run, capsys):
+    run, data = learned_run
+    assert main(["export", str(run), "--format", "onnx", "--quantize", "int8", "--max-drop", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy gate passed" in out and "batch-1" in out
+    path = run / "export" / INT8_FILE
+    sidecar = json.loads((run / "export" / f"{INT8_FILE}.json").read_text())
+    gate = sidecar["gate"]
+    assert gate["metric"] == "top-1" and gate["images"] == 9 and gate["calibration_images"] == 27
+    assert set(gate["latency"]) == {"fp32", "int8"} and gate["latency"]["int8"]["batch_32_ms"] > 0
+    assert 0 <= gate["agreement"] <= 1 and sidecar["quantization"]["weights"] == "int8 per channel"
+    assert sidecar["classes"] == ["cat", "dog", "fox"] and INT8_FILE in RUN_FOLDERS["export"]
+    import onnx
+
+    graph = onnx.load(str(path))
+    assert any(node.op_type == "QuantizeLinear" for node in graph.graph.node)  # quantized, not a copy
+    model = tlearn.load(run).model
+    engine = open_engine(model, run, "int8")
+    assert engine.name == "onnxruntime int8"
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    assert engine.logits(images).shape == (5, 3)
+
+
+def test_gate_refuses_an_int8_graph_that_loses_accuracy(learned_run, tmp_path, monkeypatch, capsys):
+    run, _ = learned_run
+    baseline = quantize_module.calibration_inputs
+    # calibrated on blank images, the activations' ranges are far too narrow: int8 clips everything
+    monkeypatch.setattr(quantize_module, "calibration_inputs", lambda *args: torch.zeros_like(baseline(*args)))
+    output = tmp_path / "refused.int8.onnx"
+    assert main(["export", str(run), "--quantize", "int8", "--output", str(output)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("tlearn: error: int8 loses") and "top-1 fp32" in error and error.count("\n") == 1
+    assert "no int8 file written" in error and not output.exists() and not list(tmp_path.iterdir())
+
+
+def test_int8_graph_served_and_checked(learned_run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from tlearn.serve import ServeSettings, create_app
+
+    run, data = learned_run
+    if not (run / "export" / INT8_FILE).exists():
+        pytest.skip("needs the int8 graph of the test before")
+    image = next((data / "val" / "fox").iterdir()).read_bytes()
+    with TestClient(create_app(run, ServeSettings(engine="int8"))) as client:
+        assert client.get("/metadata").json()["engine"] == "onnxruntime int8"
+        assert client.post("/predict", content=image).json()["predictions"][0]["label"] in {"cat", "dog", "fox"}
+    other = tmp_path / "other.onnx"
+    other.write_bytes((run / "export" / INT8_FILE).read_bytes())
+    with pytest.raises(tlearn.UserError, match="no readable sidecar"):
+        open_engine(tlearn.load(run).model, run, str(other))
