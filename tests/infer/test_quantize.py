@@ -78,3 +78,27 @@ def test_int8_graph_served_and_checked(learned_run, tmp_path):
     other.write_bytes((run / "export" / INT8_FILE).read_bytes())
     with pytest.raises(tlearn.UserError, match="no readable sidecar"):
         open_engine(tlearn.load(run).model, run, str(other))
+
+
+def test_predict_through_the_engines_equals_pytorch(learned_run, tmp_path):
+    import csv
+
+    run, data = learned_run
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    outputs = {}
+    for engine in ("torch", "onnx", "int8"):
+        if engine == "int8" and not (run / "export" / INT8_FILE).exists():
+            continue
+        out = tmp_path / f"{engine}.csv"
+        assert main(["predict", str(run), str(data / "val"), str(broken), "--engine", engine, "--top-k", "2",
+                     "--batch-size", "4", "--output", str(out)]) == 0
+        outputs[engine] = list(csv.reader(out.open()))
+    eager, onnx = outputs["torch"], outputs["onnx"]
+    assert len(eager) == 1 + 9 and [row[0] for row in onnx] == [row[0] for row in eager]  # the broken file listed apart
+    for row, other in zip(eager[1:], onnx[1:]):
+        assert (row[1], row[3]) == (other[1], other[3])
+        assert abs(float(row[2]) - float(other[2])) < 1e-4
+    if "int8" in outputs:
+        assert [row[0] for row in outputs["int8"]] == [row[0] for row in eager]
+    assert main(["predict", str(run), str(data / "val"), "--engine", "int8", "--tta"]) == 2

@@ -98,6 +98,9 @@ def _add_predict_flags(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("--output", default=None, help="write predictions to a .csv or .json file")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--device", choices=DEVICES, default="cpu")
+    predict.add_argument("--engine", default="auto", metavar="ENGINE",
+                         help="auto (onnxruntime for 256 images or more on the CPU, else PyTorch), onnx, int8 "
+                              "(RUN/export/model.int8.onnx), torch, or an .onnx file tlearn export wrote")
     predict.add_argument("--min-confidence", type=float, default=None, metavar="P",
                          help="answer 'unknown' when the calibrated top probability is below P (0: always answer; "
                               "default: the run's own, from train --coverage)")

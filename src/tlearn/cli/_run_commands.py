@@ -11,7 +11,16 @@ from .. import api
 from ..data import adapt_preprocessing, resolve_split
 from ..errors import UserError
 from ..features import FeatureExtractor, run_cache_dir
-from ..infer import TOLERANCE, collect_paths, describe_gate, export_run, predict_files, quantize_run, write_predictions
+from ..infer import (
+    TOLERANCE,
+    collect_paths,
+    describe_gate,
+    export_run,
+    open_engine,
+    predict_files,
+    quantize_run,
+    write_predictions,
+)
 from ..models import create_model
 from ..reports import report_run
 from ..run_folder import load_model, run_folder_lock
@@ -46,8 +55,11 @@ def predict(args: argparse.Namespace) -> int:
     trained = api.load(args.run, device=args.device)
     top_k = min(args.top_k, len(trained.class_names))
     threshold = trained.min_confidence(args.min_confidence, args.coverage)
+    tta = args.tta or args.tta_crops > 1
+    engine = open_engine(trained.model, args.run, "torch" if tta and args.engine == "auto" else args.engine,
+                         count=len(paths))
     predictions = predict_files(trained, paths, top_k=top_k, batch_size=args.batch_size, min_confidence=threshold,
-                                tta=args.tta, tta_crops=args.tta_crops)
+                                tta=args.tta, tta_crops=args.tta_crops, engine=engine)
     print_predictions(predictions, trained)
     if threshold:
         unknown = sum(not row.get("answered", True) for row in predictions.rows)

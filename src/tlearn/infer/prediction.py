@@ -9,15 +9,17 @@ import glob
 import io
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..data import is_image_name
+from ..data import eval_transform_uint8, is_image_name, open_rgb
 from ..errors import UserError, first_line
 from ..files import atomic_write
 from ..task import MULTI_LABEL, Task
+from .engines import Engine
 from .trained import TrainedModel, warn_if_views_and_threshold
 
 
@@ -50,10 +52,17 @@ def collect_paths(inputs: list[str]) -> tuple[list[str], list[str]]:
 
 
 def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch_size: int = 32, *,
-                  min_confidence: float | None = None, tta: bool = False, tta_crops: int = 1) -> Predictions:
+                  min_confidence: float | None = None, tta: bool = False, tta_crops: int = 1,
+                  engine: Engine | None = None) -> Predictions:
     """Batched prediction, decoding a batch at a time; files that fail to decode are listed, not fatal.
     Below `min_confidence` (calibrated top probability) an image's label is "unknown".
-    `tta`, `tta_crops`: test-time augmentation, the views' logits averaged (tta.py)."""
+    `tta`, `tta_crops`: test-time augmentation, the views' logits averaged (tta.py).
+    `engine` (engines.py: onnxruntime, the int8 graph): the batches go through it, decoded as uint8
+    crops on a thread pool; None or PyTorch eager: through the model itself."""
+    if engine is not None and engine.name != "torch":
+        if tta or tta_crops > 1:
+            raise UserError("--tta runs in PyTorch: use --engine torch with it")
+        return _predict_with_engine(trained, paths, top_k, batch_size, min_confidence, engine)
     result = Predictions([], min_confidence=min_confidence or None)
     transform = trained.views_transform(tta, tta_crops)
     warn_if_views_and_threshold(transform, min_confidence)
@@ -62,9 +71,7 @@ def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch
     def flush():
         if batch:
             outputs = trained.predict_batch(torch.stack([tensor for _, tensor in batch]), top_k, min_confidence)
-            result.rows += [{"path": path, "labels": output["labels"], "probs": output["probs"],
-                             **{key: output[key] for key in ("scores", "answered", "guess") if key in output}}
-                            for (path, _), output in zip(batch, outputs)]
+            result.rows += _rows([path for path, _ in batch], outputs)
             batch.clear()
 
     for path in paths:
@@ -75,6 +82,40 @@ def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch
         if len(batch) >= batch_size:
             flush()
     flush()
+    return result
+
+
+def _rows(paths: list[str], outputs: list[dict]) -> list[dict]:
+    return [{"path": path, "labels": output["labels"], "probs": output["probs"],
+             **{key: output[key] for key in ("scores", "answered", "guess") if key in output}}
+            for path, output in zip(paths, outputs)]
+
+
+def _predict_with_engine(trained: TrainedModel, paths: list[str], top_k: int, batch_size: int,
+                         min_confidence: float | None, engine: Engine) -> Predictions:
+    """predict_files through `engine`: each batch's files decoded in parallel (Pillow releases the
+    GIL), the next batch decoding while this one runs."""
+    result = Predictions([], min_confidence=min_confidence or None)
+    transform = eval_transform_uint8(trained.preprocessing)
+
+    def decode(path: str):
+        try:
+            return transform(open_rgb(path, transform.decode_size))
+        except Exception as error:  # unreadable, truncated, not an image
+            return first_line(error)
+
+    batches = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
+    with ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="tlearn-decode") as pool:
+        pending = [pool.map(decode, batch) for batch in batches[:1]]
+        for index, batch in enumerate(batches):
+            decoded = list(pending.pop(0))
+            if index + 1 < len(batches):
+                pending.append(pool.map(decode, batches[index + 1]))
+            good = [(path, crop) for path, crop in zip(batch, decoded) if isinstance(crop, torch.Tensor)]
+            result.unreadable += [(path, crop) for path, crop in zip(batch, decoded) if isinstance(crop, str)]
+            if good:
+                outputs = trained.answer(engine.logits(torch.stack([crop for _, crop in good])), top_k, min_confidence)
+                result.rows += _rows([path for path, _ in good], outputs)
     return result
 
 
