@@ -1,7 +1,7 @@
 """`tlearn export RUN --format onnx --quantize int8`: static int8 quantization behind an accuracy gate.
 
 onnxruntime's quantizer (`quantize_static`, QDQ format, per-channel int8 weights, uint8
-activations with min-max ranges) calibrates the activations' ranges on a seeded sample of the
+activations with min-max ranges, averaged over batches) calibrates the activations' ranges on a seeded sample of the
 run's training images. Then the gate: the fp32 and int8 graphs both classify the run's validation
 split; top-1 (multi-label: mAP) of each, their agreement and batch-1 and batch-32 latency on this
 CPU are printed and stored in the sidecar. When the int8 graph loses more than `max_drop` points,
@@ -110,7 +110,11 @@ def _quantize(fp32: Path, int8: Path, calibration: torch.Tensor) -> None:
         shutil.copyfile(fp32, prepared)
     quantize_static(str(prepared), str(int8), _Reader(calibration), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+                    calibrate_method=CalibrationMethod.MinMax,
+                    # each range is the mean of the batches' min and max, not the extreme of all: one outlier
+                    # image no longer stretches a range (on Lite0 / CIFAR-10, 67.0 against 66.0 top-1 with fp32
+                    # at 67.5, 200 validation images; both 80 % agreement)
+                    extra_options={"CalibMovingAverage": True})
 
 
 def gate_figures(model: Classifier, fp32: Path, int8: Path, samples) -> dict:
@@ -170,8 +174,9 @@ def _write(run_dir: Path, int8: Path, output: Path, model: Classifier, figures: 
         shutil.copyfile(int8, partial)
         os.replace(partial, output)
         made = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weights": "int8 per channel",
-                "activations": "uint8, min-max ranges", "calibration": f"{figures['calibration_images']} training "
-                "images (seeded sample)", "onnxruntime": _ort_version()}
+                "activations": "uint8, min-max ranges (moving average over batches)",
+                "calibration": f"{figures['calibration_images']} training images (seeded sample)",
+                "onnxruntime": _ort_version()}
         atomic_write(Path(f"{output}.json"), json.dumps({**sidecar(model), "quantization": made, "gate": figures},
                                                         indent=2, ensure_ascii=False) + "\n")
 
