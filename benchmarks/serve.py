@@ -1,7 +1,7 @@
 """`tlearn serve` against the server a tutorial reader writes, driven by the same closed-loop client.
 
     python benchmarks/serve.py [--data ../shared/data/cifar10-mini] [--model efficientnet_lite0]
-                               [--image-size 224] [--clients 1,4,16] [--requests 200]
+                               [--image-size 224] [--clients 1,4,16] [--requests 200] [--only-tlearn]
 
 Trains a linear probe once (into data/serve_bench, git-ignored; kept for later runs), then, one
 server at a time on 127.0.0.1: `tlearn serve RUN` (onnxruntime, dynamic batching) and the tutorial
@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--requests", type=int, default=200, help="per client count (the target: 2000)")
+    parser.add_argument("--only-tlearn", action="store_true", help="skip the tutorial server (an RSS check)")
     args = parser.parse_args()
     run = trained_run(args.data, args.model, args.image_size)
     images = [(path.name, path.read_bytes()) for path in sorted(Path(args.data, "val").rglob("*.jpg"))]
@@ -126,7 +127,11 @@ def main() -> None:
         port = probe.getsockname()[1]
     servers = {"tlearn serve": [sys.executable, "-m", "tlearn", "serve", str(run), "--port", "0"],
                "tutorial": [sys.executable, str(Path(__file__).with_name("_tutorial_server.py")), str(run), str(port)]}
+    if args.only_tlearn:
+        servers.pop("tutorial")
     results = {name: measure(name, command, images, levels, args.requests) for name, command in servers.items()}
+    if args.only_tlearn:
+        return
     top = max(levels)
     ours, theirs = results["tlearn serve"][top], results["tutorial"][top]
     print(json.dumps({"model": args.model, "image_size": args.image_size, "requests": args.requests,
