@@ -3,6 +3,7 @@ and a dataset or images. Their paths and flags were checked already (checks.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,10 @@ from ..errors import UserError
 from ..features import FeatureExtractor, run_cache_dir
 from ..infer import (
     TOLERANCE,
+    CsvStream,
     collect_paths,
+    csv_cells,
+    csv_header,
     describe_gate,
     export_run,
     open_engine,
@@ -58,18 +62,33 @@ def predict(args: argparse.Namespace) -> int:
     tta = args.tta or args.tta_crops > 1
     engine = open_engine(trained.model, args.run, "torch" if tta and args.engine == "auto" else args.engine,
                          count=len(paths))
-    predictions = predict_files(trained, paths, top_k=top_k, batch_size=args.batch_size, min_confidence=threshold,
-                                tta=args.tta, tta_crops=args.tta_crops, engine=engine)
+    with _csv_stream(args, trained, top_k, threshold) as stream:
+        if stream is not None and stream.done:
+            paths = [path for path in paths if path not in stream.done]
+            print(f"--resume: {len(stream.done)} files already in {args.output}, {len(paths)} left")
+        write_rows = stream and (lambda rows: stream.write([csv_cells(row, trained, stream.header, bool(threshold))
+                                                            for row in rows]))
+        predictions = predict_files(trained, paths, top_k=top_k, batch_size=args.batch_size,
+                                    min_confidence=threshold, tta=args.tta, tta_crops=args.tta_crops, engine=engine,
+                                    on_rows=write_rows)
     print_predictions(predictions, trained)
     if threshold:
         unknown = sum(not row.get("answered", True) for row in predictions.rows)
         print(f"min confidence {threshold:.4f}: {unknown} of {len(predictions.rows)} images answered 'unknown'")
     if args.output:
-        write_predictions(predictions, args.output, top_k, trained)
+        if not args.output.lower().endswith(".csv"):  # a CSV was written as the rows came
+            write_predictions(predictions, args.output, top_k, trained)
         print(f"wrote {args.output}")
-    if not predictions.rows:
+    if not predictions.rows and not args.resume:
         raise UserError("no image could be read")
     return 0
+
+
+def _csv_stream(args: argparse.Namespace, trained, top_k: int, threshold: float | None):
+    """The streamed CSV of --output F.csv (resumed with --resume), or nothing to stream into."""
+    if not (args.output and args.output.lower().endswith(".csv")):
+        return contextlib.nullcontext()
+    return CsvStream(args.output, csv_header(trained, top_k, bool(threshold)), resume=args.resume)
 
 
 def export(args: argparse.Namespace) -> int:

@@ -13,8 +13,10 @@ _EXPORTS = {
     "best_model_logits": "engine",
     "ENGINES": "engines", "INT8_FILE": "engines", "open_engine": "engines",
     "TOLERANCE": "export", "export_run": "export",
-    "collect_paths": "prediction", "predict_files": "prediction", "write_predictions": "prediction",
+    "collect_paths": "prediction", "csv_cells": "prediction", "csv_header": "prediction",
+    "predict_files": "prediction", "write_predictions": "prediction",
     "CALIBRATION_IMAGES": "quantize", "MAX_DROP": "quantize", "describe_gate": "quantize", "quantize_run": "quantize",
+    "CsvStream": "streaming",
     "TrainedModel": "trained", "load": "trained", "predict": "trained",
 }
 __all__ = sorted(_EXPORTS)

@@ -9,6 +9,7 @@ import glob
 import io
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,16 +54,17 @@ def collect_paths(inputs: list[str]) -> tuple[list[str], list[str]]:
 
 def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch_size: int = 32, *,
                   min_confidence: float | None = None, tta: bool = False, tta_crops: int = 1,
-                  engine: Engine | None = None) -> Predictions:
+                  engine: Engine | None = None, on_rows: Callable[[list[dict]], None] | None = None) -> Predictions:
     """Batched prediction, decoding a batch at a time; files that fail to decode are listed, not fatal.
     Below `min_confidence` (calibrated top probability) an image's label is "unknown".
     `tta`, `tta_crops`: test-time augmentation, the views' logits averaged (tta.py).
     `engine` (engines.py: onnxruntime, the int8 graph): the batches go through it, decoded as uint8
-    crops on a thread pool; None or PyTorch eager: through the model itself."""
+    crops on a thread pool; None or PyTorch eager: through the model itself.
+    `on_rows`: called with each batch's rows as soon as they exist (predict's streamed CSV)."""
     if engine is not None and engine.name != "torch":
         if tta or tta_crops > 1:
             raise UserError("--tta runs in PyTorch: use --engine torch with it")
-        return _predict_with_engine(trained, paths, top_k, batch_size, min_confidence, engine)
+        return _predict_with_engine(trained, paths, top_k, batch_size, min_confidence, engine, on_rows)
     result = Predictions([], min_confidence=min_confidence or None)
     transform = trained.views_transform(tta, tta_crops)
     warn_if_views_and_threshold(transform, min_confidence)
@@ -71,7 +73,10 @@ def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch
     def flush():
         if batch:
             outputs = trained.predict_batch(torch.stack([tensor for _, tensor in batch]), top_k, min_confidence)
-            result.rows += _rows([path for path, _ in batch], outputs)
+            rows = _rows([path for path, _ in batch], outputs)
+            result.rows += rows
+            if on_rows:
+                on_rows(rows)
             batch.clear()
 
     for path in paths:
@@ -92,7 +97,7 @@ def _rows(paths: list[str], outputs: list[dict]) -> list[dict]:
 
 
 def _predict_with_engine(trained: TrainedModel, paths: list[str], top_k: int, batch_size: int,
-                         min_confidence: float | None, engine: Engine) -> Predictions:
+                         min_confidence: float | None, engine: Engine, on_rows=None) -> Predictions:
     """predict_files through `engine`: each batch's files decoded in parallel (Pillow releases the
     GIL), the next batch decoding while this one runs."""
     result = Predictions([], min_confidence=min_confidence or None)
@@ -115,7 +120,10 @@ def _predict_with_engine(trained: TrainedModel, paths: list[str], top_k: int, ba
             result.unreadable += [(path, crop) for path, crop in zip(batch, decoded) if isinstance(crop, str)]
             if good:
                 outputs = trained.answer(engine.logits(torch.stack([crop for _, crop in good])), top_k, min_confidence)
-                result.rows += _rows([path for path, _ in good], outputs)
+                rows = _rows([path for path, _ in good], outputs)
+                result.rows += rows
+                if on_rows:
+                    on_rows(rows)
     return result
 
 
@@ -135,20 +143,34 @@ def write_predictions(predictions: Predictions, output: str | Path, top_k: int, 
         atomic_write(output, json.dumps({"predictions": data, "unreadable": [
             {"path": p, "reason": why} for p, why in predictions.unreadable]}, indent=2, ensure_ascii=False))
         return
-    header = trained.task.prediction_columns(top_k, trained.class_names)
     thresholded = predictions.min_confidence is not None
+    header = csv_header(trained, top_k, thresholded)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(header + (["answered", "guess"] if thresholded else []))
-    for row in predictions.rows:
-        cells = [row["path"]]
-        for label, prob in zip(row["labels"], row["probs"]):
-            cells += [label, f"{prob:.6f}"]
-        cells += [""] * (len(header) - len(cells))  # fewer classes than --top-k
-        if thresholded:
-            cells += [str(row.get("answered", True)).lower(), row.get("guess", row["labels"][0])]
-        writer.writerow(cells)
+    writer.writerow(header)
+    writer.writerows(csv_cells(row, trained, header, thresholded) for row in predictions.rows)
     atomic_write(output, buffer.getvalue())
+
+
+def csv_header(trained: TrainedModel, top_k: int, thresholded: bool) -> list[str]:
+    """The CSV columns of the model's task (task.py); "answered" and "guess" when a threshold applies."""
+    header = trained.task.prediction_columns(top_k, trained.class_names)
+    return header + (["answered", "guess"] if thresholded and not trained.task.multi_label else [])
+
+
+def csv_cells(row: dict, trained: TrainedModel, header: list[str], thresholded: bool) -> list[str]:
+    """One prediction row as the CSV's cells."""
+    if trained.task.multi_label:
+        return [row["path"], trained.label_join.join(row["labels"]),
+                *(f"{row['scores'][name]:.6f}" for name in trained.class_names)]
+    cells = [row["path"]]
+    for label, prob in zip(row["labels"], row["probs"]):
+        cells += [label, f"{prob:.6f}"]
+    width = len(header) - (2 if thresholded else 0)
+    cells += [""] * (width - len(cells))  # fewer classes than --top-k
+    if thresholded:
+        cells += [str(row.get("answered", True)).lower(), row.get("guess", row["labels"][0])]
+    return cells
 
 
 def _write_multi_label(predictions: Predictions, output: Path, label_delim: str, class_names: list[str]) -> None:
