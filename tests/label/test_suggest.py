@@ -133,3 +133,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
     assert main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("tlearn: error:") and "\n" not in error and message in error, error
+
+
+def test_labels_table_rows_match_pool_images_by_path_or_stem(tmp_path):
+    from tlearn.label import read_pool_labels, scan_pool
+
+    pool = scan_pool(make_folder(tmp_path / "pool", per_class=2))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path\n")  # a header alone: nothing answered yet
+    assert read_pool_labels(pool, labels).answered == set()
+    labels.write_text("image,class\ncat/0,cat\ndog/1.png,dog\nfox/0.png,\n")
+    known = read_pool_labels(pool, labels)
+    assert {pool.paths[i]: name for i, name in known.by_index.items()} == {"cat/0.png": "cat", "dog/1.png": "dog"}
+    assert {pool.paths[i] for i in known.answered} == {"cat/0.png", "dog/1.png", "fox/0.png"}
+    assert known.class_names == ["cat", "dog"]
