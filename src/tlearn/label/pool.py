@@ -94,7 +94,8 @@ class Backbone:
         else:
             # weights="none" is a random backbone: seeded, so every process draws the same one and the
             # feature cache (keyed by the backbone's content) serves the next suggest
-            torch.manual_seed(0)
+            if self.weights == "none":
+                torch.manual_seed(0)
             model = create_model(self.model, 2, self.weights, aux_logits=False, image_size=self.image_size)
             model.info.preprocessing = adapt_preprocessing(model.info.preprocessing, pool.samples(), "auto")
         if self.image_size is not None:
