@@ -10,6 +10,7 @@ from .._lazy import lazy_exports
 
 _EXPORTS = {
     "run_audit": "run", "summary_lines": "run",
+    "MIN_COSINE": "_duplicates", "NEAR_HAMMING": "_duplicates", "perceptual_hash_bits": "_hashing",
 }
 __all__ = sorted(_EXPORTS)
 

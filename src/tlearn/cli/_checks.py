@@ -128,6 +128,28 @@ def check_audit(args: argparse.Namespace) -> None:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
 
 
+def check_suggest(args: argparse.Namespace) -> None:
+    single_process("suggest")
+    require_folder(args.pool, "--pool", exists=True)
+    if args.n < 1:
+        raise UserError(f"--n must be at least 1, got {args.n}")
+    if args.run is not None and args.model is not None:
+        raise UserError("suggest takes a run folder (--run) or a model (--model), not both")
+    if args.run is not None:
+        require_folder(args.run, "--run", exists=True)
+    if args.labels is not None and os.path.isdir(args.labels):
+        raise UserError(f"--labels {args.labels} is a folder; a table (.csv, .tsv) is expected")
+    if args.labels is not None and not os.path.exists(args.labels):
+        raise UserError(f"--labels not found: {args.labels}")
+    if not args.out.lower().endswith(".csv"):
+        raise UserError(f"--out must end in .csv, got {args.out}")
+    require_file_target(args.out, "--out")
+    if args.cache_dir:
+        require_folder(args.cache_dir, "--cache-dir")
+    if args.image_size is not None and args.image_size < 16:
+        raise UserError(f"--image-size must be at least 16, got {args.image_size}")
+
+
 def check_tta_crops(crops: int) -> None:
     if crops not in (1, 5):
         raise UserError(f"--tta-crops must be 1 or 5, got {crops}")
@@ -171,4 +193,5 @@ CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "train": check_train, "demo": lambda args: check_train_paths(args, "digits"), "lr-find": check_lr_find,
     "select": check_select, "eval": check_eval, "predict": check_predict, "export": check_export,
     "features": check_features, "audit": check_audit, "serve": check_serve, "models": lambda args: None,
+    "suggest": check_suggest,
 }

@@ -6,6 +6,7 @@ import argparse
 
 from ..config import DEVICES, SMALL_IMAGES
 from ._flags import add_config_flags, add_data_flag, add_table_flags
+from ._label_flags import add_suggest_flags
 from ._select_flags import add_select_flags
 
 # The demo: the bundled Lite0 on the embedded digits, small and quick (README, Quick start).
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_select_flags(command("select", help="rank backbones and input sizes on your data by a linear probe"))
     _add_audit_flags(command("audit", help="check a data set before training: duplicates, label errors, balance, "
                                            "odd images"))
+
+    add_suggest_flags(command("suggest", help="which images of a folder to label next (typical, diverse, with "
+                                               "the probe's guess)"))
 
     models = command("models", help="list model names; marks weights usable offline")
     models.add_argument("pattern", nargs="?", default=None, help="glob or substring, e.g. 'resnet*' or timm:vit")

@@ -24,7 +24,7 @@ COMMANDS = {
     "eval": ("_run_commands", "evaluate"), "predict": ("_run_commands", "predict"),
     "export": ("_run_commands", "export"), "features": ("_run_commands", "features"),
     "audit": ("_data_commands", "audit"), "models": ("_data_commands", "models"),
-    "serve": ("_serve_command", "serve"),
+    "serve": ("_serve_command", "serve"), "suggest": ("_label_commands", "suggest"),
 }
 
 

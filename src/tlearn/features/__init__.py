@@ -11,6 +11,8 @@ _EXPORTS = {
     "make_backend": "backends",
     "FeatureExtractor": "extractor", "cache_key": "extractor", "default_cache_dir": "extractor",
     "run_cache_dir": "extractor",
+    "FeatureScaler": "few_labels", "Probe": "few_labels", "cross_validate": "few_labels", "fit_probe": "few_labels",
+    "self_train": "few_labels",
     "HeadObjective": "head_solver", "fit_linear_head_lbfgs": "head_solver",
     "head_key": "solved_heads", "load_solved": "solved_heads", "store_solved": "solved_heads",
 }
