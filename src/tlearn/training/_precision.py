@@ -96,7 +96,8 @@ def _log_choice(choice: dict[str, Any], resumed: bool) -> None:
 
 
 def measure_step_rates(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], loss_fn: Callable,
-                       runtime: Runtime, config: TrainConfig, aux_weight: float = 0.0) -> dict[str, float]:
+                       runtime: Runtime, config: TrainConfig, aux_weight: float = 0.0,
+                       steps: int = TIMED_STEPS) -> dict[str, float]:
     """Images/s of a training step (forward, backward, optimiser) of `model` on `batch`, in fp32 and
     in the runtime's candidate precision, on a copy of the model and optimiser; the RNG states are
     restored, so the run goes on as if nothing had run. Under torchrun the processes' times are summed,
@@ -110,7 +111,7 @@ def measure_step_rates(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor
         inputs, targets = batch
         dtypes = {"fp32": None, precision_name(runtime.amp_candidate): runtime.amp_candidate}
         seconds: dict[str, list[float]] = {name: [] for name in dtypes}
-        for round_index in range(WARMUP_STEPS + TIMED_STEPS):
+        for round_index in range(WARMUP_STEPS + steps):
             for name, dtype in dtypes.items():  # interleaved: a burst of load hits both alike
                 took = _timed_step(trial, optimizer, inputs, targets, loss_fn, dataclasses.replace(
                     runtime, amp_dtype=dtype), aux_weight)
