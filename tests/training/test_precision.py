@@ -148,3 +148,11 @@ def test_amp_on_trains_in_bf16_on_this_cpu_and_logs_its_units(tmp_path):
     summary = json.loads((tmp_path / "on" / "summary.json").read_text())
     assert summary["amp"]["dtype"] == "bf16" and summary["amp"]["bf16_units"]
     assert "CPU bf16 units: avx512_bf16" in result.stderr + result.stdout
+
+
+def test_feature_extraction_on_cpu_stays_fp32_under_amp_on():
+    """onnxruntime's fp32 graph extracts; its parity check against bf16 PyTorch would fail and fall back."""
+    from tlearn.features import FeatureExtractor
+
+    extractor = FeatureExtractor(Runtime(CPU, torch.bfloat16, False, bf16_units=("avx512_bf16",)))
+    assert extractor.runtime.amp_dtype is None
