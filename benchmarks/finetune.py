@@ -17,6 +17,7 @@ and medians are reported, because this machine's speed drifts with other jobs.
                makes tlearn leave the allocator alone).
   no-image-cache   tlearn with --image-cache-gb 0 (decoding every epoch).
   workers-N    tlearn with --workers N (N decoding processes; 0 decodes inline).
+  amp-off, amp-on  tlearn with --amp off (fp32) or on (bf16); `tlearn` itself runs --amp auto.
   no-image-cache-workers-N   both.
 The ratio tlearn/plain is the median of each round's ratio. Build the photo folder first:
 `python benchmarks/make_photos.py` (398 JPEGs of 500x375, two CIFAR-10 classes enlarged).
@@ -46,6 +47,8 @@ TLEARN_VARIANTS = {
     "workers-2": (["--workers", "2"], {}),
     "no-image-cache-workers-0": (["--image-cache-gb", "0", "--workers", "0"], {}),
     "no-image-cache-workers-1": (["--image-cache-gb", "0", "--workers", "1"], {}),
+    "amp-off": (["--amp", "off"], {}),  # issue 25: fp32 throughout (tlearn's default is --amp auto)
+    "amp-on": (["--amp", "on"], {}),  # bf16 throughout (needs a CPU with bf16 units)
 }
 
 

@@ -19,6 +19,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 AUGMENTS = ("default", "randaugment", "trivialaugment", "autoaugment", "none")  # data/augment.py
 HEAD_SOLVERS = ("sgd", "lbfgs")
 AMP_DTYPES = ("bf16", "fp16")
+AMP_MODES = ("auto", "on", "off")  # --amp alone: on
 SMALL_IMAGES = ("auto", "weights")
 # What early stopping watches: val_map and val_balanced_acc exist only for some tasks (early_stopping.py).
 MONITORS = ("val_loss", "val_top1", "val_map", "val_balanced_acc")
@@ -40,15 +41,17 @@ def lr_value(text: str) -> float | str:
 
 
 def option(default: Any, help: str, *, group: str, choices: tuple[str, ...] | None = None,
-           flag: str | None = None, dest: str | None = None, cli: bool = True, parse: Any = None) -> Any:
+           flag: str | None = None, dest: str | None = None, cli: bool = True, parse: Any = None,
+           const: Any = None) -> Any:
     """A setting with its command-line description beside its default (cli_flags.py reads it).
 
     `flag`: the flag when it is not --field-name (a True default becomes --no-...); `dest`: the
     argparse name when it differs from the field's; `cli=False`: no flag; `parse`: the flag's
-    argparse type when the field's own type is not enough.
+    argparse type when the field's own type is not enough; `const`: the value of the flag given alone.
     """
     return field(default=default, metadata={"help": help, "group": group, "choices": choices, "flag": flag,
-                                            "dest": dest, "cli": cli, "parse": parse})
+                                            "dest": dest, "cli": cli, "parse": parse,
+                                            "const": const})
 
 
 @dataclass(frozen=True)
@@ -242,10 +245,13 @@ class TrainConfig:
     accumulate: int = option(1, "micro-batches per optimiser step (gradient accumulation): the step sees "
                                 "--batch-size x N images", group="optimizer")
     device: str = option("auto", "where to train", group="runtime", choices=DEVICES)
-    amp: bool = option(False, "mixed precision (CUDA): bf16 where supported, else fp16 with a grad scaler",
-                       group="runtime")
-    amp_dtype: str | None = option(None, "default: bf16 if the GPU supports it, else fp16", group="runtime",
-                                   choices=AMP_DTYPES)
+    # runtime.py and training/_precision.py (issue 25): auto times each training stage's first steps.
+    amp: str = option("auto", "mixed precision: on (CUDA: bf16 where supported, else fp16; CPU: bf16, needs "
+                              "bf16 units), off, or auto: each training stage times a few steps in both and "
+                              "keeps bf16 only where it is faster; --amp alone is on", group="runtime",
+                      choices=AMP_MODES, const="on")
+    amp_dtype: str | None = option(None, "default: bf16 if the GPU supports it, else fp16; CPUs: bf16 only",
+                                   group="runtime", choices=AMP_DTYPES)
     channels_last: bool = option(True, "channels_last memory format", group="runtime",
                                  flag="--no-channels-last")
     seed: int = option(0, "seed of the split, the head's initialisation and the data order", group="runtime")
@@ -263,6 +269,8 @@ class TrainConfig:
                                           "'unknown' below it (single-label)", group="output")
 
     def __post_init__(self) -> None:
+        if isinstance(self.amp, bool):  # a config.yaml written before --amp auto existed
+            object.__setattr__(self, "amp", "on" if self.amp else "off")
         self.validate()
 
     def validate(self) -> None:
@@ -273,8 +281,11 @@ class TrainConfig:
         _check_choice("--balance", self.balance, BALANCE_MODES)
         if self.balance_tau < 0:
             raise ConfigError(f"--balance-tau must be 0 or more, got {self.balance_tau}")
-        if self.amp and self.device in ("cpu", "mps"):
-            raise ConfigError(f"--amp needs a CUDA device, not --device {self.device}")
+        _check_choice("--amp", self.amp, AMP_MODES)
+        if self.amp == "on" and self.device == "mps":
+            raise ConfigError("--amp needs CUDA or a CPU with bf16 units, not --device mps")
+        if self.amp == "on" and self.amp_dtype == "fp16" and self.device == "cpu":
+            raise ConfigError("--amp-dtype fp16 needs a CUDA device; on CPU --amp uses bf16")
         if self.amp_dtype is not None:
             _check_choice("--amp-dtype", self.amp_dtype, AMP_DTYPES)
         if self.epochs < 0 or self.head_epochs < 0:

@@ -25,6 +25,10 @@ class Runtime:
     channels_last: bool
     rank: int = 0
     world_size: int = 1
+    # --amp auto: the dtype each training stage times against fp32 before it picks (None: no candidate;
+    # amp_dtype then stays None until a stage chooses it). bf16_units: the CPU's, as PyTorch detects them.
+    amp_candidate: torch.dtype | None = None
+    bf16_units: tuple[str, ...] = ()
 
     @property
     def is_main(self) -> bool:
@@ -78,9 +82,53 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def setup_runtime(device: str = "auto", amp: bool = False, amp_dtype: str | None = None,
+def cpu_bf16_units() -> tuple[str, ...]:
+    """The CPU's bf16 units, as PyTorch's own checks find them (oneDNN runs bf16 fast only on these;
+    elsewhere it emulates bf16 and is slower than fp32)."""
+    found = []
+    if torch.cpu._is_avx512_bf16_supported():
+        found.append("avx512_bf16")
+    if torch.cpu._is_amx_tile_supported():
+        found.append("amx")
+    return tuple(found) if found and torch.ops.mkldnn._is_mkldnn_bf16_supported() else ()
+
+
+def _amp_mode(amp: bool | str) -> str:
+    """--amp: auto, on or off (True and False from configs written before auto existed)."""
+    return {True: "on", False: "off"}.get(amp, amp) if isinstance(amp, bool) else amp
+
+
+def amp_dtypes(device: torch.device, amp: bool | str, amp_dtype: str | None,
+               bf16_units: tuple[str, ...]) -> tuple[torch.dtype | None, torch.dtype | None]:
+    """(the dtype every pass uses, the dtype --amp auto times against fp32). On CPU only bf16, and only
+    with bf16 units; on CUDA bf16 where the GPU has it, else fp16 (auto tries bf16 only)."""
+    mode = _amp_mode(amp)
+    if mode == "off" or device.type == "mps":
+        if mode == "on":
+            raise ConfigError("--amp on needs CUDA or a CPU with bf16 units, not Apple MPS")
+        return None, None
+    if device.type == "cpu":
+        if amp_dtype == "fp16" and mode == "on":
+            raise ConfigError("--amp-dtype fp16 needs a CUDA device; on CPU --amp uses bf16")
+        if not bf16_units:
+            if mode == "on":
+                raise ConfigError("--amp on: this CPU has no bf16 units (avx512_bf16 or AMX), where bf16 "
+                                  "is slower than fp32; use --amp off")
+            return None, None
+        bf16 = torch.bfloat16
+    else:
+        bf16 = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if mode == "auto":
+        return None, bf16 if amp_dtype in (None, "bf16") else None
+    if amp_dtype is None:
+        return bf16 or torch.float16, None
+    return (torch.bfloat16 if amp_dtype == "bf16" else torch.float16), None
+
+
+def setup_runtime(device: str = "auto", amp: bool | str = False, amp_dtype: str | None = None,
                   channels_last: bool = True) -> Runtime:
-    """Pick the device; join the torchrun process group when launched by torchrun."""
+    """Pick the device and the precision (`amp`: auto, on or off); join the torchrun process group when
+    launched by torchrun."""
     rank, world_size = 0, 1
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -93,14 +141,14 @@ def setup_runtime(device: str = "auto", amp: bool = False, amp_dtype: str | None
             dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
     else:
         resolved = resolve_device(device)
-    dtype = None
-    if amp:
-        if resolved.type != "cuda":
-            raise ConfigError("--amp needs a CUDA device: CPUs here have no fast bf16/fp16 units")
-        if amp_dtype is None:
-            amp_dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        dtype = torch.bfloat16 if amp_dtype == "bf16" else torch.float16
-    return Runtime(resolved, dtype, channels_last, rank, world_size)
+    units = cpu_bf16_units() if resolved.type == "cpu" else ()
+    dtype, candidate = amp_dtypes(resolved, amp, amp_dtype, units)
+    return Runtime(resolved, dtype, channels_last, rank, world_size, candidate, units)
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """bf16, fp16 or fp32: how logs, summary.json and the feature cache's keys name a precision."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def close_process_group() -> None:

@@ -53,6 +53,10 @@ def _add_flag(group, item: dataclasses.Field, default: Any) -> None:
     kind = meta.get("parse") or _TYPES[item.type.replace(" | None", "")]
     text = meta["help"] if default == item.default else meta["help"].split("; default")[0]
     hint = text if default is None else f"{text} (default {default})"
+    if meta.get("const") is not None:  # the flag alone gives `const` (--amp: on)
+        group.add_argument(flag, dest=dest, type=kind, default=default, choices=meta["choices"], help=hint,
+                           nargs="?", const=meta["const"])
+        return
     group.add_argument(flag, dest=dest, type=kind, default=default, choices=meta["choices"], help=hint)
 
 

@@ -6,6 +6,7 @@ its weights' identity, the preprocessing and the dataset manifest: change any, r
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -69,6 +70,13 @@ class FeatureExtractor:
     backend: str = "auto"  # auto: onnxruntime on CPU when it matches PyTorch | torch
     cache_dir: Path | None = None  # None: no cache
     cache_failed: bool = field(default=False, init=False)  # warned once; stores are skipped since
+
+    def __post_init__(self) -> None:
+        # On CPU the features come from onnxruntime's fp32 graph, whatever --amp says: it extracts
+        # faster than PyTorch under bf16 here (docs/precision.md), and its parity check must compare
+        # it with fp32 PyTorch, not bf16 (which differs by far more than the check allows).
+        if self.runtime.device.type == "cpu" and self.runtime.amp_dtype is not None:
+            self.runtime = dataclasses.replace(self.runtime, amp_dtype=None)
 
     def extract(self, model: Classifier, samples: Samples, description: str = "features",
                 transform=None) -> torch.Tensor:

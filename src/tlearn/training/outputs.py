@@ -20,6 +20,7 @@ from ..run_folder import checkpoint, run_folder_writes
 from ..run_folder import records as run_folder
 from ..runtime import Runtime
 from ..task import Task
+from ._precision import precision_record
 
 if TYPE_CHECKING:
     from .runner import Run
@@ -112,4 +113,5 @@ def _summary(model: Classifier, run: Run) -> dict[str, Any]:
         "stages": progress.stage_results, "num_classes": len(data.class_names),
         "class_names": list(data.class_names), "num_train": len(data.train), "num_val": len(data.val),
         "skipped_files": len(data.skipped), "epochs_completed": len(progress.rows),
+        "amp": precision_record(run.runtime, run.config.train.amp, progress.precisions),
     }

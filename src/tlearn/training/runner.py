@@ -30,6 +30,7 @@ from ._events import Callback
 from ._layer_groups import backbone_trains, log_block_groups, unfreeze_top
 from ._loop import Loop, evaluate_loader
 from ._optim import make_optimizer, make_scheduler
+from ._precision import log_precision, measure_step_rates, stage_runtime
 from .callbacks import (
     EarlyStopping,
     GradualUnfreezing,
@@ -86,6 +87,7 @@ class StageRun:
     data: StageData
     state: TrainState | None  # None for an L-BFGS solve
     mark: float  # when the current epoch (or solve) started, feature extraction included
+    runtime: Runtime | None = None  # the stage's precision (--amp auto); None: the run's
 
 
 def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_dir: str | Path | None = None,
@@ -97,6 +99,7 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
     if tc.patience:
         task.require_monitor(tc.monitor)
     runtime = runtime or setup_runtime(tc.device, tc.amp, tc.amp_dtype, tc.channels_last)
+    log_precision(runtime, tc.amp)
     seed_everything(tc.seed, tc.deterministic)
     model.info.class_names = list(data.class_names)
     if task.multi_label:  # images per class; balancing is single-label only (Task.check_config)
@@ -177,8 +180,9 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
             logger.info("  --ema-decay: an L-BFGS head solve has no steps to average; no EMA in this stage")
         _solve_head(StageRun(model, stage, stage_data, None, mark), run)
         return
+    runtime = _stage_precision(model, stage_data, index, run)
     if index == run.lr_stage:  # --lr find
-        tc = _find_lr(model, stage, stage_data, run)
+        tc = _find_lr(model, stage, stage_data, run, runtime)
     if backbone_trains(model):  # after the LR finder: the groups' LRs follow the LR it found
         log_block_groups(block_groups(model), tc)
     optimizer = make_optimizer(parameter_groups(model, tc), tc)
@@ -188,17 +192,29 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
                        start_weight_average(model, stage_data.module, tc.ema_decay))
     if stage_state is not None:
         state.load_state_dict(stage_state)
-    _train_epochs(StageRun(model, stage, stage_data, state, mark), run)
+    _train_epochs(StageRun(model, stage, stage_data, state, mark, runtime), run)
 
 
-def _find_lr(model: Classifier, stage: Stage, stage_data: StageData, run: Run) -> TrainConfig:
+def _stage_precision(model: Classifier, stage_data: StageData, index: int, run: Run) -> Runtime:
+    """--amp auto: the stage's precision, timed on its first batch (_precision.py); else the run's."""
+    def measure() -> dict[str, float]:
+        inputs, targets = next(iter(stage_data.train))
+        batch = stage_data.prepare(inputs), targets.to(run.runtime.device)
+        return measure_step_rates(model, batch, _training_loss(run, stage_data, model, []), run.runtime,
+                                  run.config.train, run.config.model.aux_weight)
+
+    return stage_runtime(run.runtime, run.config.train, run.progress.precisions, str(index),
+                         None if stage_data.cached else measure)
+
+
+def _find_lr(model: Classifier, stage: Stage, stage_data: StageData, run: Run, runtime: Runtime) -> TrainConfig:
     """--lr find: the stage's settings at the LR the finder picks. The sweep trains what the stage's
     first epoch trains (under --unfreeze gradual: the head and the top block group), as it trains it
     (the batch techniques: mixing, accumulation)."""
     if stage.gradual:
         unfreeze_top(model, block_groups(model), 1)
     techniques = batch_techniques(run.config, Task.of(model.info), model.info.num_classes, stage_data.cached)
-    found = stage_lr_config(model, stage.name, stage_data, run.config, run.runtime, run.progress,
+    found = stage_lr_config(model, stage.name, stage_data, run.config, runtime, run.progress,
                             _training_loss(run, stage_data, model, techniques), run.run_dir if run.writes else None,
                             techniques)
     if stage.gradual:
@@ -232,7 +248,8 @@ def _train_epochs(current: StageRun, run: Run) -> None:
     if run.tensorboard is not None:
         callbacks.append(run.tensorboard)
     callbacks.append(TimeSplit())
-    loop = Loop(model, stage_data, state, run.runtime, _training_loss(run, stage_data, model, techniques),
+    loss = _training_loss(run, stage_data, model, techniques)
+    loop = Loop(model, stage_data, state, current.runtime or run.runtime, loss,
                 num_classes=model.info.num_classes, task=task, config=tc, aux_weight=run.config.model.aux_weight,
                 callbacks=callbacks, name=stage.name)
     loop.fit(run.progress.stage_epoch, stage.epochs)

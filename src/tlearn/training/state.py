@@ -50,6 +50,9 @@ class Progress:
     best_thresholds: list[float] = field(default_factory=list)
     # --lr find: the finder's LR and rule (lr_finder.Finding.record), so a resumed run reuses it.
     lr_found: dict[str, Any] | None = None
+    # --amp auto: each training stage's precision and the rates it was chosen by (_precision.py),
+    # by stage index, so a resumed stage keeps its choice.
+    precisions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
