@@ -178,8 +178,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = option("efficientnet_lite0", "torchvision name, timm:NAME, or efficientnet_lite0|1|2 (bundled, offline)",
-                       group="model", flag="--model", dest="model")
+    name: str = option("efficientnet_lite0", "torchvision name, timm:NAME, or efficientnet_lite0|1|2 (bundled, "
+                                             "offline)", group="model", flag="--model", dest="model")
     weights: str = option("default", "default | none | PATH to a state dict", group="model")
     aux_weight: float = option(0.4, "Inception/GoogLeNet auxiliary loss weight; 0 turns the aux heads off",
                                group="model")

@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 # Strong small ImageNet backbones, one or two per family, all under 30M parameters: mobile CNNs
 # (bundled Lite0, Lite1 and Lite2 (the `lite` extra), MobileNetV3, EfficientNet-B0), RegNetY,
 # ResNet-50, ConvNeXt-T, Swin-T, ViT-S/16 (AugReg, ImageNet-21k pretraining: strong transfer).
-DEFAULT_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_800mf", "resnet50",
+DEFAULT_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v3_large",
+                  "efficientnet_b0", "regnet_y_800mf", "resnet50",
                   "convnext_tiny", "swin_t", "timm:vit_small_patch16_224")
 MIN_IMAGE_SIZE = 16  # as --image-size
 
