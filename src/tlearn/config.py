@@ -332,14 +332,42 @@ class TrainConfig:
         return 0.01 if self.optimizer == "adamw" else 1e-4
 
 
+# --- issue 23: distillation (`tlearn distill`; training/distillation.py) ---
+@dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation (Hinton et al. 2015): the student learns the teacher run's softened
+    outputs (KL divergence at a temperature, x T^2) beside the labels."""
+
+    teacher: str = option(None, "the teacher's run folder", group="distill", cli=False)
+    temperature: float = option(4.0, "softmax temperature of both models' outputs in the KL term",
+                                group="distill", flag="--distill-temperature")
+    distill_weight: float = option(0.5, "weight of the KL term (x T^2) in the loss", group="distill")
+    label_weight: float = option(0.5, "weight of the loss on the labels (images from --unlabeled have none)",
+                                 group="distill")
+    unlabeled: str | None = option(None, "a folder of images without labels (searched recursively): the "
+                                         "teacher labels them softly", group="distill")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.teacher, str) or not self.teacher:
+            raise ConfigError("distillation needs the teacher's run folder")
+        if not self.temperature > 0:
+            raise ConfigError(f"--distill-temperature must be above 0, got {self.temperature}")
+        if self.distill_weight < 0 or self.label_weight < 0 or self.distill_weight + self.label_weight <= 0:
+            raise ConfigError("--distill-weight and --label-weight must be 0 or more, and not both 0")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     data: DataConfig
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig | None = None  # a distillation run: the student learns from a teacher run
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        raw = dataclasses.asdict(self)
+        if raw["distill"] is None:  # an ordinary run's config.yaml stays as it was
+            del raw["distill"]
+        return raw
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
@@ -349,6 +377,7 @@ class RunConfig:
                 data=DataConfig(**raw["data"]),
                 model=ModelConfig(**raw.get("model", {})),
                 train=TrainConfig(**raw.get("train", {})),
+                distill=DistillConfig(**raw["distill"]) if raw.get("distill") else None,
             )
         except (KeyError, TypeError) as error:
             raise ConfigError(f"config does not match this version of tlearn: {error}") from None

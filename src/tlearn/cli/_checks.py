@@ -33,6 +33,15 @@ def check_train(args: argparse.Namespace) -> None:
         check_train_paths(args, args.data)
 
 
+def check_distill(args: argparse.Namespace) -> None:
+    require_folder(args.teacher, "teacher run folder", exists=True)
+    if args.unlabeled:
+        require_folder(args.unlabeled, "--unlabeled", exists=True)
+    if not args.data:
+        raise UserError("distill needs --data (a folder, digits, cifar10 or cifar100)")
+    check_train_paths(args, args.data)
+
+
 def check_lr_find(args: argparse.Namespace) -> None:
     if not args.data:
         raise UserError("lr-find needs --data (a folder, digits, cifar10 or cifar100)")
@@ -150,4 +159,5 @@ CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "train": check_train, "demo": lambda args: check_train_paths(args, "digits"), "lr-find": check_lr_find,
     "select": check_select, "eval": check_eval, "predict": check_predict, "export": check_export,
     "features": check_features, "audit": check_audit, "models": lambda args: None,
+    "distill": check_distill,  # issue 23
 }

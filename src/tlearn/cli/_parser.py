@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import DEVICES, SMALL_IMAGES
+from ._distill_flags import add_distill_flags
 from ._flags import add_config_flags, add_data_flag, add_table_flags
 from ._select_flags import add_select_flags
 
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", default=None, metavar="RUN", help="continue an interrupted run")
     _add_overwrite_flag(train)
     add_config_flags(train)
+
+    # issue 23: distillation
+    add_distill_flags(command("distill", help="train a smaller student on a teacher run's soft targets"))
 
     _add_lr_find_flags(command("lr-find", help="sweep the LR (fastai's lr_find): plot, csv and a suggested LR"))
 

@@ -24,6 +24,7 @@ COMMANDS = {
     "eval": ("_run_commands", "evaluate"), "predict": ("_run_commands", "predict"),
     "export": ("_run_commands", "export"), "features": ("_run_commands", "features"),
     "audit": ("_data_commands", "audit"), "models": ("_data_commands", "models"),
+    "distill": ("_training_commands", "distill"),  # issue 23
 }
 
 
@@ -33,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     allocator = configure_allocator()
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose - args.quiet, to_stderr=getattr(args, "json", False))
-    logging.getLogger("tlearn").log(logging.INFO if args.command in ("train", "demo", "lr-find") else logging.DEBUG,
-                                    allocator)
+    talks = args.command in ("train", "demo", "lr-find", "distill")
+    logging.getLogger("tlearn").log(logging.INFO if talks else logging.DEBUG, allocator)
     try:
         CHECKS[args.command](args)
         module, function = COMMANDS[args.command]

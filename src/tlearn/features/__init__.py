@@ -12,6 +12,7 @@ _EXPORTS = {
     "FeatureExtractor": "extractor", "cache_key": "extractor", "default_cache_dir": "extractor",
     "run_cache_dir": "extractor",
     "HeadObjective": "head_solver", "fit_linear_head_lbfgs": "head_solver",
+    "LogitCache": "logit_cache", "tensor_digest": "logit_cache",
     "head_key": "solved_heads", "load_solved": "solved_heads", "store_solved": "solved_heads",
 }
 __all__ = sorted(_EXPORTS)

@@ -42,6 +42,7 @@ from .callbacks import (
 from .callbacks.accumulation import optimizer_steps
 from .callbacks.ema import start_weight_average
 from .callbacks.mixing import warn_if_ignored
+from .distillation import Distiller, start_distillation
 from .lr_finder import stage_lr_config, stage_to_sweep
 from .outputs import StagesResult, finish_stages, start_run_folder
 from .stage_data import StageData, build_stage_data, cache_decoded_images
@@ -71,6 +72,7 @@ class Run:
     # process saw every validation image: the report then needs no pass of its own.
     best_val_probs: torch.Tensor | None = None
     lr_stage: int | None = None  # --lr find: the stage whose LR the finder picks
+    distiller: Distiller | None = None  # a distillation run: the teacher (distillation.py)
 
     @property
     def writes(self) -> bool:
@@ -116,7 +118,11 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     cache_dir = run_cache_dir(tc.cache_dir, tc.use_cache)
-    run = Run(config, data, runtime, Path(run_dir) if run_dir is not None else None, progress, cache_dir, balance)
+    distiller = None
+    if config.distill is not None:  # the balance above counts the labelled images alone
+        distiller, data = start_distillation(config, data, model, runtime, cache_dir)
+    run = Run(config, data, runtime, Path(run_dir) if run_dir is not None else None, progress, cache_dir, balance,
+              distiller=distiller)
     if run.writes and resume is None:
         start_run_folder(run, model)
     if run.writes and resume is not None:
@@ -163,7 +169,7 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
     mark = time.perf_counter()
     stage.apply(model)
     trainable, frozen = parameter_counts(model)
-    stage_data = build_stage_data(model, stage, run.data, run.config, runtime, run.cache_dir)
+    stage_data = build_stage_data(model, stage, run.data, run.config, runtime, run.cache_dir, run.distiller)
     if stage_data.cached:
         run.val_features = stage_data.val.dataset.tensors[0]
         warn_if_ignored(run.config, stage.name)
@@ -224,6 +230,11 @@ def _train_epochs(current: StageRun, run: Run) -> None:
     techniques = batch_techniques(run.config, task, model.info.num_classes, stage_data.cached)
     callbacks = [GradualUnfreezing(model)] if stage.gradual else []
     callbacks += techniques
+    loss = _training_loss(run, stage_data, model, techniques)
+    if run.distiller is not None:  # after mixing: the teacher sees the images the student sees
+        teacher = run.distiller.callback(stage_data.cached)
+        callbacks.append(teacher)
+        loss = run.distiller.loss(loss, teacher)
     if tc.patience:
         callbacks.append(EarlyStopping(tc, task, run.progress, stage.name))
     if state.ema is not None:
@@ -232,9 +243,8 @@ def _train_epochs(current: StageRun, run: Run) -> None:
     if run.tensorboard is not None:
         callbacks.append(run.tensorboard)
     callbacks.append(TimeSplit())
-    loop = Loop(model, stage_data, state, run.runtime, _training_loss(run, stage_data, model, techniques),
-                num_classes=model.info.num_classes, task=task, config=tc, aux_weight=run.config.model.aux_weight,
-                callbacks=callbacks, name=stage.name)
+    loop = Loop(model, stage_data, state, run.runtime, loss, num_classes=model.info.num_classes, task=task, config=tc,
+                aux_weight=run.config.model.aux_weight, callbacks=callbacks, name=stage.name)
     loop.fit(run.progress.stage_epoch, stage.epochs)
 
 
