@@ -18,6 +18,7 @@ from .data import DatasetSplits, load_data, require_validation
 from .errors import ConfigError, DataError, RunFolderError
 from .infer import TrainedModel, best_model_logits, calibrate_run, load, predict
 from .infer.evaluation import Evaluation, data_config_for, eval_samples, evaluate, evaluation
+from .metrics import per_class_scores
 from .models import Classifier, create_model, resolve
 from .reports import report_run
 from .run_folder import checkpoint, claim_run_folder, run_folder_lock, run_folder_writes
@@ -120,6 +121,7 @@ def _finish(result: StagesResult) -> dict:
         with run_folder_writes(run_dir, "the calibration"):
             probs, calibration = calibrate_run(run_dir, info, probs.cpu().float(), result.val.labels,
                                                result.coverage, summary)
+        summary["val_per_class"] = per_class_scores(probs.argmax(dim=1), result.val.labels, info.class_names)
     with run_folder_writes(run_dir, "the run summary"):
         run_folder.write_summary(run_dir, summary)
     if result.report:

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..config import LabelTable
 from ..data import require_data_source
 from ..errors import UserError
+from ..hub import check_repo_id, is_hub_name
 from ..run_folder import check_out_folder
 
 
@@ -40,6 +41,13 @@ def check_distill(args: argparse.Namespace) -> None:
     if not args.data:
         raise UserError("distill needs --data (a folder, digits, cifar10 or cifar100)")
     check_train_paths(args, args.data)
+
+
+def check_push(args: argparse.Namespace) -> None:
+    require_folder(args.run, "run folder", exists=True)
+    check_repo_id(args.repo_id)
+    if args.local_dir:
+        require_folder(args.local_dir, "--local-dir")
 
 
 def check_lr_find(args: argparse.Namespace) -> None:
@@ -78,7 +86,8 @@ def check_eval(args: argparse.Namespace) -> None:
 
 def check_predict(args: argparse.Namespace) -> None:
     check_tta_crops(args.tta_crops)
-    require_folder(args.run, "run folder", exists=True)
+    if not is_hub_name(args.run):  # hf-hub:USER/NAME: downloaded by the command
+        require_folder(args.run, "run folder", exists=True)
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     if args.batch_size < 1:
@@ -159,5 +168,5 @@ CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "train": check_train, "demo": lambda args: check_train_paths(args, "digits"), "lr-find": check_lr_find,
     "select": check_select, "eval": check_eval, "predict": check_predict, "export": check_export,
     "features": check_features, "audit": check_audit, "models": lambda args: None,
-    "distill": check_distill,  # issue 23
+    "distill": check_distill, "push": check_push,  # issue 23
 }

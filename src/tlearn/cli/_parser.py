@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     # issue 23: distillation
     add_distill_flags(command("distill", help="train a smaller student on a teacher run's soft targets"))
 
+    # issue 23: the Hugging Face Hub
+    push = command("push", help="put a run on the Hugging Face Hub: timm's format, a model card from the run")
+    push.add_argument("run")
+    push.add_argument("--repo-id", required=True, help="USER/NAME on the Hub (token: HF_TOKEN or `hf auth login`)")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--local-dir", default=None, metavar="DIR", help="write the Hub folder here; upload nothing")
+
     _add_lr_find_flags(command("lr-find", help="sweep the LR (fastai's lr_find): plot, csv and a suggested LR"))
 
     _add_eval_flags(command("eval", help="evaluate a run folder's model on a dataset"))

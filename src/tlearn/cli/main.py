@@ -24,7 +24,7 @@ COMMANDS = {
     "eval": ("_run_commands", "evaluate"), "predict": ("_run_commands", "predict"),
     "export": ("_run_commands", "export"), "features": ("_run_commands", "features"),
     "audit": ("_data_commands", "audit"), "models": ("_data_commands", "models"),
-    "distill": ("_training_commands", "distill"),  # issue 23
+    "distill": ("_training_commands", "distill"), "push": ("_run_commands", "push"),  # issue 23
 }
 
 
