@@ -128,6 +128,8 @@ def _finish(result: StagesResult) -> dict:
         path = report_run(run_dir, result.val, result.runtime, batch_size=result.batch_size, workers=result.workers,
                           probs=probs, calibration=calibration, cache_dir=result.cache_dir)
         logger.info(f"report: {path}")
+    if result.tracker is not None:  # --track mlflow: the summary and the finished run folder's files
+        result.tracker.finish(summary)
     return summary
 
 

@@ -261,6 +261,10 @@ class TrainConfig:
     coverage: float | None = option(None, "answer this fraction of images (e.g. 0.95): store the confidence "
                                           "threshold that answers it on val in model.json; predict answers "
                                           "'unknown' below it (single-label)", group="output")
+    # issue 23: experiment tracking (training/callbacks/tracking.py)
+    track: str | None = option(None, "log params, each epoch's metrics, the summary and the run's files to MLflow "
+                                     "(MLFLOW_TRACKING_URI, default RUN/../mlflow.db)", group="output",
+                               choices=("mlflow",))
 
     def __post_init__(self) -> None:
         self.validate()

@@ -60,6 +60,7 @@ class StagesResult:
     cache_dir: Path | None
     coverage: float | None
     report: bool
+    tracker: Any = None  # --track mlflow: the api hands it the summary at the very end (callbacks/tracking.py)
 
 
 def finish_stages(model: Classifier, run: Run) -> StagesResult:
@@ -81,7 +82,7 @@ def finish_stages(model: Classifier, run: Run) -> StagesResult:
     tc, dc = run.config.train, run.config.data
     return StagesResult(model, summary, run.run_dir if run.writes else None, run.data.val, probs,
                         run.runtime.alone(), max(dc.batch_size, 64), dc.workers, run.cache_dir, tc.coverage,
-                        tc.report)
+                        tc.report, run.tracker)
 
 
 @torch.inference_mode()

@@ -42,6 +42,7 @@ from .callbacks import (
 from .callbacks.accumulation import optimizer_steps
 from .callbacks.ema import start_weight_average
 from .callbacks.mixing import warn_if_ignored
+from .callbacks.tracking import MlflowTracker
 from .distillation import Distiller, start_distillation
 from .lr_finder import stage_lr_config, stage_to_sweep
 from .outputs import StagesResult, finish_stages, start_run_folder
@@ -64,6 +65,7 @@ class Run:
     cache_dir: Path | None
     balance: Balance
     tensorboard: TensorBoard | None = None  # --tensorboard, where this process writes the run folder
+    tracker: MlflowTracker | None = None  # --track mlflow, likewise
     # The validation features of a stage on cached features, and the epochs trained on them:
     # when the best epoch is one of those, the report needs only the best head on them.
     val_features: torch.Tensor | None = None
@@ -129,6 +131,8 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
         repair_run_folder(run.run_dir, resume)
     if run.writes and tc.tensorboard:
         run.tensorboard = TensorBoard(run.run_dir, progress)
+    if run.writes and tc.track == "mlflow":
+        run.tracker = MlflowTracker.for_run(run.run_dir, progress, resumed=resume is not None)
     stages = plan_stages(config, model, tuple(progress.as_is_trainable))
     run.lr_stage = stage_to_sweep(stages) if tc.lr == LR_FIND else None
     if run.cache_dir is not None and not all(stage.on_features for stage in stages):
@@ -242,6 +246,8 @@ def _train_epochs(current: StageRun, run: Run) -> None:
     callbacks.append(EpochCommit(current, run))
     if run.tensorboard is not None:
         callbacks.append(run.tensorboard)
+    if run.tracker is not None:
+        callbacks.append(run.tracker)
     callbacks.append(TimeSplit())
     loop = Loop(model, stage_data, state, run.runtime, loss, num_classes=model.info.num_classes, task=task, config=tc,
                 aux_weight=run.config.model.aux_weight, callbacks=callbacks, name=stage.name)
@@ -284,6 +290,8 @@ def _solve_head(current: StageRun, run: Run) -> None:
     _finish_epoch(current, stats, result, run, stopped=False)  # early stopping has no say over the one solve
     if run.tensorboard is not None:  # a solve has no loop: its row goes to TensorBoard from here
         run.tensorboard.write(run.progress.rows[-1])
+    if run.tracker is not None:
+        run.tracker.write_rows()
 
 
 def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult | MultiLabelResult, run: Run,
