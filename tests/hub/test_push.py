@@ -185,3 +185,31 @@ def test_push_uploads_to_the_hub(pushed):
         from huggingface_hub import HfApi
 
         HfApi().delete_repo(repo_id)
+
+
+def _write_audit(folder: Path, image: Path, given: str = "dog") -> Path:
+    """An audit folder as `tlearn audit` writes it (audit/run.py's write_audit): one pair, one label issue."""
+    folder.mkdir(parents=True)
+    (folder / "duplicates.csv").write_text("path_a,path_b,similarity,kind,cross_split\n"
+                                           f"{image},{image.with_name('1.png')},1.0000,exact,true\n")
+    (folder / "label_issues.csv").write_text(f"path,given,suggested,score\n{image},{given},cat,0.0123\n")
+    return folder
+
+
+def test_an_audit_of_the_same_data_goes_into_the_card_and_one_of_other_data_is_refused(pushed, tmp_path):
+    run, _ = pushed
+    image = (run.parent / "data" / "dog" / "0.png").resolve()
+    audit = _write_audit(tmp_path / "audit", image)
+    out = tmp_path / "hub"
+    done = run_cli("push", str(run), "--repo-id", "a/b", "--local-dir", str(out), "--audit", str(audit))
+    assert done.returncode == 0, done.stderr
+    card = (out / "README.md").read_text()
+    assert "found 1 duplicate pairs (1 exact, 1 across the training and validation split) and 1 images" in card
+    assert "| 0.png | dog | cat | 0.0123 |" in card
+    other = _write_audit(tmp_path / "other", tmp_path / "elsewhere" / "0.png")
+    done = run_cli("push", str(run), "--repo-id", "a/b", "--local-dir", str(tmp_path / "hub2"), "--audit", str(other))
+    assert done.returncode == 2 and "audited other data than the run" in done.stderr, done.stderr
+    wrong_classes = _write_audit(tmp_path / "classes", image, given="owl")
+    done = run_cli("push", str(run), "--repo-id", "a/b", "--local-dir", str(tmp_path / "hub3"),
+                   "--audit", str(wrong_classes))
+    assert done.returncode == 2 and "classes owl" in done.stderr, done.stderr

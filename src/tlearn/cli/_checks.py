@@ -48,6 +48,8 @@ def check_push(args: argparse.Namespace) -> None:
     check_repo_id(args.repo_id)
     if args.local_dir:
         require_folder(args.local_dir, "--local-dir")
+    if args.audit:
+        require_folder(args.audit, "--audit", exists=True)
 
 
 def check_lr_find(args: argparse.Namespace) -> None:

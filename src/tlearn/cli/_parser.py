@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--repo-id", required=True, help="USER/NAME on the Hub (token: HF_TOKEN or `hf auth login`)")
     push.add_argument("--private", action="store_true", help="create the repository private")
     push.add_argument("--local-dir", default=None, metavar="DIR", help="write the Hub folder here; upload nothing")
+    push.add_argument("--audit", default=None, metavar="DIR", help="a `tlearn audit` folder of the run's data: its "
+                                                                  "findings go into the model card")
 
     _add_lr_find_flags(command("lr-find", help="sweep the LR (fastai's lr_find): plot, csv and a suggested LR"))
 

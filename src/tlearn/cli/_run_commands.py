@@ -92,6 +92,7 @@ def features(args: argparse.Namespace) -> int:
 
 
 def push(args: argparse.Namespace) -> int:
-    where = push_run(args.run, args.repo_id, private=args.private, local_dir=args.local_dir)
+    where = push_run(args.run, args.repo_id, private=args.private, local_dir=args.local_dir,
+                     audit_dir=args.audit)
     print(f"wrote the Hub folder {where}" if args.local_dir else f"pushed {args.run} to {where}")
     return 0

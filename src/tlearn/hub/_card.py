@@ -3,7 +3,8 @@
 Every figure comes from summary.json, calibration.json, model.json and config.yaml of the run
 folder: the data (classes, counts, skipped files), the recipe, the validation metrics with
 per-class scores, the calibration (ECE before and after, the temperature, the coverage table's
-key rows), the teacher of a distilled run, and how to load the model with tlearn, timm and
+key rows), the teacher of a distilled run, the findings of an audit of the same data when one is
+given, and how to load the model with tlearn, timm and
 onnxruntime. The YAML header is the Hub's metadata (library, tags, datasets, model-index).
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import yaml
 from ..config import BUILTIN_DATASETS
 from ..files import read_json
 from ..metrics import threshold_for_coverage
+from ._audit import audit_section
 
 KEY_COVERAGES = (1.0, 0.95, 0.9, 0.8, 0.5)  # the coverage table's rows the card shows
 
@@ -36,9 +38,11 @@ def data_name(config: dict[str, Any]) -> str:
     return source if source in BUILTIN_DATASETS else Path(source).name
 
 
-def model_card(run_dir: Path, repo_id: str, has_onnx: bool = False) -> str:
+def model_card(run_dir: Path, repo_id: str, has_onnx: bool = False, audit: dict[str, Any] | None = None) -> str:
+    """The card's text; `audit`: the findings of an audit of the run's data (_audit.read_audit)."""
     run = read_run(Path(run_dir))
-    sections = [_front_matter(run, repo_id), _headline(run, repo_id), _data_section(run), _recipe_section(run),
+    sections = [_front_matter(run, repo_id), _headline(run, repo_id), _data_section(run), audit_section(audit),
+                _recipe_section(run),
                 _metrics_section(run), _calibration_section(run), _distillation_section(run),
                 _limitations_section(run), _usage_section(run, repo_id, has_onnx)]
     return "\n\n".join(section for section in sections if section) + "\n"

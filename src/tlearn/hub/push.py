@@ -16,7 +16,8 @@ from pathlib import Path
 
 from ..errors import RunFolderError, UserError, first_line
 from ..run_folder import checkpoint
-from ._card import model_card
+from ._audit import read_audit
+from ._card import model_card, read_run
 from ._timm_format import require_timm_layout, write_timm_files
 from .download import TIMM_CONFIG
 from .names import check_repo_id
@@ -52,13 +53,18 @@ def _require_writable(folder: Path) -> None:
                         "choose a new or empty folder")
 
 
-def write_hub_folder(run_dir: str | Path, folder: str | Path, repo_id: str) -> Path:
-    """The Hub folder of the run `run_dir` in `folder`; returns `folder`."""
+def write_hub_folder(run_dir: str | Path, folder: str | Path, repo_id: str,
+                     audit_dir: str | Path | None = None) -> Path:
+    """The Hub folder of the run `run_dir` in `folder`; returns `folder`. `audit_dir`: a `tlearn audit`
+    folder of the run's data, whose findings the card shows."""
     run_dir, folder = Path(run_dir), Path(folder)
     check_repo_id(repo_id)
     _require_finished(run_dir)
     info = checkpoint.read_model_info(run_dir)
     require_timm_layout(info)
+    findings = None
+    if audit_dir is not None:
+        findings = read_audit(audit_dir, str(read_run(run_dir)["config"]["data"]["source"]), list(info.class_names))
     _require_writable(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_timm_files(folder, info, checkpoint.read_tensors(run_dir / checkpoint.MODEL_FILE))
@@ -68,18 +74,19 @@ def write_hub_folder(run_dir: str | Path, folder: str | Path, repo_id: str) -> P
     exported = all((run_dir / "export" / name).is_file() for name in ONNX_FILES)
     for name in ONNX_FILES if exported else ():
         shutil.copyfile(run_dir / "export" / name, folder / name)
-    (folder / CARD_FILE).write_text(model_card(run_dir, repo_id, has_onnx=exported), encoding="utf-8")
+    (folder / CARD_FILE).write_text(model_card(run_dir, repo_id, has_onnx=exported, audit=findings), encoding="utf-8")
     return folder
 
 
-def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, local_dir: str | Path | None = None) -> str:
+def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, local_dir: str | Path | None = None,
+             audit_dir: str | Path | None = None) -> str:
     """Write the run's Hub folder; upload it unless `local_dir` is given. Returns where it went: the
     folder, or the repository's URL."""
     check_repo_id(repo_id)
     if local_dir is not None:
-        return str(write_hub_folder(run_dir, local_dir, repo_id))
+        return str(write_hub_folder(run_dir, local_dir, repo_id, audit_dir))
     with tempfile.TemporaryDirectory(prefix="tlearn-push-") as scratch:
-        folder = write_hub_folder(run_dir, Path(scratch) / "model", repo_id)
+        folder = write_hub_folder(run_dir, Path(scratch) / "model", repo_id, audit_dir)
         return _upload(folder, repo_id, private)
 
 
