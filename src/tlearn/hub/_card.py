@@ -96,7 +96,8 @@ def _data_section(run: dict[str, Any]) -> str:
     summary, data = run["summary"], run["config"]["data"]
     counts = summary.get("train_class_counts") or [""] * summary["num_classes"]
     rows = [[name, count] for name, count in zip(summary["class_names"], counts)]
-    split = (f"{data['val_split']:g} of the images held out for validation, stratified" if data.get("val_split")
+    carved = "held out for val" in str(run["config"].get("resolved", {}).get("data", ""))  # else a val/ folder
+    split = (f"{data['val_split']:g} of the images held out for validation, stratified" if carved
              else "the data's own validation split")
     skipped = summary.get("skipped_files", 0)
     text = (f"## Data\n\n`{data_name(run['config'])}`: {summary['num_train']} training and {summary['num_val']} "
@@ -122,7 +123,7 @@ def _recipe_section(run: dict[str, Any]) -> str:
             ["augmentation", f"{data['augment']}, mixup {data['mixup']:g}, cutmix {data['cutmix']:g}, random erasing "
                              f"{data['random_erasing']:g}, label smoothing {train['label_smoothing']:g}"],
             ["batch size", data["batch_size"]], ["balance", summary.get("balance", train["balance"])],
-            ["EMA decay", train["ema_decay"]], ["seed", train["seed"]],
+            ["EMA decay", train["ema_decay"] or "none"], ["seed", train["seed"]],
             ["training time", f"{summary['train_seconds']:.1f} s on {resolved.get('device', train['device'])}"],
             ["best epoch", f"{summary['best_epoch']} of {summary['epochs_completed']}"]]
     return "## Training recipe\n\n" + _table(["setting", "value"], rows)
@@ -170,7 +171,7 @@ def _distillation_section(run: dict[str, Any]) -> str:
             ["validation top-1", f"{figures['teacher_val_top1']:.4f}", f"{run['summary']['val_top1']:.4f}"],
             [f"latency per image ({figures['latency_device']}, batch 1)", f"{figures['teacher_latency_ms']:.2f} ms",
              f"{figures['student_latency_ms']:.2f} ms"]]
-    return (f"## Distillation\n\nDistilled from a {figures['teacher_model']} teacher (KL at temperature "
+    return (f"## Distillation\n\nDistilled from the teacher {figures['teacher_model']} (KL at temperature "
             f"{figures['temperature']:g} x {figures['distill_weight']:g}, labels x {figures['label_weight']:g}):\n\n"
             + _table(["", "teacher", "this model"], rows))
 
