@@ -77,6 +77,7 @@ def test_a_killed_run_resumes_into_the_same_mlflow_run(image_folder, tmp_path):
         assert [m.step for m in history] == [int(row["epoch"]) for row in rows] == [1, 2, 3]  # none twice
         assert [m.value for m in history] == pytest.approx([float(row[key]) for row in rows], rel=1e-5)
     assert runs[0].data.metrics["summary.val_top1"] == json.loads((run / "summary.json").read_text())["val_top1"]
+    assert (tmp_path / "runs" / "mlartifacts").is_dir()  # an empty MLFLOW_TRACKING_URI is no URI at all
 
 
 def test_an_unreachable_tracking_server_is_one_warning(image_folder, tmp_path):

@@ -76,7 +76,7 @@ class MlflowTracker(Callback):
         if experiment is not None:
             experiment_id = experiment.experiment_id
         else:
-            local = "MLFLOW_TRACKING_URI" not in os.environ
+            local = not os.environ.get("MLFLOW_TRACKING_URI")  # an empty one is unset, as tracking_uri reads it
             where = (self.run_dir.parent / "mlartifacts").as_uri() if local else None
             experiment_id = client.create_experiment(EXPERIMENT, artifact_location=where)
         earlier = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{self.run_dir}'",
