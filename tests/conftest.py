@@ -76,17 +76,18 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 KILLER = ROOT / "tests" / "kill_points.py"
 
 
-def kill_chain(train: list[str], events: list[str], reference: Path, run: Path) -> None:
-    """`tlearn train TRAIN` uninterrupted into `reference`; into `run`, SIGKILLed at each of `events`
-    (see kill_points.py: the first starts the run, the others resume it), then resumed to the end."""
+def kill_chain(train: list[str], events: list[str], reference: Path, run: Path, command: str = "train") -> None:
+    """`tlearn COMMAND TRAIN` (train, or distill) uninterrupted into `reference`; into `run`, SIGKILLed at
+    each of `events` (see kill_points.py: the first starts the run, the others resume it), then resumed
+    to the end."""
     def tlearn(event: str, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(KILLER), event, *args], capture_output=True, text=True,
                               timeout=300, check=False)
 
-    assert tlearn("none:0", "train", *train, "--out", str(reference)).returncode == 0
+    assert tlearn("none:0", command, *train, "--out", str(reference)).returncode == 0
     for number, event in enumerate(events):
-        command = ["train", *train, "--out", str(run)] if number == 0 else ["train", "--resume", str(run)]
-        result = tlearn(event, *command)
+        first = [command, *train, "--out", str(run)] if number == 0 else ["train", "--resume", str(run)]
+        result = tlearn(event, *first)
         assert result.returncode == -signal.SIGKILL, f"{event} was never reached: {result.stderr[-2000:]}"
     result = tlearn("none:0", "train", "--resume", str(run))
     assert result.returncode == 0, result.stderr[-3000:]

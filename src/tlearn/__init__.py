@@ -20,6 +20,7 @@ _EXPORTS = {
     "UserError": "errors", "Classifier": "models", "create_model": "models", "list_models": "models",
     "freeze": "train.strategy", "unfreeze": "train.strategy", "configure_allocator": "allocator",
     "select_backbone": "select.selection",
+    "distill": "api", "DistillConfig": "config", "push_run": "hub.push",
 }
 __all__ = sorted(_EXPORTS)
 

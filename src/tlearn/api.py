@@ -18,17 +18,18 @@ from .data import DatasetSplits, load_data, require_validation
 from .errors import ConfigError, DataError, RunFolderError
 from .infer import TrainedModel, best_model_logits, calibrate_run, load, predict
 from .infer.evaluation import Evaluation, data_config_for, eval_samples, evaluate, evaluation
-from .models import Classifier, create_model
+from .metrics import per_class_scores
+from .models import Classifier, create_model, resolve
 from .reports import report_run
 from .run_folder import checkpoint, claim_run_folder, run_folder_lock, run_folder_writes
 from .run_folder import records as run_folder
 from .runtime import seed_everything
 from .task import Task
-from .training import ResumePoint, StagesResult
+from .training import ResumePoint, StagesResult, check_distillation
 from .training import runner as training
 
-__all__ = ["train", "resume", "fit", "load", "predict", "evaluate", "evaluation", "eval_samples", "data_config_for",
-           "TrainedModel", "Evaluation", "build_model"]
+__all__ = ["train", "distill", "resume", "fit", "load", "predict", "evaluate", "evaluation", "eval_samples",
+           "data_config_for", "TrainedModel", "Evaluation", "build_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,19 @@ def train(config: RunConfig, out: str | Path | None = None, data: DatasetSplits 
                     f"{len(data.train)} train / {len(data.val)} val images, input "
                     f"{model.info.preprocessing.crop_size}px; run folder {run_dir}")
         return _run_stages(model, data, config, run_dir), run_dir
+
+
+def distill(config: RunConfig, out: str | Path | None = None, data: DatasetSplits | None = None, *,
+            overwrite: bool = False) -> tuple[dict, Path]:
+    """`train` a student (config.model) on the soft targets of the teacher run `config.distill.teacher`
+    (training/distillation.py). The student and the teacher's classes are checked before the data
+    is read in full and before the run folder is claimed."""
+    if config.distill is None:
+        raise ConfigError("distill needs config.distill: the teacher's run folder and the loss weights")
+    resolve(config.model.name)  # an unknown student: one line, before the data is read
+    data = data if data is not None else load_data(config.data, config.train.seed)
+    check_distillation(config, list(data.class_names))
+    return train(config, out, data=data, overwrite=overwrite)
 
 
 def _warn_skipped(data: DatasetSplits) -> None:
@@ -107,12 +121,15 @@ def _finish(result: StagesResult) -> dict:
         with run_folder_writes(run_dir, "the calibration"):
             probs, calibration = calibrate_run(run_dir, info, probs.cpu().float(), result.val.labels,
                                                result.coverage, summary)
+        summary["val_per_class"] = per_class_scores(probs.argmax(dim=1), result.val.labels, info.class_names)
     with run_folder_writes(run_dir, "the run summary"):
         run_folder.write_summary(run_dir, summary)
     if result.report:
         path = report_run(run_dir, result.val, result.runtime, batch_size=result.batch_size, workers=result.workers,
                           probs=probs, calibration=calibration, cache_dir=result.cache_dir)
         logger.info(f"report: {path}")
+    if result.tracker is not None:  # --track mlflow: the summary and the finished run folder's files
+        result.tracker.finish(summary)
     return summary
 
 

@@ -181,8 +181,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = option("efficientnet_lite0", "torchvision name, timm:NAME, or efficientnet_lite0 (bundled, offline)",
-                       group="model", flag="--model", dest="model")
+    name: str = option("efficientnet_lite0", "torchvision name, timm:NAME, or efficientnet_lite0|1|2 (bundled, "
+                                             "offline)", group="model", flag="--model", dest="model")
     weights: str = option("default", "default | none | PATH to a state dict", group="model")
     aux_weight: float = option(0.4, "Inception/GoogLeNet auxiliary loss weight; 0 turns the aux heads off",
                                group="model")
@@ -245,7 +245,7 @@ class TrainConfig:
     accumulate: int = option(1, "micro-batches per optimiser step (gradient accumulation): the step sees "
                                 "--batch-size x N images", group="optimizer")
     device: str = option("auto", "where to train", group="runtime", choices=DEVICES)
-    # runtime.py and training/_precision.py (issue 25): auto times each training stage's first steps.
+    # runtime.py and training/_precision.py: auto times each training stage's first steps.
     amp: str = option("auto", "mixed precision: on (CUDA: bf16 where supported, else fp16; CPU: bf16, needs "
                               "bf16 units), off, or auto: each training stage times a few steps in both and "
                               "keeps bf16 only where it is faster; --amp alone is on", group="runtime",
@@ -267,6 +267,10 @@ class TrainConfig:
     coverage: float | None = option(None, "answer this fraction of images (e.g. 0.95): store the confidence "
                                           "threshold that answers it on val in model.json; predict answers "
                                           "'unknown' below it (single-label)", group="output")
+    # experiment tracking (training/callbacks/tracking.py)
+    track: str | None = option(None, "log params, each epoch's metrics, the summary and the run's files to MLflow "
+                                     "(MLFLOW_TRACKING_URI, default RUN/../mlflow.db)", group="output",
+                               choices=("mlflow",))
 
     def __post_init__(self) -> None:
         if isinstance(self.amp, bool):  # a config.yaml written before --amp auto existed
@@ -343,14 +347,42 @@ class TrainConfig:
         return 0.01 if self.optimizer == "adamw" else 1e-4
 
 
+# --- distillation (`tlearn distill`; training/distillation.py) ---
+@dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation (Hinton et al. 2015): the student learns the teacher run's softened
+    outputs (KL divergence at a temperature, x T^2) beside the labels."""
+
+    teacher: str = option(None, "the teacher's run folder", group="distill", cli=False)
+    temperature: float = option(4.0, "softmax temperature of both models' outputs in the KL term",
+                                group="distill", flag="--distill-temperature")
+    distill_weight: float = option(0.5, "weight of the KL term (x T^2) in the loss", group="distill")
+    label_weight: float = option(0.5, "weight of the loss on the labels (images from --unlabeled have none)",
+                                 group="distill")
+    unlabeled: str | None = option(None, "a folder of images without labels (searched recursively): the "
+                                         "teacher labels them softly", group="distill")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.teacher, str) or not self.teacher:
+            raise ConfigError("distillation needs the teacher's run folder")
+        if not self.temperature > 0:
+            raise ConfigError(f"--distill-temperature must be above 0, got {self.temperature}")
+        if self.distill_weight < 0 or self.label_weight < 0 or self.distill_weight + self.label_weight <= 0:
+            raise ConfigError("--distill-weight and --label-weight must be 0 or more, and not both 0")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     data: DataConfig
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig | None = None  # a distillation run: the student learns from a teacher run
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        raw = dataclasses.asdict(self)
+        if raw["distill"] is None:  # an ordinary run's config.yaml stays as it was
+            del raw["distill"]
+        return raw
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
@@ -360,6 +392,7 @@ class RunConfig:
                 data=DataConfig(**raw["data"]),
                 model=ModelConfig(**raw.get("model", {})),
                 train=TrainConfig(**raw.get("train", {})),
+                distill=DistillConfig(**raw["distill"]) if raw.get("distill") else None,
             )
         except (KeyError, TypeError) as error:
             raise ConfigError(f"config does not match this version of tlearn: {error}") from None

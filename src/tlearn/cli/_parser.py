@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import DEVICES, SMALL_IMAGES
+from ._distill_flags import add_distill_flags
 from ._flags import add_config_flags, add_data_flag, add_table_flags
 from ._label_flags import add_suggest_flags
 from ._select_flags import add_select_flags
@@ -40,6 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", default=None, metavar="RUN", help="continue an interrupted run")
     _add_overwrite_flag(train)
     add_config_flags(train)
+
+    # distillation
+    add_distill_flags(command("distill", help="train a smaller student on a teacher run's soft targets"))
+
+    # the Hugging Face Hub
+    push = command("push", help="put a run on the Hugging Face Hub: timm's format, a model card from the run")
+    push.add_argument("run")
+    push.add_argument("--repo-id", required=True, help="USER/NAME on the Hub (token: HF_TOKEN or `hf auth login`)")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--local-dir", default=None, metavar="DIR", help="write the Hub folder here; upload nothing")
+    push.add_argument("--audit", default=None, metavar="DIR", help="a `tlearn audit` folder of the run's data: its "
+                                                                  "findings go into the model card")
 
     _add_lr_find_flags(command("lr-find", help="sweep the LR (fastai's lr_find): plot, csv and a suggested LR"))
 

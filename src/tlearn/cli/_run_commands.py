@@ -12,6 +12,7 @@ from .. import api
 from ..data import adapt_preprocessing, resolve_split
 from ..errors import UserError
 from ..features import FeatureExtractor, run_cache_dir
+from ..hub import push_run
 from ..infer import (
     TOLERANCE,
     CsvStream,
@@ -130,4 +131,11 @@ def features(args: argparse.Namespace) -> int:
     extractor = FeatureExtractor(runtime, batch_size=args.batch_size, workers=args.workers, backend=args.backend,
                                  cache_dir=run_cache_dir(args.cache_dir, args.use_cache))
     extractor.export(model, found.samples, found.class_names, args.out, split_names=found.split_names)
+    return 0
+
+
+def push(args: argparse.Namespace) -> int:
+    where = push_run(args.run, args.repo_id, private=args.private, local_dir=args.local_dir,
+                     audit_dir=args.audit)
+    print(f"wrote the Hub folder {where}" if args.local_dir else f"pushed {args.run} to {where}")
     return 0

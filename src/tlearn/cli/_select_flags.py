@@ -12,7 +12,7 @@ SELECT_SKIP = frozenset({"name", "image_size", "strategy", "head_solver", "unfre
 
 
 def add_select_flags(select: argparse.ArgumentParser) -> None:
-    select.add_argument("--models", default=None, help="comma-separated names (default: 8 small backbones of "
+    select.add_argument("--models", default=None, help="comma-separated names (default: 10 small backbones of "
                                                        "different families, those with weights on this machine)")
     select.add_argument("--image-sizes", default=None, help="comma-separated input sizes, e.g. 96,128,224 "
                                                             "(default: each model's own)")

@@ -3,6 +3,7 @@ Their paths were checked already (checks.py)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from .. import api
@@ -13,6 +14,7 @@ from ..select import check_request, format_leaderboard, parse_list, parse_sizes,
 from ..training import CSV_FILE, PLOT_FILE
 from ..training import lr_find as find_lr
 from ._checks import is_main_process
+from ._distill_flags import distill_config_from_flags
 from ._flags import config_from_flags
 from ._output import print_summary
 from ._parser import DEMO_FIXED
@@ -23,6 +25,15 @@ def train(args: argparse.Namespace) -> int:
         summary, run_dir = api.resume(args.resume)
     else:
         summary, run_dir = _train(config_from_flags(args), args.out, args.overwrite)
+    _print_summary(summary, run_dir)
+    close_process_group()
+    return 0
+
+
+def distill(args: argparse.Namespace) -> int:
+    config = dataclasses.replace(config_from_flags(args, name=args.student), distill=distill_config_from_flags(args))
+    data = None if config.data.source in BUILTIN_DATASETS else load_data(config.data, config.train.seed)
+    summary, run_dir = api.distill(config, args.out, data=data, overwrite=args.overwrite)
     _print_summary(summary, run_dir)
     close_process_group()
     return 0

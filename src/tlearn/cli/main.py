@@ -25,6 +25,7 @@ COMMANDS = {
     "export": ("_run_commands", "export"), "features": ("_run_commands", "features"),
     "audit": ("_data_commands", "audit"), "models": ("_data_commands", "models"),
     "serve": ("_serve_command", "serve"), "suggest": ("_label_commands", "suggest"),
+    "distill": ("_training_commands", "distill"), "push": ("_run_commands", "push"),
 }
 
 
@@ -34,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     allocator = configure_allocator()
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose - args.quiet, to_stderr=getattr(args, "json", False))
-    logging.getLogger("tlearn").log(logging.INFO if args.command in ("train", "demo", "lr-find") else logging.DEBUG,
-                                    allocator)
+    talks = args.command in ("train", "demo", "lr-find", "distill")
+    logging.getLogger("tlearn").log(logging.INFO if talks else logging.DEBUG, allocator)
     try:
         CHECKS[args.command](args)
         module, function = COMMANDS[args.command]

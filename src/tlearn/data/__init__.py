@@ -9,6 +9,7 @@ from __future__ import annotations
 from .._lazy import lazy_exports
 
 _EXPORTS = {
+    "NO_LABEL": "_folders", "scan_unlabeled": "_folders",
     "cache_images": "image_cache", "default_image_cache_gb": "image_cache",
     "is_image_name": "images", "open_rgb": "images",
     "unusable_reasons": "_folders",

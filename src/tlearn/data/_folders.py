@@ -76,3 +76,20 @@ def _walk_files(folder: Path):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         for name in files:
             yield os.path.join(directory, name)
+
+
+NO_LABEL = -1  # an image without a label (distillation's --unlabeled): the teacher labels it softly
+
+
+def scan_unlabeled(folder: str | Path, strict_images: bool = False) -> tuple[FileSamples, list[tuple[str, str]]]:
+    """Every usable image under `folder` (recursively, hidden files left out), labelled NO_LABEL,
+    and the files skipped with their reasons."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"--unlabeled {folder} is not a folder of images")
+    paths = sorted(path for path in _walk_files(folder)
+                   if not Path(path).name.startswith(".") and is_image_name(path))
+    samples, skipped = keep_usable(FileSamples(paths, [NO_LABEL] * len(paths)), strict_images)
+    if not len(samples):
+        raise DataError(f"--unlabeled {folder} holds no usable image files")
+    return samples, skipped

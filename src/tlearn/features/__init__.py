@@ -14,6 +14,7 @@ _EXPORTS = {
     "FeatureScaler": "few_labels", "Probe": "few_labels", "cross_validate": "few_labels", "fit_probe": "few_labels",
     "self_train": "few_labels",
     "HeadObjective": "head_solver", "fit_linear_head_lbfgs": "head_solver",
+    "LogitCache": "logit_cache", "tensor_digest": "logit_cache",
     "head_key": "solved_heads", "load_solved": "solved_heads", "store_solved": "solved_heads",
 }
 __all__ = sorted(_EXPORTS)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from ..data import Preprocessing, eval_transform, open_rgb
+from ..hub import download_model, is_hub_name, load_hub_model
 from ..metrics import predict_multi_label
 from ..models import Classifier
 from ..run_folder import checkpoint
@@ -144,8 +145,13 @@ def _batched(items: Iterable, size: int):
 
 
 def load(run_dir: str | Path, device: str = "cpu") -> TrainedModel:
-    """Load a run folder's best model with its preprocessing and class names."""
-    model = checkpoint.load_model(run_dir)
+    """Load a run folder's best model with its preprocessing and class names; `hf-hub:USER/NAME`: a
+    model `tlearn push` put on the Hugging Face Hub (downloaded once, hub/download.py)."""
+    if is_hub_name(run_dir):
+        run_dir = download_model(str(run_dir))
+        model = load_hub_model(run_dir)
+    else:
+        model = checkpoint.load_model(run_dir)
     model.to(torch.device(device))
     return TrainedModel(model, model.info.preprocessing, list(model.info.class_names), Path(run_dir))
 

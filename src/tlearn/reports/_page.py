@@ -24,6 +24,7 @@ from ..files import atomic_write
 from ..metrics import WARN_RATIO, imbalance_ratio
 from ..run_folder import METRICS_FILE
 from ._calibration import reliability_section
+from ._distillation import distillation_section
 from .cards import Explain, card, choose_samples, grid_note, image_pictures
 from .html_page import html_page
 
@@ -47,6 +48,7 @@ def write_report(run_dir: Path, *, probs: np.ndarray, labels: np.ndarray, class_
     pictures = image_pictures([*samples, *wrong], predictions, load_image, explain)
 
     sections = [_headline_section(labels, predictions, len(class_names), summary),
+                distillation_section(summary),
                 reliability_section(run_dir, probs, labels, summary, calibration),
                 _samples_section(samples, pictures, probs, labels, class_names, describe)]
     curves = _curves_png(run_dir)

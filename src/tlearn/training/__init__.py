@@ -9,6 +9,7 @@ from __future__ import annotations
 from .._lazy import lazy_exports
 
 _EXPORTS = {
+    "check_distillation": "distillation",
     "lr_find": "lr_find_command",
     "CSV_FILE": "lr_finder", "PLOT_FILE": "lr_finder",
     "StagesResult": "outputs",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..data import Samples
+from ..features import FeatureExtractor
 from ..metrics import imbalance_ratio
 from ..models import Classifier
 from ..run_folder import checkpoint, run_folder_writes
@@ -60,12 +61,17 @@ class StagesResult:
     cache_dir: Path | None
     coverage: float | None
     report: bool
+    tracker: Any = None  # --track mlflow: the api hands it the summary at the very end (callbacks/tracking.py)
 
 
 def finish_stages(model: Classifier, run: Run) -> StagesResult:
     """The summary, and the run folder made whole without the calibration: a model even after zero
     epochs, a multi-label run's thresholds."""
     summary = _summary(model, run)
+    if run.distiller is not None and run.writes:
+        extractor = FeatureExtractor(run.runtime, batch_size=max(run.config.data.batch_size, 64),
+                                     workers=run.config.data.workers, cache_dir=run.cache_dir)
+        summary["distillation"] = run.distiller.summary(run.data.val, extractor)
     probs = best_val_probabilities(model, run) if run.writes else None
     if run.writes:
         with run_folder_writes(run.run_dir, "the run summary"):
@@ -77,7 +83,7 @@ def finish_stages(model: Classifier, run: Run) -> StagesResult:
     tc, dc = run.config.train, run.config.data
     return StagesResult(model, summary, run.run_dir if run.writes else None, run.data.val, probs,
                         run.runtime.alone(), max(dc.batch_size, 64), dc.workers, run.cache_dir, tc.coverage,
-                        tc.report)
+                        tc.report, run.tracker)
 
 
 @torch.inference_mode()

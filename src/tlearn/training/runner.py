@@ -43,6 +43,8 @@ from .callbacks import (
 from .callbacks.accumulation import optimizer_steps
 from .callbacks.ema import start_weight_average
 from .callbacks.mixing import warn_if_ignored
+from .callbacks.tracking import MlflowTracker
+from .distillation import Distiller, start_distillation
 from .lr_finder import stage_lr_config, stage_to_sweep
 from .outputs import StagesResult, finish_stages, start_run_folder
 from .stage_data import StageData, build_stage_data, cache_decoded_images
@@ -64,6 +66,7 @@ class Run:
     cache_dir: Path | None
     balance: Balance
     tensorboard: TensorBoard | None = None  # --tensorboard, where this process writes the run folder
+    tracker: MlflowTracker | None = None  # --track mlflow, likewise
     # The validation features of a stage on cached features, and the epochs trained on them:
     # when the best epoch is one of those, the report needs only the best head on them.
     val_features: torch.Tensor | None = None
@@ -72,6 +75,7 @@ class Run:
     # process saw every validation image: the report then needs no pass of its own.
     best_val_probs: torch.Tensor | None = None
     lr_stage: int | None = None  # --lr find: the stage whose LR the finder picks
+    distiller: Distiller | None = None  # a distillation run: the teacher (distillation.py)
 
     @property
     def writes(self) -> bool:
@@ -119,13 +123,19 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     cache_dir = run_cache_dir(tc.cache_dir, tc.use_cache)
-    run = Run(config, data, runtime, Path(run_dir) if run_dir is not None else None, progress, cache_dir, balance)
+    distiller = None
+    if config.distill is not None:  # the balance above counts the labelled images alone
+        distiller, data = start_distillation(config, data, model, runtime, cache_dir)
+    run = Run(config, data, runtime, Path(run_dir) if run_dir is not None else None, progress, cache_dir, balance,
+              distiller=distiller)
     if run.writes and resume is None:
         start_run_folder(run, model)
     if run.writes and resume is not None:
         repair_run_folder(run.run_dir, resume)
     if run.writes and tc.tensorboard:
         run.tensorboard = TensorBoard(run.run_dir, progress)
+    if run.writes and tc.track == "mlflow":
+        run.tracker = MlflowTracker.for_run(run.run_dir, progress, resumed=resume is not None)
     stages = plan_stages(config, model, tuple(progress.as_is_trainable))
     run.lr_stage = stage_to_sweep(stages) if tc.lr == LR_FIND else None
     if run.cache_dir is not None and not all(stage.on_features for stage in stages):
@@ -166,7 +176,7 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
     mark = time.perf_counter()
     stage.apply(model)
     trainable, frozen = parameter_counts(model)
-    stage_data = build_stage_data(model, stage, run.data, run.config, runtime, run.cache_dir)
+    stage_data = build_stage_data(model, stage, run.data, run.config, runtime, run.cache_dir, run.distiller)
     if stage_data.cached:
         run.val_features = stage_data.val.dataset.tensors[0]
         warn_if_ignored(run.config, stage.name)
@@ -240,6 +250,11 @@ def _train_epochs(current: StageRun, run: Run) -> None:
     techniques = batch_techniques(run.config, task, model.info.num_classes, stage_data.cached)
     callbacks = [GradualUnfreezing(model)] if stage.gradual else []
     callbacks += techniques
+    loss = _training_loss(run, stage_data, model, techniques)
+    if run.distiller is not None:  # after mixing: the teacher sees the images the student sees
+        teacher = run.distiller.callback(stage_data.cached)
+        callbacks.append(teacher)
+        loss = run.distiller.loss(loss, teacher)
     if tc.patience:
         callbacks.append(EarlyStopping(tc, task, run.progress, stage.name))
     if state.ema is not None:
@@ -247,8 +262,9 @@ def _train_epochs(current: StageRun, run: Run) -> None:
     callbacks.append(EpochCommit(current, run))
     if run.tensorboard is not None:
         callbacks.append(run.tensorboard)
+    if run.tracker is not None:
+        callbacks.append(run.tracker)
     callbacks.append(TimeSplit())
-    loss = _training_loss(run, stage_data, model, techniques)
     loop = Loop(model, stage_data, state, current.runtime or run.runtime, loss,
                 num_classes=model.info.num_classes, task=task, config=tc, aux_weight=run.config.model.aux_weight,
                 callbacks=callbacks, name=stage.name)
@@ -291,6 +307,8 @@ def _solve_head(current: StageRun, run: Run) -> None:
     _finish_epoch(current, stats, result, run, stopped=False)  # early stopping has no say over the one solve
     if run.tensorboard is not None:  # a solve has no loop: its row goes to TensorBoard from here
         run.tensorboard.write(run.progress.rows[-1])
+    if run.tracker is not None:
+        run.tracker.write_rows()
 
 
 def _finish_epoch(current: StageRun, stats: EpochStats, result: EvalResult | MultiLabelResult, run: Run,

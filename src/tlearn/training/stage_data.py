@@ -5,6 +5,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,6 +18,9 @@ from ..models import Classifier
 from ..runtime import Runtime
 from ._balance import BalancedSampler
 from .strategy import Stage
+
+if TYPE_CHECKING:
+    from .distillation import Distiller
 
 
 @dataclass
@@ -38,13 +42,15 @@ class StageData:
 
 
 def build_stage_data(model: Classifier, stage: Stage, data: DatasetSplits, config: RunConfig, runtime: Runtime,
-                     cache_dir: Path | None) -> StageData:
+                     cache_dir: Path | None, distiller: Distiller | None = None) -> StageData:
+    """`distiller`: a distillation run's, whose teacher's logits a stage on features carries beside
+    each label (distillation.py)."""
     if stage.on_features:
-        return _feature_data(model, data, config, runtime, cache_dir)
+        return _feature_data(model, data, config, runtime, cache_dir, distiller)
     return _image_data(model, data, config, runtime, stage.augment)
 
 
-def _feature_data(model, data, config, runtime, cache_dir) -> StageData:
+def _feature_data(model, data, config, runtime, cache_dir, distiller) -> StageData:
     # Frozen backbone in eval mode + fixed inputs = fixed features: compute them once.
     dc = config.data
     extractor = FeatureExtractor(runtime, batch_size=max(dc.batch_size, 64), workers=dc.workers,
@@ -55,7 +61,9 @@ def _feature_data(model, data, config, runtime, cache_dir) -> StageData:
         features[split] = extractor.cached(model, samples, description=f"{split} features")
     generator = torch.Generator()
     sampler = _balanced_sampler(data, config) if config.train.balance == "resample" else None
-    train = DataLoader(TensorDataset(features["train"], label_tensor(data.train.labels)),
+    targets = (label_tensor(data.train.labels) if distiller is None
+               else distiller.packed_targets(data.train, extractor))
+    train = DataLoader(TensorDataset(features["train"], targets),
                        batch_size=dc.batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
                        drop_last=lone_last_batch(len(data.train), dc.batch_size))
     val = DataLoader(TensorDataset(features["val"], label_tensor(data.val.labels)), batch_size=256)
