@@ -65,7 +65,7 @@ def main() -> None:
         backend = make_backend(model, model.info.preprocessing, runtime, cache, batch_size=batch)
         files = sample_cifar(Path(tmp) / "data", batch * args.batches, 0)
         samples, _, _ = scan_class_folders(files / "train")
-        prep = adapt_preprocessing(model.info.preprocessing, samples, log=lambda _: None)
+        prep = adapt_preprocessing(model.info.preprocessing, samples)
         extractor = FeatureExtractor(runtime, batch_size=batch, cache_dir=cache, log=lambda _: None)
 
         def eager_forward(x):
