@@ -213,3 +213,26 @@ def test_an_audit_of_the_same_data_goes_into_the_card_and_one_of_other_data_is_r
     done = run_cli("push", str(run), "--repo-id", "a/b", "--local-dir", str(tmp_path / "hub3"),
                    "--audit", str(wrong_classes))
     assert done.returncode == 2 and "classes owl" in done.stderr, done.stderr
+
+
+def test_serve_answers_for_an_hf_hub_name(pushed, monkeypatch):
+    """`tlearn serve hf-hub:USER/NAME`: the pushed folder is downloaded and served by the eager model
+    (nothing is written into huggingface_hub's cache); its answers are the run's."""
+    from fastapi.testclient import TestClient
+
+    from tlearn.errors import UserError
+    from tlearn.serve import ServeSettings, create_app
+
+    run, folder = pushed
+    monkeypatch.setattr("huggingface_hub.snapshot_download", lambda repo_id, **kwargs: str(folder))
+    before = sorted(p.name for p in folder.rglob("*"))
+    images = sorted((run.parent / "data" / "dog").glob("*.png"))[:2]
+    expected = [row["label"] for row in tlearn.load(run).predict(images)]
+    with TestClient(create_app("hf-hub:someone/tiny-classifier", ServeSettings(max_wait_ms=5))) as client:
+        response = client.post("/predict", files=[("files", (p.name, p.read_bytes(), "image/png")) for p in images])
+        assert response.status_code == 200, response.text
+        assert [answer["labels"][0] for answer in response.json()["predictions"]] == expected
+        assert client.get("/metadata").json()["engine"] == "torch"
+    assert sorted(p.name for p in folder.rglob("*")) == before
+    with pytest.raises(UserError, match="needs a run folder"):
+        create_app("hf-hub:someone/tiny-classifier", ServeSettings(engine="int8"))

@@ -114,10 +114,13 @@ def check_export(args: argparse.Namespace) -> None:
 
 def check_serve(args: argparse.Namespace) -> None:
     single_process("serve")
-    require_folder(args.run, "run folder", exists=True)
-    for name in ("model.json", "model.safetensors"):
-        if not os.path.isfile(os.path.join(args.run, name)):
-            raise UserError(f"{args.run} has no {name}: serve needs a finished run folder")
+    if is_hub_name(args.run):  # hf-hub:USER/NAME: downloaded when the model loads
+        check_repo_id(args.run.split(":", 1)[1])
+    else:
+        require_folder(args.run, "run folder", exists=True)
+        for name in ("model.json", "model.safetensors"):
+            if not os.path.isfile(os.path.join(args.run, name)):
+                raise UserError(f"{args.run} has no {name}: serve needs a finished run folder")
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
     for flag, value in (("--max-batch", args.max_batch), ("--max-body-mb", args.max_body_mb)):

@@ -27,7 +27,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..data import eval_transform_uint8, normalize_batch
+from ..errors import UserError
 from ..files import read_json
+from ..hub import is_hub_name
 from ..infer import load, open_engine
 from ..reports import grad_cam, overlay_image
 from ._batcher import Batcher
@@ -50,9 +52,15 @@ class Service:
     """The run's model, its engine, the batcher and the decoding pool: what the routes use."""
 
     def __init__(self, run_dir: str | Path, settings: ServeSettings):
-        self.settings, self.run_dir = settings, Path(run_dir)
+        self.settings = settings
         self.trained = load(run_dir)
-        self.engine = open_engine(self.trained.model, run_dir, settings.engine)
+        self.run_dir = Path(self.trained.run_dir or run_dir)  # a hub name's downloaded folder
+        # A pushed model's folder is huggingface_hub's cache: serve only reads it, so no engine graph
+        # is cached there and the eager model answers (int8 needs a run folder's export).
+        hub = is_hub_name(run_dir)
+        if hub and settings.engine not in ("auto", "torch"):
+            raise UserError(f"--engine {settings.engine} needs a run folder; {run_dir} serves with --engine torch")
+        self.engine = open_engine(self.trained.model, None if hub else run_dir, settings.engine)
         if hasattr(self.engine, "warm_up"):  # every session made before the first request
             self.engine.warm_up(settings.max_batch)
         self.threshold = self.trained.min_confidence(settings.min_confidence, settings.coverage)
