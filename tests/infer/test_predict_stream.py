@@ -71,3 +71,21 @@ def test_resume_refuses_another_prediction_and_needs_a_csv(run_and_images, tmp_p
     assert "other columns" in capsys.readouterr().err
     assert main(["predict", str(run), str(images), "--resume"]) == 2
     assert "--resume continues the rows of --output F.csv" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_progress_bar_counts_every_file_on_stderr_only_for_many_files(run_and_images, tmp_path, capsys,
+                                                                      monkeypatch, engine):
+    run, images = run_and_images
+    (images / "broken.jpg").write_bytes(b"not an image")  # an unreadable file is counted too
+    try:
+        flags = [str(run), str(images), "--batch-size", "5", "--engine", engine]
+        assert main(["predict", *flags]) == 0
+        assert "img/s" not in capsys.readouterr().err  # few files, stderr not a terminal: no bar
+        monkeypatch.setattr("tlearn.cli._run_commands.PROGRESS_MIN_FILES", 10)
+        assert main(["predict", *flags]) == 0
+        out, err = capsys.readouterr()
+        assert "13/13" in err and "img/s" in err, err
+        assert "img/s" not in out
+    finally:
+        (images / "broken.jpg").unlink()

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from .. import api
 from ..data import adapt_preprocessing, resolve_split
 from ..errors import UserError
@@ -32,6 +34,8 @@ from ..run_folder import load_model, run_folder_lock
 from ..runtime import setup_runtime
 from ._checks import label_table
 from ._output import print_evaluation, print_predictions
+
+PROGRESS_MIN_FILES = 1000  # fewer files than this, and stderr not a terminal: no progress bar
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -69,9 +73,10 @@ def predict(args: argparse.Namespace) -> int:
             print(f"--resume: {len(stream.done)} files already in {args.output}, {len(paths)} left")
         write_rows = stream and (lambda rows: stream.write([csv_cells(row, trained, stream.header, bool(threshold))
                                                             for row in rows]))
-        predictions = predict_files(trained, paths, top_k=top_k, batch_size=args.batch_size,
-                                    min_confidence=threshold, tta=args.tta, tta_crops=args.tta_crops, engine=engine,
-                                    on_rows=write_rows)
+        with _progress_bar(len(paths)) as progress:
+            predictions = predict_files(trained, paths, top_k=top_k, batch_size=args.batch_size,
+                                        min_confidence=threshold, tta=args.tta, tta_crops=args.tta_crops,
+                                        engine=engine, on_rows=write_rows, on_files=progress.update)
     print_predictions(predictions, trained)
     if threshold:
         unknown = sum(not row.get("answered", True) for row in predictions.rows)
@@ -83,6 +88,14 @@ def predict(args: argparse.Namespace) -> int:
     if not predictions.rows and not args.resume:
         raise UserError("no image could be read")
     return 0
+
+
+def _progress_bar(total: int) -> tqdm:
+    """Images done and images/s on stderr: on a terminal, or in a log for a long job (PROGRESS_MIN_FILES
+    files or more, redrawn at most every 30 s there); stdout is left to the predictions."""
+    terminal = sys.stderr.isatty()
+    return tqdm(total=total, unit="img", desc="predict", file=sys.stderr, dynamic_ncols=True,
+                disable=not (terminal or total >= PROGRESS_MIN_FILES), mininterval=0.1 if terminal else 30)
 
 
 def _csv_stream(args: argparse.Namespace, trained, top_k: int, threshold: float | None):

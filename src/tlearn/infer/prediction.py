@@ -54,21 +54,24 @@ def collect_paths(inputs: list[str]) -> tuple[list[str], list[str]]:
 
 def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch_size: int = 32, *,
                   min_confidence: float | None = None, tta: bool = False, tta_crops: int = 1,
-                  engine: Engine | None = None, on_rows: Callable[[list[dict]], None] | None = None) -> Predictions:
+                  engine: Engine | None = None, on_rows: Callable[[list[dict]], None] | None = None,
+                  on_files: Callable[[int], None] | None = None) -> Predictions:
     """Batched prediction, decoding a batch at a time; files that fail to decode are listed, not fatal.
     Below `min_confidence` (calibrated top probability) an image's label is "unknown".
     `tta`, `tta_crops`: test-time augmentation, the views' logits averaged (tta.py).
     `engine` (engines.py: onnxruntime, the int8 graph): the batches go through it, decoded as uint8
     crops on a thread pool; None or PyTorch eager: through the model itself.
-    `on_rows`: called with each batch's rows as soon as they exist (predict's streamed CSV)."""
+    `on_rows`: called with each batch's rows as soon as they exist (predict's streamed CSV);
+    `on_files`: with the number of files each batch settled, unreadable ones included (the progress bar)."""
     if engine is not None and engine.name != "torch":
         if tta or tta_crops > 1:
             raise UserError("--tta runs in PyTorch: use --engine torch with it")
-        return _predict_with_engine(trained, paths, top_k, batch_size, min_confidence, engine, on_rows)
+        return _predict_with_engine(trained, paths, top_k, batch_size, min_confidence, engine, on_rows, on_files)
     result = Predictions([], min_confidence=min_confidence or None)
     transform = trained.views_transform(tta, tta_crops)
     warn_if_views_and_threshold(transform, min_confidence)
     batch: list[tuple[str, torch.Tensor]] = []
+    settled = [0]  # files tried since the last flush (the progress bar's step)
 
     def flush():
         if batch:
@@ -78,8 +81,12 @@ def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch
             if on_rows:
                 on_rows(rows)
             batch.clear()
+        if on_files and settled[0]:
+            on_files(settled[0])
+            settled[0] = 0
 
     for path in paths:
+        settled[0] += 1
         try:
             batch.append((path, trained.prepare(path, transform)))
         except Exception as error:  # unreadable, truncated, not an image
@@ -97,7 +104,7 @@ def _rows(paths: list[str], outputs: list[dict]) -> list[dict]:
 
 
 def _predict_with_engine(trained: TrainedModel, paths: list[str], top_k: int, batch_size: int,
-                         min_confidence: float | None, engine: Engine, on_rows=None) -> Predictions:
+                         min_confidence: float | None, engine: Engine, on_rows=None, on_files=None) -> Predictions:
     """predict_files through `engine`: each batch's files decoded in parallel (Pillow releases the
     GIL), the next batch decoding while this one runs."""
     result = Predictions([], min_confidence=min_confidence or None)
@@ -124,6 +131,8 @@ def _predict_with_engine(trained: TrainedModel, paths: list[str], top_k: int, ba
                 result.rows += rows
                 if on_rows:
                     on_rows(rows)
+            if on_files:
+                on_files(len(batch))
     return result
 
 
