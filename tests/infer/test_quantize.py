@@ -102,3 +102,22 @@ def test_predict_through_the_engines_equals_pytorch(learned_run, tmp_path):
     if "int8" in outputs:
         assert [row[0] for row in outputs["int8"]] == [row[0] for row in eager]
     assert main(["predict", str(run), str(data / "val"), "--engine", "int8", "--tta"]) == 2
+
+
+
+def test_eval_runs_the_int8_graph_near_the_fp32_figures(learned_run, capsys):
+    run, data = learned_run
+    if not (run / "export" / INT8_FILE).exists():
+        pytest.skip("needs the int8 graph of the first test")
+    figures = {}
+    for engine in ("torch", "onnx", "int8"):
+        assert main(["eval", str(run), "--data", str(data), "--engine", engine, "--json", "--workers", "0"]) == 0
+        figures[engine] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    gate = json.loads((run / "export" / f"{INT8_FILE}.json").read_text())["gate"]
+    assert figures["onnx"]["top1"] == figures["torch"]["top1"]  # the fp32 graph answers as PyTorch does
+    assert 100 * figures["int8"]["top1"] == pytest.approx(gate["int8"], abs=0.01)  # what the gate measured
+    assert 100 * figures["torch"]["top1"] == pytest.approx(gate["fp32"], abs=0.01)
+    assert abs(figures["int8"]["top1"] - figures["torch"]["top1"]) <= 0.34  # 9 images: at most 3 answers differ
+    assert "ece" in figures["int8"]  # calibrated by the run's temperature, whatever the engine
+    assert main(["eval", str(run), "--data", str(data), "--engine", "int8", "--tta"]) == 2
+    assert "--tta runs in PyTorch" in capsys.readouterr().err

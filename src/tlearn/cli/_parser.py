@@ -104,6 +104,9 @@ def _add_eval_flags(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--workers", type=int, default=None)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--report", action="store_true", help="write report.html for this data into RUN")
+    evaluate.add_argument("--engine", default="auto", metavar="ENGINE",
+                          help="auto (onnxruntime for 256 images or more on the CPU, else PyTorch), onnx, int8 "
+                               "(RUN/export/model.int8.onnx), torch, or an .onnx file tlearn export wrote")
     add_table_flags(evaluate)
     _add_tta_flags(evaluate)
 

@@ -42,7 +42,7 @@ def evaluate(args: argparse.Namespace) -> int:
     table = label_table(args)
     evaluated = api.evaluation(args.run, args.data, split=args.split, batch_size=args.batch_size,
                                device=args.device, workers=args.workers, tta=args.tta, tta_crops=args.tta_crops,
-                               **(table.fields() if table else {}))
+                               engine=args.engine, **(table.fields() if table else {}))
     if args.report:
         with run_folder_lock(args.run):  # the report is written into the run folder
             path = report_run(Path(args.run), evaluated.samples, setup_runtime(args.device), probs=evaluated.probs,

@@ -10,8 +10,7 @@ import torch
 
 from ..config import DataConfig, LabelTable
 from ..data import BUILTIN, Samples, default_eval_split, resolve_split
-from ..errors import ConfigError, DataError
-from ..features import default_cache_dir
+from ..errors import ConfigError, DataError, UserError
 from ..metrics import (
     DEFAULT_THRESHOLD,
     ClassificationMeter,
@@ -26,16 +25,16 @@ from ..run_folder import records as run_folder
 from ..runtime import setup_runtime
 from ..task import SINGLE_LABEL_TASK, Task
 from ._overlap import count_training_images
+from ._passes import Passes
 from ._tta import Views, views_for
 from .calibration import calibration_figures
-from .engine import classify
 from .trained import TrainedModel, load
 
 
 def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
              batch_size: int = 64, device: str = "auto", workers: int | None = None, *,
              labels: str | Path | None = None, path_col: str | None = None, label_col: str | None = None,
-             label_delim: str | None = None, tta: bool = False, tta_crops: int = 1) -> dict:
+             label_delim: str | None = None, tta: bool = False, tta_crops: int = 1, engine: str = "auto") -> dict:
     """top1, top5, balanced_acc, f1_macro, per_class and confusion of a run on a dataset, classes
     matched by name; warns when the data's largest class has 10x the images of its smallest.
     A multi-label run: map, f1_micro, f1_macro (at its stored thresholds), per_class AP/F1/support.
@@ -46,9 +45,12 @@ def evaluate(run_or_model: str | Path | TrainedModel, data: str | Path, split: s
     run trained on a table reads it again when `data` is the run's own data folder.
     `tta`: also top1_tta and top5_tta (multi-label: map_tta), the logits of each image and its
     horizontal flip averaged; `tta_crops=5`: five crops (and their flips with `tta`), tta.py.
+    `engine`: auto (onnxruntime for many images on the CPU, else PyTorch), torch, onnx, int8 (the
+    graph of `tlearn export --quantize int8`) or an exported .onnx file, as `tlearn predict` takes.
     """
     return evaluation(run_or_model, data, split, batch_size, device, workers, labels=labels, path_col=path_col,
-                      label_col=label_col, label_delim=label_delim, tta=tta, tta_crops=tta_crops).result
+                      label_col=label_col, label_delim=label_delim, tta=tta, tta_crops=tta_crops,
+                      engine=engine).result
 
 
 @dataclass
@@ -62,18 +64,22 @@ def evaluation(run_or_model: str | Path | TrainedModel, data: str | Path, split:
                batch_size: int = 64, device: str = "auto", workers: int | None = None, *,
                labels: str | Path | None = None, path_col: str | None = None,
                label_col: str | None = None, label_delim: str | None = None, tta: bool = False,
-               tta_crops: int = 1) -> Evaluation:
+               tta_crops: int = 1, engine: str = "auto") -> Evaluation:
     """`evaluate`, with the probabilities and samples behind the figures (one pass for both)."""
     views = views_for(tta, tta_crops)
+    if views is not None and engine not in ("auto", "torch"):
+        raise UserError("--tta runs in PyTorch: use --engine torch (or auto) with it")
     table = LabelTable.of(labels, path_col, label_col, label_delim)
     trained = run_or_model if isinstance(run_or_model, TrainedModel) else load(run_or_model)
     samples = eval_samples(run_or_model, data, split, trained.class_names, table=table, task=trained.task)
     overlap = 0 if isinstance(run_or_model, TrainedModel) else _training_overlap(
         Path(run_or_model), data, split, samples, table)
+    passes = Passes(trained, None if isinstance(run_or_model, TrainedModel) else Path(run_or_model),
+                    setup_runtime(device), batch_size, workers, engine)
     if trained.task.multi_label:
-        evaluated = _evaluate_multi_label(trained, samples, batch_size, device, workers, views)
+        evaluated = _evaluate_multi_label(trained, samples, passes, views)
     else:
-        evaluated = _evaluate_single_label(trained, samples, data, batch_size, device, workers, views)
+        evaluated = _evaluate_single_label(trained, samples, data, passes, views)
     if overlap:
         evaluated.result["train_overlap"] = overlap
     return evaluated
@@ -87,13 +93,11 @@ def _training_overlap(run_dir: Path, data: str | Path, split: str | None, sample
     return count_training_images(trained_on, seed, data_config, split or default_eval_split(data_config), samples)
 
 
-def _evaluate_single_label(trained: TrainedModel, samples: Samples, data: str | Path, batch_size: int, device: str,
-                           workers: int | None, views: Views | None) -> Evaluation:
+def _evaluate_single_label(trained: TrainedModel, samples: Samples, data: str | Path, passes: Passes,
+                           views: Views | None) -> Evaluation:
     counts = class_counts(samples.labels, len(trained.class_names))
     warn_if_imbalanced(counts, trained.class_names, f"the evaluation data ({data})")
-    runtime = setup_runtime(device)
-    trained.model.to(runtime.device)
-    logits, averaged, targets = _classify(trained, samples, runtime, batch_size, workers, views)
+    logits, averaged, targets = passes.classify(samples, views)
     probs = trained.task.probabilities(logits, trained.model.info.temperature)  # calibrated: softmax(logits / T)
     result = {**_scores(logits, targets, trained.class_names), "imbalance_ratio": round(imbalance_ratio(counts), 2),
               **calibration_figures(logits, probs, targets, trained.model.info)}
@@ -110,18 +114,6 @@ def _scores(logits: torch.Tensor, targets: torch.Tensor, class_names: list[str])
     return meter.result().to_dict(class_names)
 
 
-def _classify(trained: TrainedModel, samples: Samples, runtime, batch_size: int, workers: int | None,
-              views: Views | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """(plain logits, the views' averaged logits or None, labels): one pass when plain evaluation's
-    image is one of the views, else a plain pass too."""
-    logits, targets = classify(trained.model, samples, runtime, batch_size=batch_size, workers=workers,
-                               cache_dir=default_cache_dir(), views=views)
-    if views is None:
-        return logits, None, targets
-    index = views.plain_index(trained.preprocessing)
-    plain = logits[:, index] if index is not None else classify(
-        trained.model, samples, runtime, batch_size=batch_size, workers=workers, cache_dir=default_cache_dir())[0]
-    return plain.contiguous(), logits.mean(dim=1), targets
 
 
 def eval_samples(run_or_model: str | Path | TrainedModel, data: str | Path, split: str | None = None,
@@ -171,13 +163,11 @@ def _same_path(a: str | Path, b: str | Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-def _evaluate_multi_label(trained: TrainedModel, samples: Samples, batch_size: int, device: str,
-                          workers: int | None, views: Views | None = None) -> Evaluation:
+def _evaluate_multi_label(trained: TrainedModel, samples: Samples, passes: Passes,
+                          views: Views | None = None) -> Evaluation:
     """mAP, F1 at the run's stored thresholds (and at 0.5), per-class AP/F1/support; with
     `views`, map_tta and f1_micro_tta of the averaged logits too."""
-    runtime = setup_runtime(device)
-    trained.model.to(runtime.device)
-    logits, averaged, targets = _classify(trained, samples, runtime, batch_size, workers, views)
+    logits, averaged, targets = passes.classify(samples, views)
     targets = targets.float().reshape(len(logits), len(trained.class_names))
     thresholds = trained.model.info.thresholds or [DEFAULT_THRESHOLD] * len(trained.class_names)
 
