@@ -23,15 +23,17 @@ from ..infer import (
     csv_header,
     describe_gate,
     export_run,
+    merge_predictions,
     open_engine,
     predict_files,
     quantize_run,
+    share_of_paths,
     write_predictions,
 )
 from ..models import create_model
 from ..reports import report_run
 from ..run_folder import load_model, run_folder_lock
-from ..runtime import setup_runtime
+from ..runtime import close_process_group, setup_runtime
 from ._checks import label_table
 from ._output import print_evaluation, print_predictions
 
@@ -61,28 +63,52 @@ def predict(args: argparse.Namespace) -> int:
         print(f"tlearn: warning: no image matches {item}", file=sys.stderr)
     if not paths:
         raise UserError("no image files found in " + " ".join(args.paths))
-    trained = api.load(args.run, device=args.device)
+    runtime = setup_runtime(args.device)  # under torchrun: joins the process group
+    if runtime.distributed and args.resume:
+        raise UserError("--resume runs in one process: run it without torchrun")
+    trained = api.load(args.run, device=str(runtime.device))
     top_k = min(args.top_k, len(trained.class_names))
     threshold = trained.min_confidence(args.min_confidence, args.coverage)
-    tta = args.tta or args.tta_crops > 1
-    engine = open_engine(trained.model, args.run, "torch" if tta and args.engine == "auto" else args.engine,
-                         count=len(paths))
-    with _csv_stream(args, trained, top_k, threshold) as stream:
+    engine = _predict_engine(args, trained, len(paths), runtime)
+    share = share_of_paths(paths, args.batch_size, runtime)
+    # under torchrun the rows meet on rank 0 at the end, which writes the file whole
+    with _csv_stream(args, trained, top_k, threshold, runtime) as stream:
         if stream is not None and stream.done:
-            paths = [path for path in paths if path not in stream.done]
-            print(f"--resume: {len(stream.done)} files already in {args.output}, {len(paths)} left")
+            share = [path for path in share if path not in stream.done]
+            print(f"--resume: {len(stream.done)} files already in {args.output}, {len(share)} left")
         write_rows = stream and (lambda rows: stream.write([csv_cells(row, trained, stream.header, bool(threshold))
                                                             for row in rows]))
-        with _progress_bar(len(paths)) as progress:
-            predictions = predict_files(trained, paths, top_k=top_k, batch_size=args.batch_size,
+        with _progress_bar(len(share), runtime.is_main) as progress:
+            predictions = predict_files(trained, share, top_k=top_k, batch_size=args.batch_size,
                                         min_confidence=threshold, tta=args.tta, tta_crops=args.tta_crops,
                                         engine=engine, on_rows=write_rows, on_files=progress.update)
+    predictions = merge_predictions(predictions, runtime)
+    close_process_group()
+    return 0 if predictions is None else _report_predictions(args, predictions, trained, top_k, threshold,
+                                                             streamed=not runtime.distributed)
+
+
+def _predict_engine(args: argparse.Namespace, trained, count: int, runtime):
+    """The engine --engine names, chosen for all the files; under torchrun rank 0 opens it first,
+    so that one process exports and caches the run's graph and the others read it."""
+    tta = args.tta or args.tta_crops > 1
+    if not runtime.is_main:
+        runtime.barrier()
+    engine = open_engine(trained.model, args.run, "torch" if tta and args.engine == "auto" else args.engine,
+                         count=count)
+    if runtime.distributed and runtime.is_main:
+        runtime.barrier()
+    return engine
+
+
+def _report_predictions(args: argparse.Namespace, predictions, trained, top_k: int, threshold: float | None, *,
+                        streamed: bool) -> int:
     print_predictions(predictions, trained)
     if threshold:
         unknown = sum(not row.get("answered", True) for row in predictions.rows)
         print(f"min confidence {threshold:.4f}: {unknown} of {len(predictions.rows)} images answered 'unknown'")
     if args.output:
-        if not args.output.lower().endswith(".csv"):  # a CSV was written as the rows came
+        if not (streamed and args.output.lower().endswith(".csv")):  # a streamed CSV was written as rows came
             write_predictions(predictions, args.output, top_k, trained)
         print(f"wrote {args.output}")
     if not predictions.rows and not args.resume:
@@ -90,17 +116,20 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_bar(total: int) -> tqdm:
+def _progress_bar(total: int, main_process: bool = True) -> tqdm:
     """Images done and images/s on stderr: on a terminal, or in a log for a long job (PROGRESS_MIN_FILES
-    files or more, redrawn at most every 30 s there); stdout is left to the predictions."""
+    files or more, redrawn at most every 30 s there); stdout is left to the predictions. Under
+    torchrun, rank 0's share only."""
     terminal = sys.stderr.isatty()
-    return tqdm(total=total, unit="img", desc="predict", file=sys.stderr, dynamic_ncols=True,
-                disable=not (terminal or total >= PROGRESS_MIN_FILES), mininterval=0.1 if terminal else 30)
+    shown = main_process and (terminal or total >= PROGRESS_MIN_FILES)
+    return tqdm(total=total, unit="img", desc="predict", file=sys.stderr, dynamic_ncols=True, disable=not shown,
+                mininterval=0.1 if terminal else 30)
 
 
-def _csv_stream(args: argparse.Namespace, trained, top_k: int, threshold: float | None):
-    """The streamed CSV of --output F.csv (resumed with --resume), or nothing to stream into."""
-    if not (args.output and args.output.lower().endswith(".csv")):
+def _csv_stream(args: argparse.Namespace, trained, top_k: int, threshold: float | None, runtime):
+    """The streamed CSV of --output F.csv (resumed with --resume), or nothing to stream into (JSON,
+    or under torchrun)."""
+    if not (args.output and args.output.lower().endswith(".csv")) or runtime.distributed:
         return contextlib.nullcontext()
     return CsvStream(args.output, csv_header(trained, top_k, bool(threshold)), resume=args.resume)
 

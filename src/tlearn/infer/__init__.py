@@ -16,6 +16,7 @@ _EXPORTS = {
     "collect_paths": "prediction", "csv_cells": "prediction", "csv_header": "prediction",
     "predict_files": "prediction", "write_predictions": "prediction",
     "CALIBRATION_IMAGES": "quantize", "MAX_DROP": "quantize", "describe_gate": "quantize", "quantize_run": "quantize",
+    "merge_predictions": "sharding", "share_of_paths": "sharding",
     "CsvStream": "streaming",
     "TrainedModel": "trained", "load": "trained", "predict": "trained",
 }
