@@ -245,7 +245,6 @@ class TrainConfig:
     accumulate: int = option(1, "micro-batches per optimiser step (gradient accumulation): the step sees "
                                 "--batch-size x N images", group="optimizer")
     device: str = option("auto", "where to train", group="runtime", choices=DEVICES)
-    # runtime.py and training/_precision.py: auto times each training stage's first steps.
     amp: str = option("auto", "mixed precision: on (CUDA: bf16 where supported, else fp16; CPU: bf16, needs "
                               "bf16 units), off, or auto: each training stage times a few steps in both and "
                               "keeps bf16 only where it is faster; --amp alone is on", group="runtime",
@@ -267,7 +266,6 @@ class TrainConfig:
     coverage: float | None = option(None, "answer this fraction of images (e.g. 0.95): store the confidence "
                                           "threshold that answers it on val in model.json; predict answers "
                                           "'unknown' below it (single-label)", group="output")
-    # experiment tracking (training/callbacks/tracking.py)
     track: str | None = option(None, "log params, each epoch's metrics, the summary and the run's files to MLflow "
                                      "(MLFLOW_TRACKING_URI, default RUN/../mlflow.db)", group="output",
                                choices=("mlflow",))
@@ -347,11 +345,10 @@ class TrainConfig:
         return 0.01 if self.optimizer == "adamw" else 1e-4
 
 
-# --- distillation (`tlearn distill`; training/distillation.py) ---
 @dataclass(frozen=True)
 class DistillConfig:
-    """Knowledge distillation (Hinton et al. 2015): the student learns the teacher run's softened
-    outputs (KL divergence at a temperature, x T^2) beside the labels."""
+    """`tlearn distill` (training/distillation.py), after Hinton et al. 2015: the student learns the teacher
+    run's softened outputs (KL divergence at a temperature, x T^2) beside the labels."""
 
     teacher: str = option(None, "the teacher's run folder", group="distill", cli=False)
     temperature: float = option(4.0, "softmax temperature of both models' outputs in the KL term",
