@@ -209,7 +209,8 @@ def _stage_precision(model: Classifier, stage_data: StageData, index: int, run: 
     """--amp auto: the stage's precision, timed on its first batch (_precision.py); else the run's."""
     def measure() -> dict[str, float]:
         inputs, targets = next(iter(stage_data.train))
-        batch = stage_data.prepare(inputs), targets.to(run.runtime.device)
+        # distill --unlabeled marks images without a label -1; the timed steps (thrown away) need a valid one
+        batch = stage_data.prepare(inputs), targets.clamp(min=0).to(run.runtime.device)
         return measure_step_rates(model, batch, _training_loss(run, stage_data, model, []), run.runtime,
                                   run.config.train, run.config.model.aux_weight)
 
