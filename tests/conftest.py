@@ -66,6 +66,19 @@ def isolated_cache(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("TLEARN_CACHE", str(tmp_path / "cache"))
 
 
+def train_tiny(root: Path, data: Path, **train) -> tuple[dict, Path]:
+    """A TINY_MODEL run (random weights, 32 px, batch 8) on `data` into root/run, its cache under root:
+    the model the inference, serving and export tests load. `train`: TrainConfig fields (default a
+    one-epoch linear probe)."""
+    import tlearn
+
+    settings = {"strategy": "linear-probe", "epochs": 1, "cache_dir": str(root / "cache"), **train}
+    return tlearn.train(tlearn.RunConfig(
+        data=tlearn.DataConfig(source=str(data), image_size=32, batch_size=8),
+        model=tlearn.ModelConfig(name=TINY_MODEL, weights="none"), train=tlearn.TrainConfig(**settings)),
+        root / "run")
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
     """Run `python -m tlearn ARGS` in a subprocess; returns CompletedProcess (text)."""
     full_env = {**os.environ, **(env or {})}

@@ -27,7 +27,7 @@ from tlearn.metrics.calibration import (
 from tlearn.metrics.calibration_choice import BOUND_MARGIN, FOLDS, REPEATS, fold_assignment
 from tlearn.models.classifier import ModelInfo
 
-from conftest import TINY_MODEL, kill_chain, make_folder
+from conftest import TINY_MODEL, kill_chain, make_folder, train_tiny
 
 
 def test_fit_temperature_recovers_a_known_temperature():
@@ -192,11 +192,7 @@ def calibrated_run(tmp_path_factory):
     """ant and dog share a colour (conftest.write_image): the model cannot be sure of them."""
     root = tmp_path_factory.mktemp("calibration")
     data = make_folder(root / "data", classes=("ant", "bee", "cat", "dog"), per_class=8, split_dirs=True)
-    summary, run = tlearn.train(tlearn.RunConfig(
-        data=tlearn.DataConfig(source=str(data), image_size=32, batch_size=8),
-        model=tlearn.ModelConfig(name=TINY_MODEL, weights="none"),
-        train=tlearn.TrainConfig(strategy="linear-probe", epochs=1, coverage=0.75, cache_dir=str(root / "cache"))),
-        root / "run")
+    summary, run = train_tiny(root, data, strategy="linear-probe", epochs=1, coverage=0.75)
     return run, data, summary
 
 

@@ -7,10 +7,9 @@ import sys
 
 import pytest
 
-import tlearn
 from tlearn.cli import main
 
-from conftest import TINY_MODEL, make_folder
+from conftest import make_folder, train_tiny
 
 # SIGKILL (no cleanup at all) right after the second batch's rows were written
 KILL_AFTER_TWO_BATCHES = """
@@ -32,11 +31,7 @@ sys.exit(main(sys.argv[1:]))
 def run_and_images(tmp_path_factory):
     root = tmp_path_factory.mktemp("stream")
     data = make_folder(root / "data", per_class=6, split_dirs=True)
-    _, run = tlearn.train(tlearn.RunConfig(
-        data=tlearn.DataConfig(source=str(data), image_size=32, batch_size=8),
-        model=tlearn.ModelConfig(name=TINY_MODEL, weights="none"),
-        train=tlearn.TrainConfig(strategy="linear-probe", epochs=1, report=False, cache_dir=str(root / "cache"))),
-        root / "run")
+    _, run = train_tiny(root, data, strategy="linear-probe", epochs=1, report=False)
     return run, data / "train"
 
 

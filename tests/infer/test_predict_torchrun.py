@@ -6,9 +6,7 @@ import sys
 
 import pytest
 
-import tlearn
-
-from conftest import TINY_MODEL, make_folder
+from conftest import make_folder, train_tiny
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
@@ -23,11 +21,7 @@ def _run(*command: str) -> subprocess.CompletedProcess:
 def run_and_images(tmp_path_factory):
     root = tmp_path_factory.mktemp("torchrun-predict")
     data = make_folder(root / "data", per_class=6, split_dirs=True)
-    _, run = tlearn.train(tlearn.RunConfig(
-        data=tlearn.DataConfig(source=str(data), image_size=32, batch_size=8),
-        model=tlearn.ModelConfig(name=TINY_MODEL, weights="none"),
-        train=tlearn.TrainConfig(strategy="linear-probe", epochs=1, report=False, cache_dir=str(root / "cache"))),
-        root / "run")
+    _, run = train_tiny(root, data, strategy="linear-probe", epochs=1, report=False)
     (data / "train" / "dog" / "broken.jpg").write_bytes(b"not an image")  # an unreadable file, merged in order too
     return run, data / "train"
 

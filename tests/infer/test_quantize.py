@@ -11,7 +11,7 @@ from tlearn.infer import quantize as quantize_module
 from tlearn.infer.engines import INT8_FILE, open_engine
 from tlearn.run_folder.guard import RUN_FOLDERS
 
-from conftest import TINY_MODEL, make_folder
+from conftest import make_folder, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +19,7 @@ def learned_run(tmp_path_factory):
     """Three classes of distinct colours: the model learns them, so a broken int8 graph shows."""
     root = tmp_path_factory.mktemp("int8")
     data = make_folder(root / "data", per_class=12, split_dirs=True)
-    _, run = tlearn.train(tlearn.RunConfig(
-        data=tlearn.DataConfig(source=str(data), image_size=32, batch_size=8),
-        model=tlearn.ModelConfig(name=TINY_MODEL, weights="none"),
-        train=tlearn.TrainConfig(strategy="finetune", epochs=4, report=False, cache_dir=str(root / "cache"))),
-        root / "run")
+    _, run = train_tiny(root, data, strategy="finetune", epochs=4, report=False)
     return run, data
 
 

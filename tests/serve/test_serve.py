@@ -14,7 +14,7 @@ import tlearn
 from tlearn.infer import collect_paths, predict_files
 from tlearn.serve import ServeSettings, create_app
 
-from conftest import TINY_MODEL, make_folder
+from conftest import make_folder, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +22,7 @@ def served_run(tmp_path_factory):
     """A tiny run with a confidence threshold (train --coverage), so some answers are "unknown"."""
     root = tmp_path_factory.mktemp("serve")
     data = make_folder(root / "data", classes=("ant", "bee", "cat", "dog"), per_class=8, split_dirs=True)
-    _, run = tlearn.train(tlearn.RunConfig(
-        data=tlearn.DataConfig(source=str(data), image_size=32, batch_size=8),
-        model=tlearn.ModelConfig(name=TINY_MODEL, weights="none"),
-        train=tlearn.TrainConfig(strategy="linear-probe", epochs=1, coverage=0.75, cache_dir=str(root / "cache"))),
-        root / "run")
+    _, run = train_tiny(root, data, strategy="linear-probe", epochs=1, coverage=0.75)
     return run, data
 
 

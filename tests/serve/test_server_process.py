@@ -12,10 +12,9 @@ import time
 import httpx
 import pytest
 
-import tlearn
 from tlearn.cli import main
 
-from conftest import TINY_MODEL, make_folder
+from conftest import make_folder, train_tiny
 
 START_SECONDS = 180  # a loaded machine: importing, loading the model and exporting its graph
 
@@ -24,10 +23,7 @@ START_SECONDS = 180  # a loaded machine: importing, loading the model and export
 def run_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
     data = make_folder(root / "data", per_class=6, split_dirs=True)
-    _, run = tlearn.train(tlearn.RunConfig(
-        data=tlearn.DataConfig(source=str(data), image_size=32, batch_size=8),
-        model=tlearn.ModelConfig(name=TINY_MODEL, weights="none"),
-        train=tlearn.TrainConfig(strategy="linear-probe", epochs=1, cache_dir=str(root / "cache"))), root / "run")
+    _, run = train_tiny(root, data, strategy="linear-probe", epochs=1)
     return run, data
 
 
