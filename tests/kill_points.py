@@ -10,6 +10,8 @@ Events, counted from 1 within this process:
   state     the N-th training-state write (the commit), temporary file written, not renamed
   commit    right after the N-th commit, before the derived files (last, model, metrics)
   last      the N-th write of last.safetensors, temporary file written, not renamed
+  rows      right after the N-th batch of `tlearn predict` rows went into its streamed output (under
+            torchrun: each process counts its own, into its part file)
   record    never kills: copies every committed state to RUN/../snapshots/epoch-E.safetensors
 A real SIGKILL: no finally block, no atexit, no cleanup runs.
 """
@@ -21,13 +23,14 @@ from pathlib import Path
 
 import tlearn.features.extractor as features
 import tlearn.files as files
+import tlearn.infer.streaming as streaming
 import tlearn.run_folder.checkpoint as checkpoint
 import tlearn.training._loop as loops
 import tlearn.training.runner as training
 
 event, count = sys.argv[1].split(":")
 count = int(count)
-seen = {"step": 0, "solve": 0, "cache": 0, "state": 0, "commit": 0, "last": 0}
+seen = {"step": 0, "solve": 0, "cache": 0, "state": 0, "commit": 0, "last": 0, "rows": 0}
 
 
 def kill_if(name: str) -> None:
@@ -71,6 +74,8 @@ features.atomic_write_with = real_write  # the feature cache streams its entry t
 
 wrap(loops, "compute_loss", after=lambda *a, **k: kill_if("step"))
 wrap(training, "fit_linear_head_lbfgs", before=lambda *a, **k: kill_if("solve"))
+wrap(streaming.CsvStream, "add", after=lambda *a, **k: kill_if("rows"))
+wrap(streaming.JsonStream, "add", after=lambda *a, **k: kill_if("rows"))
 
 
 def after_commit(run_dir, model, state):

@@ -98,8 +98,8 @@ def check_predict(args: argparse.Namespace) -> None:
         raise UserError(f"--output must end in .csv or .json, got {args.output}")
     if args.output:
         require_file_target(args.output, "--output")
-    if args.resume and not (args.output and args.output.lower().endswith(".csv")):
-        raise UserError("--resume continues the rows of --output F.csv; give that file")
+    if args.resume and not args.output:
+        raise UserError("--resume continues the rows of --output F.csv or F.json; give that file")
 
 
 def check_export(args: argparse.Namespace) -> None:

@@ -119,7 +119,7 @@ def _add_predict_flags(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--device", choices=DEVICES, default="cpu")
     predict.add_argument("--resume", action="store_true",
-                         help="--output F.csv holds the rows of an interrupted prediction: skip those files")
+                         help="--output F.csv or F.json holds the rows of an interrupted prediction: skip those files")
     predict.add_argument("--engine", default="auto", metavar="ENGINE",
                          help="auto (onnxruntime for 256 images or more on the CPU, else PyTorch), onnx, int8 "
                               "(RUN/export/model.int8.onnx), torch, or an .onnx file tlearn export wrote")

@@ -17,18 +17,18 @@ from ..features import FeatureExtractor, run_cache_dir
 from ..hub import push_run
 from ..infer import (
     TOLERANCE,
-    CsvStream,
     collect_paths,
-    csv_cells,
-    csv_header,
     describe_gate,
     export_run,
+    merge_parts,
     merge_predictions,
     open_engine,
+    output_layout,
+    part_files,
+    part_path,
     predict_files,
     quantize_run,
     share_of_paths,
-    write_predictions,
 )
 from ..models import create_model
 from ..reports import report_run
@@ -64,28 +64,47 @@ def predict(args: argparse.Namespace) -> int:
     if not paths:
         raise UserError("no image files found in " + " ".join(args.paths))
     runtime = setup_runtime(args.device)  # under torchrun: joins the process group
-    if runtime.distributed and args.resume:
-        raise UserError("--resume runs in one process: run it without torchrun")
     trained = api.load(args.run, device=str(runtime.device))
     top_k = min(args.top_k, len(trained.class_names))
     threshold = trained.min_confidence(args.min_confidence, args.coverage)
     engine = _predict_engine(args, trained, len(paths), runtime)
-    share = share_of_paths(paths, args.batch_size, runtime)
-    # under torchrun the rows meet on rank 0 at the end, which writes the file whole
-    with _csv_stream(args, trained, top_k, threshold, runtime) as stream:
-        if stream is not None and stream.done:
-            share = [path for path in share if path not in stream.done]
-            print(f"--resume: {len(stream.done)} files already in {args.output}, {len(share)} left")
-        write_rows = stream and (lambda rows: stream.write([csv_cells(row, trained, stream.header, bool(threshold))
-                                                            for row in rows]))
+    layout = output_layout(trained, top_k, bool(threshold), args.output) if args.output else None
+    share, stream = _share_and_stream(args, layout, paths, runtime)
+    with stream or contextlib.nullcontext():
+        write_rows = stream and (lambda rows, unreadable: stream.add([layout.record(row) for row in rows], unreadable))
         with _progress_bar(len(share), runtime.is_main) as progress:
             predictions = predict_files(trained, share, top_k=top_k, batch_size=args.batch_size,
                                         min_confidence=threshold, tta=args.tta, tta_crops=args.tta_crops,
                                         engine=engine, on_rows=write_rows, on_files=progress.update)
-    predictions = merge_predictions(predictions, runtime)
+    predictions = merge_predictions(predictions, runtime)  # every process's parts are complete after it
+    if layout and runtime.distributed and runtime.is_main:
+        merge_parts(args.output, paths)
     close_process_group()
-    return 0 if predictions is None else _report_predictions(args, predictions, trained, top_k, threshold,
-                                                             streamed=not runtime.distributed)
+    return 0 if predictions is None else _report_predictions(args, predictions, trained, threshold)
+
+
+def _share_and_stream(args: argparse.Namespace, layout, paths: list[str], runtime):
+    """(this process's files, the stream its rows go into: --output itself in one process, its part
+    file under torchrun; None without --output). `--resume` first merges the parts a killed torchrun
+    prediction left into the output, then skips the files the output holds."""
+    if layout is None:
+        return share_of_paths(paths, args.batch_size, runtime), None
+    if runtime.is_main and args.resume:
+        merge_parts(args.output, paths)
+    elif runtime.is_main:
+        for part in part_files(args.output):  # of an earlier prediction, killed
+            part.unlink()
+    if runtime.distributed:
+        runtime.barrier()
+        done = layout.done(args.output) if args.resume else set()
+        stream = layout.stream(part_path(args.output, runtime.rank))
+    else:
+        stream = layout.stream(args.output, resume=args.resume)
+        done = stream.done
+    todo = [path for path in paths if path not in done]
+    if args.resume and runtime.is_main:
+        print(f"--resume: {len(paths) - len(todo)} files already in {args.output}, {len(todo)} left")
+    return share_of_paths(todo, args.batch_size, runtime), stream
 
 
 def _predict_engine(args: argparse.Namespace, trained, count: int, runtime):
@@ -101,15 +120,12 @@ def _predict_engine(args: argparse.Namespace, trained, count: int, runtime):
     return engine
 
 
-def _report_predictions(args: argparse.Namespace, predictions, trained, top_k: int, threshold: float | None, *,
-                        streamed: bool) -> int:
+def _report_predictions(args: argparse.Namespace, predictions, trained, threshold: float | None) -> int:
     print_predictions(predictions, trained)
     if threshold:
         unknown = sum(not row.get("answered", True) for row in predictions.rows)
         print(f"min confidence {threshold:.4f}: {unknown} of {len(predictions.rows)} images answered 'unknown'")
-    if args.output:
-        if not (streamed and args.output.lower().endswith(".csv")):  # a streamed CSV was written as rows came
-            write_predictions(predictions, args.output, top_k, trained)
+    if args.output:  # streamed as the rows came (merged from the parts under torchrun)
         print(f"wrote {args.output}")
     if not predictions.rows and not args.resume:
         raise UserError("no image could be read")
@@ -124,14 +140,6 @@ def _progress_bar(total: int, main_process: bool = True) -> tqdm:
     shown = main_process and (terminal or total >= PROGRESS_MIN_FILES)
     return tqdm(total=total, unit="img", desc="predict", file=sys.stderr, dynamic_ncols=True, disable=not shown,
                 mininterval=0.1 if terminal else 30)
-
-
-def _csv_stream(args: argparse.Namespace, trained, top_k: int, threshold: float | None, runtime):
-    """The streamed CSV of --output F.csv (resumed with --resume), or nothing to stream into (JSON,
-    or under torchrun)."""
-    if not (args.output and args.output.lower().endswith(".csv")) or runtime.distributed:
-        return contextlib.nullcontext()
-    return CsvStream(args.output, csv_header(trained, top_k, bool(threshold)), resume=args.resume)
 
 
 def export(args: argparse.Namespace) -> int:

@@ -14,10 +14,11 @@ _EXPORTS = {
     "ENGINES": "engines", "INT8_FILE": "engines", "open_engine": "engines",
     "TOLERANCE": "export", "export_run": "export",
     "collect_paths": "prediction", "csv_cells": "prediction", "csv_header": "prediction",
-    "predict_files": "prediction", "write_predictions": "prediction",
+    "output_layout": "prediction", "predict_files": "prediction", "write_predictions": "prediction",
     "CALIBRATION_IMAGES": "quantize", "MAX_DROP": "quantize", "describe_gate": "quantize", "quantize_run": "quantize",
-    "merge_predictions": "sharding", "share_of_paths": "sharding",
-    "CsvStream": "streaming",
+    "merge_parts": "sharding", "merge_predictions": "sharding", "part_files": "sharding", "part_path": "sharding",
+    "share_of_paths": "sharding",
+    "CsvStream": "streaming", "JsonStream": "streaming",
     "TrainedModel": "trained", "load": "trained", "predict": "trained",
 }
 __all__ = sorted(_EXPORTS)

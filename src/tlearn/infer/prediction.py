@@ -21,6 +21,7 @@ from ..errors import UserError, first_line
 from ..files import atomic_write
 from ..task import MULTI_LABEL, Task
 from .engines import Engine
+from .streaming import Layout
 from .trained import TrainedModel, warn_if_views_and_threshold
 
 
@@ -54,14 +55,15 @@ def collect_paths(inputs: list[str]) -> tuple[list[str], list[str]]:
 
 def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch_size: int = 32, *,
                   min_confidence: float | None = None, tta: bool = False, tta_crops: int = 1,
-                  engine: Engine | None = None, on_rows: Callable[[list[dict]], None] | None = None,
+                  engine: Engine | None = None, on_rows: Callable[[list[dict], list], None] | None = None,
                   on_files: Callable[[int], None] | None = None) -> Predictions:
     """Batched prediction, decoding a batch at a time; files that fail to decode are listed, not fatal.
     Below `min_confidence` (calibrated top probability) an image's label is "unknown".
     `tta`, `tta_crops`: test-time augmentation, the views' logits averaged (tta.py).
     `engine` (engines.py: onnxruntime, the int8 graph): the batches go through it, decoded as uint8
     crops on a thread pool; None or PyTorch eager: through the model itself.
-    `on_rows`: called with each batch's rows as soon as they exist (predict's streamed CSV);
+    `on_rows`: called with each batch's rows and the (path, reason) of the files that failed since the
+    last call, as soon as they exist (predict's streamed file);
     `on_files`: with the number of files each batch settled, unreadable ones included (the progress bar)."""
     if engine is not None and engine.name != "torch":
         if tta or tta_crops > 1:
@@ -71,16 +73,18 @@ def predict_files(trained: TrainedModel, paths: list[str], top_k: int = 1, batch
     transform = trained.views_transform(tta, tta_crops)
     warn_if_views_and_threshold(transform, min_confidence)
     batch: list[tuple[str, torch.Tensor]] = []
-    settled = [0]  # files tried since the last flush (the progress bar's step)
+    settled, failed = [0], [0]  # files tried, and unreadable files listed, up to the last flush
 
     def flush():
+        rows = []
         if batch:
             outputs = trained.predict_batch(torch.stack([tensor for _, tensor in batch]), top_k, min_confidence)
             rows = _rows([path for path, _ in batch], outputs)
             result.rows += rows
-            if on_rows:
-                on_rows(rows)
             batch.clear()
+        if on_rows and (rows or len(result.unreadable) > failed[0]):
+            on_rows(rows, result.unreadable[failed[0]:])
+        failed[0] = len(result.unreadable)
         if on_files and settled[0]:
             on_files(settled[0])
             settled[0] = 0
@@ -124,13 +128,15 @@ def _predict_with_engine(trained: TrainedModel, paths: list[str], top_k: int, ba
             if index + 1 < len(batches):
                 pending.append(pool.map(decode, batches[index + 1]))
             good = [(path, crop) for path, crop in zip(batch, decoded) if isinstance(crop, torch.Tensor)]
-            result.unreadable += [(path, crop) for path, crop in zip(batch, decoded) if isinstance(crop, str)]
+            failed = [(path, crop) for path, crop in zip(batch, decoded) if isinstance(crop, str)]
+            result.unreadable += failed
+            rows = []
             if good:
                 outputs = trained.answer(engine.logits(torch.stack([crop for _, crop in good])), top_k, min_confidence)
                 rows = _rows([path for path, _ in good], outputs)
                 result.rows += rows
-                if on_rows:
-                    on_rows(rows)
+            if on_rows and (rows or failed):
+                on_rows(rows, failed)
             if on_files:
                 on_files(len(batch))
     return result
@@ -141,18 +147,15 @@ def write_predictions(predictions: Predictions, output: str | Path, top_k: int, 
     output = Path(output)
     if output.suffix.lower() not in (".csv", ".json"):
         raise UserError(f"--output must end in .csv or .json, got {output.name}")
-    if trained.task.multi_label:
-        _write_multi_label(predictions, output, trained.label_join, trained.class_names)
-        return
+    thresholded = predictions.min_confidence is not None
     if output.suffix.lower() == ".json":
-        thresholded = predictions.min_confidence is not None
-        data = [{"path": r["path"], "predictions": [{"label": l, "prob": p} for l, p in zip(r["labels"], r["probs"])],
-                 **({"answered": r["answered"], "guess": r.get("guess", r["labels"][0])} if thresholded else {})}
-                for r in predictions.rows]
+        data = [json_record(row, trained, thresholded) for row in predictions.rows]
         atomic_write(output, json.dumps({"predictions": data, "unreadable": [
             {"path": p, "reason": why} for p, why in predictions.unreadable]}, indent=2, ensure_ascii=False))
         return
-    thresholded = predictions.min_confidence is not None
+    if trained.task.multi_label:
+        _write_multi_label_csv(predictions, output, trained.label_join, trained.class_names)
+        return
     header = csv_header(trained, top_k, thresholded)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -182,14 +185,35 @@ def csv_cells(row: dict, trained: TrainedModel, header: list[str], thresholded: 
     return cells
 
 
-def _write_multi_label(predictions: Predictions, output: Path, label_delim: str, class_names: list[str]) -> None:
-    """CSV: path, labels (joined with `label_delim`), prob_<class> for every class; JSON: the same, nested."""
-    unreadable = [{"path": p, "reason": why} for p, why in predictions.unreadable]
-    if output.suffix.lower() == ".json":
-        data = [{"path": r["path"], "labels": r["labels"], "probs": r["scores"]} for r in predictions.rows]
-        atomic_write(output, json.dumps({"predictions": data, "unreadable": unreadable}, indent=2,
-                                        ensure_ascii=False))
-        return
+def json_record(row: dict, trained: TrainedModel, thresholded: bool) -> dict:
+    """One prediction row as the JSON file's record: the top labels with their probabilities (and
+    "answered", "guess" when a threshold applies); multi-label: the labels and every class's probability."""
+    if trained.task.multi_label:
+        return {"path": row["path"], "labels": row["labels"], "probs": row["scores"]}
+    return {"path": row["path"], "predictions": [{"label": l, "prob": p} for l, p in zip(row["labels"], row["probs"])],
+            **({"answered": row["answered"], "guess": row.get("guess", row["labels"][0])} if thresholded else {})}
+
+
+def output_layout(trained: TrainedModel, top_k: int, thresholded: bool, output: str | Path) -> Layout:
+    """The form of --output's rows (streaming.py), .csv or .json, for this model, top-k and threshold."""
+    header = csv_header(trained, top_k, thresholded)
+    keys = ["path", "labels", "probs"] if trained.task.multi_label else \
+        ["path", "predictions", *(["answered", "guess"] if thresholded else [])]
+
+    def fits(record: dict) -> bool:
+        if trained.task.multi_label:
+            return list(record) == keys and list(record["probs"]) == trained.class_names
+        return list(record) == keys and len(record["predictions"]) == top_k
+
+    def record(row: dict) -> list[str] | dict:
+        return json_record(row, trained, thresholded) if json_file else csv_cells(row, trained, header, thresholded)
+
+    json_file = Path(output).suffix.lower() == ".json"
+    return Layout(".json" if json_file else ".csv", header, fits, record)
+
+
+def _write_multi_label_csv(predictions: Predictions, output: Path, label_delim: str, class_names: list[str]) -> None:
+    """path, labels (joined with `label_delim`), prob_<class> for every class."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(Task(MULTI_LABEL).prediction_columns(0, class_names))
