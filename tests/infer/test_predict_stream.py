@@ -120,3 +120,19 @@ def test_progress_bar_counts_every_file_on_stderr_only_for_many_files(run_and_im
         assert "img/s" not in out
     finally:
         (images / "broken.jpg").unlink()
+
+
+def test_parts_a_killed_torchrun_prediction_left_are_merged_by_a_resume_and_dropped_otherwise(run_and_images,
+                                                                                             tmp_path, capsys):
+    run, images = run_and_images
+    flags = ["predict", str(run), str(images), "--top-k", "1", "--engine", "torch"]
+    whole, output = tmp_path / "whole.csv", tmp_path / "preds.csv"
+    assert main([*flags, "--output", str(whole)]) == 0
+    header, *rows = whole.read_text().splitlines(keepends=True)
+    (tmp_path / "preds.csv.part-1").write_text(header + rows[5])  # a part with one row
+    assert main([*flags, "--output", str(output), "--resume"]) == 0  # merged first: that file is not predicted
+    assert "--resume: 1 files already in" in capsys.readouterr().out
+    assert output.read_text() == whole.read_text() and not list(tmp_path.glob("*.part-*"))
+    (tmp_path / "preds.csv.part-0").write_text(header + "old.png,cat,1.000000\n")
+    assert main([*flags, "--output", str(output)]) == 0  # a new prediction: the old part is dropped
+    assert output.read_text() == whole.read_text() and not list(tmp_path.glob("*.part-*"))

@@ -69,7 +69,7 @@ def predict(args: argparse.Namespace) -> int:
     threshold = trained.min_confidence(args.min_confidence, args.coverage)
     engine = _predict_engine(args, trained, len(paths), runtime)
     layout = output_layout(trained, top_k, bool(threshold), args.output) if args.output else None
-    share, stream = _share_and_stream(args, layout, paths, runtime)
+    share, stream, parted = _share_and_stream(args, layout, paths, runtime)
     with stream or contextlib.nullcontext():
         write_rows = stream and (lambda rows, unreadable: stream.add([layout.record(row) for row in rows], unreadable))
         with _progress_bar(len(share), runtime.is_main) as progress:
@@ -77,18 +77,21 @@ def predict(args: argparse.Namespace) -> int:
                                         min_confidence=threshold, tta=args.tta, tta_crops=args.tta_crops,
                                         engine=engine, on_rows=write_rows, on_files=progress.update)
     predictions = merge_predictions(predictions, runtime)  # every process's parts are complete after it
-    if layout and runtime.distributed and runtime.is_main:
+    if parted and runtime.is_main:
         merge_parts(args.output, paths)
     close_process_group()
     return 0 if predictions is None else _report_predictions(args, predictions, trained, threshold)
 
 
 def _share_and_stream(args: argparse.Namespace, layout, paths: list[str], runtime):
-    """(this process's files, the stream its rows go into: --output itself in one process, its part
-    file under torchrun; None without --output). `--resume` first merges the parts a killed torchrun
-    prediction left into the output, then skips the files the output holds."""
+    """(this process's files, the stream its rows go into, whether rank 0 merges the parts at the end).
+    The stream: --output itself in one process, a part file under torchrun; None without --output.
+    `--resume` first merges the parts a killed torchrun prediction left into the output, then skips
+    the files the output holds; those need not lead the input then, so the new rows go into a part
+    too, and all are merged in input order at the end."""
     if layout is None:
-        return share_of_paths(paths, args.batch_size, runtime), None
+        return share_of_paths(paths, args.batch_size, runtime), None, False
+    parted = runtime.distributed or bool(args.resume and part_files(args.output))
     if runtime.is_main and args.resume:
         merge_parts(args.output, paths)
     elif runtime.is_main:
@@ -96,6 +99,7 @@ def _share_and_stream(args: argparse.Namespace, layout, paths: list[str], runtim
             part.unlink()
     if runtime.distributed:
         runtime.barrier()
+    if parted:
         done = layout.done(args.output) if args.resume else set()
         stream = layout.stream(part_path(args.output, runtime.rank))
     else:
@@ -104,7 +108,7 @@ def _share_and_stream(args: argparse.Namespace, layout, paths: list[str], runtim
     todo = [path for path in paths if path not in done]
     if args.resume and runtime.is_main:
         print(f"--resume: {len(paths) - len(todo)} files already in {args.output}, {len(todo)} left")
-    return share_of_paths(todo, args.batch_size, runtime), stream
+    return share_of_paths(todo, args.batch_size, runtime), stream, parted
 
 
 def _predict_engine(args: argparse.Namespace, trained, count: int, runtime):
