@@ -68,6 +68,17 @@ def check_pseudo_config(config: RunConfig) -> None:
         raise ConfigError("--lr find sweeps the loss on the labels alone; give --unlabeled runs a number for --lr")
 
 
+def check_pseudo_labels(config: RunConfig, data: DatasetSplits) -> None:
+    """A train --unlabeled run's cheap checks, before its folder is claimed: the settings, a folder data
+    set, and a folder with images in it (scanned by name and header, nothing decoded)."""
+    if not config.train.pseudo_unlabeled:
+        return
+    check_pseudo_config(config)
+    if not isinstance(data.train, FileSamples):
+        raise ConfigError("--unlabeled needs --data FOLDER (image files), not a built-in data set")
+    scan_unlabeled(config.train.pseudo_unlabeled, config.data.strict_images)
+
+
 @dataclass
 class PseudoLabels:
     """The pseudo-labelled images of a run, their classes and weight, and the summary's entry."""
