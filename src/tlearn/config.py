@@ -267,9 +267,9 @@ class TrainConfig:
     # Self-training on images without labels (training/pseudo_labels.py; defaults measured in docs/labelling.md).
     pseudo_unlabeled: str | None = option(None, "a folder of unlabelled images: self-train on the surest per class",
                                           group="pseudo", flag="--unlabeled")
-    pseudo_rounds: int = option(3, "self-training rounds (fit, pseudo-label, refit)", group="pseudo")
-    pseudo_share: float = option(0.4, "pseudo-label this share of each predicted class's images", group="pseudo")
-    pseudo_weight: float = option(0.3, "a pseudo-label's weight in the loss against a label's 1", group="pseudo")
+    pseudo_rounds: int = option(8, "self-training rounds (fit, pseudo-label, refit)", group="pseudo")
+    pseudo_share: float = option(0.8, "the last round's share of each predicted class (round r: x r/R)", group="pseudo")
+    pseudo_weight: float = option(0.5, "a pseudo-label's weight in the loss against a label's 1", group="pseudo")
 
     def __post_init__(self) -> None:
         if isinstance(self.amp, bool):  # a config.yaml written before --amp auto existed

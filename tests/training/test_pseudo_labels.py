@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tlearn.config import TrainConfig
+from tlearn.features.few_labels import SELF_TRAINING_ROUNDS, SELF_TRAINING_SHARE, SELF_TRAINING_WEIGHT
 from tlearn.features.head_solver import _Chunks, _loss_and_grad
 from tlearn.run_folder import checkpoint
 from tlearn.run_folder.guard import RUN_FILES
@@ -55,6 +58,12 @@ def test_the_lbfgs_objective_weights_each_row():
     assert loss(x, y, torch.tensor([2.0, 1, 1, 1, 1, 1])) == pytest.approx(loss(*doubled) * 7 / 6, rel=1e-5)
 
 
+def test_the_flags_defaults_are_the_measured_self_training_defaults():
+    settings = TrainConfig()
+    assert (settings.pseudo_share, settings.pseudo_rounds, settings.pseudo_weight) == (
+        SELF_TRAINING_SHARE, SELF_TRAINING_ROUNDS, SELF_TRAINING_WEIGHT)
+
+
 @pytest.fixture
 def folders(tmp_path: Path) -> tuple[Path, Path]:
     return (make_folder(tmp_path / "data", per_class=8, split_dirs=True),
@@ -73,7 +82,7 @@ def test_train_unlabeled_records_its_pseudo_labels_and_trains_on_them(folders, t
     run = tmp_path / "run"
     assert set(p.name for p in run.iterdir() if not p.name.startswith(".")) <= RUN_FILES
     pseudo = json.loads((run / "summary.json").read_text())["pseudo_labels"]
-    assert pseudo["unlabeled_images"] == 30 and pseudo["share"] == 0.5 and pseudo["rounds"] == 3
+    assert pseudo["unlabeled_images"] == 30 and pseudo["share"] == 0.5 and pseudo["rounds"] == 8
     assert pseudo["used"] == sum(pseudo["per_class"].values()) == 15  # half of each predicted class
     assert set(pseudo["per_class"]) == {"cat", "dog", "fox"}
     check = pseudo["validation"]
@@ -144,3 +153,26 @@ def test_bad_input_is_one_line_exit_2(folders, tmp_path, case, message):
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_self_training_grows_its_share_round_by_round(monkeypatch):
+    """Round r of R pseudo-labels share x r / R of each predicted class (grow=False: share every round)."""
+    from tlearn.features import few_labels
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 5, (3, 8))
+    unlabelled = np.concatenate([centre + rng.normal(0, 1, (40, 8)) for centre in centres])
+    labelled, labels = centres + rng.normal(0, 1, (3, 8)), np.arange(3)
+    fitted, fit = [], few_labels.fit_probe
+
+    def counting(features, *args, **kwargs):
+        fitted.append(len(features))
+        return fit(features, *args, **kwargs)
+
+    monkeypatch.setattr(few_labels, "fit_probe", counting)
+    result = few_labels.self_train(labelled, labels, unlabelled, 3, share=0.5, rounds=4, weight=0.5)
+    assert fitted == [3, 3 + 15, 3 + 30, 3 + 45, 3 + 60]  # 40 a predicted class: 5, 10, 15, 20 of each
+    assert len(result.pseudo_indices) == 60 and (result.pseudo_indices // 40 == result.pseudo_labels).all()
+    fitted.clear()
+    few_labels.self_train(labelled, labels, unlabelled, 3, share=0.5, rounds=2, weight=0.5, grow=False)
+    assert fitted == [3, 63, 63]
