@@ -15,8 +15,8 @@ Strategies, each at every budget and seed:
   rounds        tlearn's rounds: TypiClust from the labels so far, budget to budget (10, 20, 50, ...)
   margin        the first round as `rounds`, then the smallest calibrated top-2 margins
   mixed         the first round as `rounds`, then half TypiClust, half smallest margin
-Pseudo-labels: the probe self-trained (the most confident share of each predicted class, weighted,
-3 rounds; features/few_labels.py's defaults) on the labels
+Pseudo-labels: the probe self-trained (the most confident share of each predicted class, growing
+round by round, weighted; features/few_labels.py's defaults, or the --pseudo-* flags) on the labels
 `rounds` chose at 20, 50 and 100, and on 10 random labels per class.
 
 Prints one JSON line: accuracy (mean and std over seeds) per strategy and budget, the labels each
