@@ -15,8 +15,8 @@ Strategies, each at every budget and seed:
   rounds        tlearn's rounds: TypiClust from the labels so far, budget to budget (10, 20, 50, ...)
   margin        the first round as `rounds`, then the smallest calibrated top-2 margins
   mixed         the first round as `rounds`, then half TypiClust, half smallest margin
-Pseudo-labels: the probe self-trained (the most confident share of each predicted class, weighted,
-3 rounds; features/few_labels.py's defaults) on the labels
+Pseudo-labels: the probe self-trained (the most confident share of each predicted class, growing
+round by round, weighted; features/few_labels.py's defaults, or the --pseudo-* flags) on the labels
 `rounds` chose at 20, 50 and 100, and on 10 random labels per class.
 
 Prints one JSON line: accuracy (mean and std over seeds) per strategy and budget, the labels each
@@ -36,7 +36,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, sample_cifar  # noqa: E402
 from tlearn.features import FeatureScaler, cross_validate, fit_probe, self_train  # noqa: E402
-from tlearn.features.few_labels import SELF_TRAINING_SHARE, SELF_TRAINING_WEIGHT  # noqa: E402
+from tlearn.features.few_labels import (  # noqa: E402
+    SELF_TRAINING_ROUNDS,
+    SELF_TRAINING_SHARE,
+    SELF_TRAINING_WEIGHT,
+)
 from tlearn.label import Backbone, pool_features, scan_pool  # noqa: E402
 from tlearn.label._choice import margin_picks, typical_picks  # noqa: E402
 
@@ -123,11 +127,12 @@ def labels_needed(curve: dict[int, float], target: float) -> float | None:
     return float(points[-1][0]) if points[-1][1] >= target else None
 
 
-def pseudo_gain(features, truth, mask, test_features, test_truth, num_classes, share, weight) -> dict:
-    """Accuracy with and without self-training, and how accurate the pseudo-labels were."""
+def pseudo_gain(features, truth, mask, test_features, test_truth, num_classes, settings: dict) -> dict:
+    """Accuracy with and without self-training (`settings`: self_train's share, rounds, weight, grow),
+    and how accurate the pseudo-labels were."""
     plain = fit_probe(features[mask], truth[mask], num_classes)
     unlabelled = np.flatnonzero(~mask)
-    trained = self_train(features[mask], truth[mask], features[unlabelled], num_classes, share=share, weight=weight)
+    trained = self_train(features[mask], truth[mask], features[unlabelled], num_classes, **settings)
     correct = truth[unlabelled][trained.pseudo_indices] == trained.pseudo_labels
     return {"plain": accuracy(plain, test_features, test_truth),
             "self_trained": accuracy(trained.probe, test_features, test_truth),
@@ -150,7 +155,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--pseudo-share", type=float, default=SELF_TRAINING_SHARE)
     parser.add_argument("--pseudo-weight", type=float, default=SELF_TRAINING_WEIGHT)
+    parser.add_argument("--pseudo-rounds", type=int, default=SELF_TRAINING_ROUNDS)
+    parser.add_argument("--pseudo-flat", action="store_true",
+                        help="the same share every round (default: growing to --pseudo-share)")
     args = parser.parse_args()
+    settings = {"share": args.pseudo_share, "rounds": args.pseudo_rounds, "weight": args.pseudo_weight,
+                "grow": not args.pseudo_flat}
     budgets = [int(budget) for budget in args.budgets.split(",")]
     strategies = args.strategies.split(",")
     start = time.perf_counter()
@@ -166,10 +176,9 @@ def main() -> None:
                 results[name][budget].append(accuracy(probe, test, test_truth))
                 if name == "rounds" and f"rounds@{budget}" in gains:
                     gains[f"rounds@{budget}"].append(
-                        pseudo_gain(pool, truth, mask, test, test_truth, num_classes, args.pseudo_share,
-                                    args.pseudo_weight))
+                        pseudo_gain(pool, truth, mask, test, test_truth, num_classes, settings))
         gains["random-10-per-class"].append(pseudo_gain(pool, truth, per_class_mask(truth, 10, seed), test, test_truth,
-                                                        num_classes, args.pseudo_share, args.pseudo_weight))
+                                                        num_classes, settings))
     means = {name: {budget: float(np.mean(values)) for budget, values in curve.items()}
              for name, curve in results.items()}
     full = accuracy(fit_probe(pool, truth, num_classes), test, test_truth)
@@ -183,6 +192,7 @@ def main() -> None:
                 for name, curve in results.items()},
         "labels_for_random_at_largest_budget": {name: labels_needed(curve, target) for name, curve in means.items()}
         if target is not None else None,
+        "pseudo_settings": settings,
         "pseudo_labels": {key: {field: round(float(np.mean([run[field] for run in runs])), 4) for field in runs[0]}
                           for key, runs in gains.items() if runs},
         "seconds": round(time.perf_counter() - start, 1)}))

@@ -25,7 +25,7 @@ from .run_folder import checkpoint, claim_run_folder, run_folder_lock, run_folde
 from .run_folder import records as run_folder
 from .runtime import seed_everything
 from .task import Task
-from .training import ResumePoint, StagesResult, check_distillation
+from .training import ResumePoint, StagesResult, check_distillation, check_pseudo_labels
 from .training import runner as training
 
 __all__ = ["train", "distill", "resume", "fit", "load", "predict", "evaluate", "evaluation", "eval_samples",
@@ -51,6 +51,7 @@ def train(config: RunConfig, out: str | Path | None = None, data: DatasetSplits 
     if len(data.class_names) < Task.of(config).min_classes:
         raise DataError(f"need at least 2 classes, found {len(data.class_names)}")
     _warn_skipped(data)
+    check_pseudo_labels(config, data)  # train --unlabeled: refused before the folder is claimed
     seed_everything(config.train.seed)  # the new head's initialisation follows the seed too
     model = build_model(config, len(data.class_names))
     with _claimed(out, overwrite) as run_dir:

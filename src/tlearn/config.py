@@ -43,12 +43,9 @@ def lr_value(text: str) -> float | str:
 def option(default: Any, help: str, *, group: str, choices: tuple[str, ...] | None = None,
            flag: str | None = None, dest: str | None = None, cli: bool = True, parse: Any = None,
            const: Any = None) -> Any:
-    """A setting with its command-line description beside its default (cli_flags.py reads it).
-
-    `flag`: the flag when it is not --field-name (a True default becomes --no-...); `dest`: the
-    argparse name when it differs from the field's; `cli=False`: no flag; `parse`: the flag's
-    argparse type when the field's own type is not enough; `const`: the value of the flag given alone.
-    """
+    """A setting with its command-line description beside its default (cli_flags.py reads it). `flag`: the flag
+    when not --field-name (a True default: --no-...); `dest`: the argparse name when it differs; `cli=False`: no
+    flag; `parse`: the flag's argparse type where the field's is not enough; `const`: the flag alone's value."""
     return field(default=default, metadata={"help": help, "group": group, "choices": choices, "flag": flag,
                                             "dest": dest, "cli": cli, "parse": parse,
                                             "const": const})
@@ -56,8 +53,7 @@ def option(default: Any, help: str, *, group: str, choices: tuple[str, ...] | No
 
 @dataclass(frozen=True)
 class LabelTable:
-    """A labels table and how to read it (`--labels`, `--path-col`, `--label-col`, `--label-delim`):
-    the four travel together, through training, eval, features and the audit."""
+    """A labels table and how to read it (--labels, --path-col, --label-col, --label-delim: they travel together)."""
 
     path: str
     path_col: str | None = None
@@ -124,8 +120,7 @@ class DataConfig:
                                 "alpha); 0: off; with --mixup, one of the two per batch, 50/50", group="data")
     batch_size: int = option(32, "images per batch", group="data")
     workers: int | None = option(None, "decoding processes; default: min(4, cores) for files, 0 for decoded "
-                                       "images and on CPUs of 2 cores or fewer",
-                                 group="data")
+                                       "images and on CPUs of 2 cores or fewer", group="data")
     # See data/image_cache.py: fine-tuning then decodes each image once, not once per epoch.
     image_cache_gb: float | None = option(None, "keep decoded images (uint8, presized, memory-mapped) for "
                                                 "fine-tuning when they fit this many GB; 0: off; default: a "
@@ -269,6 +264,12 @@ class TrainConfig:
     track: str | None = option(None, "log params, each epoch's metrics, the summary and the run's files to MLflow "
                                      "(MLFLOW_TRACKING_URI, default RUN/../mlflow.db)", group="output",
                                choices=("mlflow",))
+    # Self-training on images without labels (training/pseudo_labels.py; defaults measured in docs/labelling.md).
+    pseudo_unlabeled: str | None = option(None, "a folder of unlabelled images: self-train on the surest per class",
+                                          group="pseudo", flag="--unlabeled")
+    pseudo_rounds: int = option(8, "self-training rounds (fit, pseudo-label, refit)", group="pseudo")
+    pseudo_share: float = option(0.8, "the last round's share of each predicted class (round r: x r/R)", group="pseudo")
+    pseudo_weight: float = option(0.5, "a pseudo-label's weight in the loss against a label's 1", group="pseudo")
 
     def __post_init__(self) -> None:
         if isinstance(self.amp, bool):  # a config.yaml written before --amp auto existed
@@ -276,11 +277,10 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        _check_choice("--strategy", self.strategy, STRATEGIES)
-        _check_choice("--optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("--device", self.device, DEVICES)
-        _check_choice("--head-solver", self.head_solver, HEAD_SOLVERS)
-        _check_choice("--balance", self.balance, BALANCE_MODES)
+        for flag, value, choices in (("--strategy", self.strategy, STRATEGIES), ("--device", self.device, DEVICES),
+                                     ("--optimizer", self.optimizer, OPTIMIZERS), ("--balance", self.balance,
+                                     BALANCE_MODES), ("--head-solver", self.head_solver, HEAD_SOLVERS)):
+            _check_choice(flag, value, choices)
         if self.balance_tau < 0:
             raise ConfigError(f"--balance-tau must be 0 or more, got {self.balance_tau}")
         _check_choice("--amp", self.amp, AMP_MODES)

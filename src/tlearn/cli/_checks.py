@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import LabelTable
+from ..config import BUILTIN_DATASETS, LabelTable
 from ..data import require_data_source
 from ..errors import UserError
 from ..hub import check_repo_id, is_hub_name
@@ -32,6 +32,18 @@ def check_train(args: argparse.Namespace) -> None:
         raise UserError("train needs --data (a folder, digits, cifar10 or cifar100) or --resume RUN")
     else:
         check_train_paths(args, args.data)
+        check_unlabeled_flag(args)
+
+
+def check_unlabeled_flag(args: argparse.Namespace) -> None:
+    """train --unlabeled: a folder of image files beside a folder data set, single-label."""
+    if args.pseudo_unlabeled is None:
+        return
+    if args.data in BUILTIN_DATASETS:
+        raise UserError(f"--unlabeled needs --data FOLDER (image files), not the built-in data set {args.data}")
+    if args.label_delim is not None:
+        raise UserError("--unlabeled is single-label: a labels table with --label-delim is multi-label")
+    require_folder(args.pseudo_unlabeled, "--unlabeled", exists=True)
 
 
 def check_distill(args: argparse.Namespace) -> None:

@@ -8,7 +8,7 @@ import dataclasses
 import os
 
 from ..config import DistillConfig
-from ._flags import _add_flag, add_config_flags
+from ._flags import PSEUDO_FIELDS, _add_flag, add_config_flags
 
 # A distillation's probe trains the head on the loop (the KL term needs it), not by L-BFGS.
 DISTILL_DEFAULTS = {"head_solver": "sgd"}
@@ -24,7 +24,7 @@ def add_distill_flags(distill: argparse.ArgumentParser) -> None:
     for item in dataclasses.fields(DistillConfig):
         if item.metadata.get("cli", True):
             _add_flag(group, item, item.default)
-    add_config_flags(distill, skip=frozenset({"name"}), defaults=DISTILL_DEFAULTS)
+    add_config_flags(distill, skip=frozenset({"name"}) | PSEUDO_FIELDS, defaults=DISTILL_DEFAULTS)
 
 
 def distill_config_from_flags(args: argparse.Namespace) -> DistillConfig:

@@ -10,8 +10,11 @@ from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 SECTIONS = (DataConfig, ModelConfig, TrainConfig)
 GROUP_TITLES = {"data": "data", "model": "model", "strategy": "strategy", "optimizer": "optimiser",
-                "runtime": "device and precision", "output": "cache and outputs"}
+                "runtime": "device and precision", "output": "cache and outputs",
+                "pseudo": "pseudo-labels (self-training on --unlabeled images)"}
 _TYPES = {"int": int, "float": float, "str": str}
+# `tlearn train --unlabeled` (self-training); the other commands that take train's flags have none of these.
+PSEUDO_FIELDS = frozenset({"pseudo_unlabeled", "pseudo_rounds", "pseudo_share", "pseudo_weight"})
 
 
 def add_config_flags(parser: argparse.ArgumentParser, *, defaults: dict[str, Any] | None = None,

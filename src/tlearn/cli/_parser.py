@@ -6,7 +6,7 @@ import argparse
 
 from ..config import DEVICES, SMALL_IMAGES
 from ._distill_flags import add_distill_flags
-from ._flags import add_config_flags, add_data_flag, add_table_flags
+from ._flags import PSEUDO_FIELDS, add_config_flags, add_data_flag, add_table_flags
 from ._label_flags import add_suggest_flags
 from ._select_flags import add_select_flags
 
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command("demo", help="offline demo: bundled EfficientNet-Lite0 on scikit-learn digits")
     demo.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
     _add_overwrite_flag(demo)
-    add_config_flags(demo, skip=DEMO_FIXED, defaults=DEMO_DEFAULTS)
+    add_config_flags(demo, skip=frozenset(DEMO_FIXED) | PSEUDO_FIELDS, defaults=DEMO_DEFAULTS)
 
     train = command("train", help="train a classifier on a folder of images or a dataset")
     train.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
@@ -178,7 +178,7 @@ def _add_lr_find_flags(lr_find: argparse.ArgumentParser) -> None:
                          help="finetune: everything, backbone at --backbone-lr-mult x the LR; linear-probe: the "
                               "head on cached features (default finetune)")
     lr_find.add_argument("--out", default=".", help="folder for lr_find.csv and lr_find.png (default: here)")
-    add_config_flags(lr_find, skip=LR_FIND_SKIPPED)
+    add_config_flags(lr_find, skip=LR_FIND_SKIPPED | PSEUDO_FIELDS)
 
 
 def _add_features_flags(features: argparse.ArgumentParser) -> None:

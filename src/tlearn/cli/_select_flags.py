@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._flags import add_config_flags
+from ._flags import PSEUDO_FIELDS, add_config_flags
 
 # select: the probe's settings are fixed (linear-probe, L-BFGS head on cached features); the training
 # flags left are those of --finetune-best's two-stage run.
@@ -22,4 +22,4 @@ def add_select_flags(select: argparse.ArgumentParser) -> None:
     select.add_argument("--finetune-best", action="store_true",
                         help="train the winner two-stage into OUT/best (--epochs, --head-epochs, --lr... apply)")
     select.add_argument("--download", action="store_true", help="download missing pretrained weights")
-    add_config_flags(select, skip=SELECT_SKIP)
+    add_config_flags(select, skip=SELECT_SKIP | PSEUDO_FIELDS)

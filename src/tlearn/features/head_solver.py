@@ -76,6 +76,8 @@ class HeadObjective:
     logit_shift: torch.Tensor | None = None
     select: str = "top1"
     multi_label: bool = False  # binary cross-entropy per class, chosen by val mAP (select="map")
+    # One weight per training row (pseudo-labels count less than labels: training/pseudo_labels.py); None: all 1.
+    sample_weights: torch.Tensor | None = None
 
 
 def fit_linear_head_lbfgs(head: nn.Linear, train_x: torch.Tensor | FeatureMatrix, train_y: torch.Tensor,
@@ -135,7 +137,8 @@ def _sweep(head: nn.Linear, train: _Chunks, val: _Chunks, grid, max_iter: int, f
         optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=20,
                                       tolerance_grad=1e-5 if fast else 1e-6, tolerance_change=1e-9,
                                       line_search_fn="strong_wolfe")
-        optimizer.step(partial(_loss_and_grad, train, weight, bias, l2, class_weights, objective.multi_label))
+        optimizer.step(partial(_loss_and_grad, train, weight, bias, l2, class_weights, objective.multi_label,
+                               objective.sample_weights))
         with torch.no_grad():
             shifted = bias.detach() + shift
             if objective.multi_label:
@@ -161,19 +164,25 @@ def _sweep(head: nn.Linear, train: _Chunks, val: _Chunks, grid, max_iter: int, f
 
 
 def _loss_and_grad(train: _Chunks, weight: torch.Tensor, bias: torch.Tensor, l2: float,
-                   class_weights: torch.Tensor | None, multi_label: bool = False) -> torch.Tensor:
+                   class_weights: torch.Tensor | None, multi_label: bool = False,
+                   sample_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The L-BFGS closure: mean (class-weighted) cross-entropy + L2, its gradient accumulated chunk
     by chunk. Each chunk's backward runs before the next chunk's forward, so only one chunk's
-    logits and their gradient are alive at a time.
+    logits and their gradient are alive at a time. `sample_weights`: each row's weight in the mean.
     """
     weight.grad = bias.grad = None
     total = torch.zeros((), dtype=weight.dtype)
     norm = len(train) if class_weights is None else class_weights[train.y].sum()  # F.cross_entropy's mean
+    start = 0
     for x, y in train:
         if multi_label:  # one-vs-rest: the binary losses of all classes, summed (see the module docstring)
             loss = F.binary_cross_entropy_with_logits(x @ weight.T + bias, y.to(x.dtype), reduction="sum") / norm
-        else:
+        elif sample_weights is None:
             loss = F.cross_entropy(x @ weight.T + bias, y, weight=class_weights, reduction="sum") / norm
+        else:
+            rows = sample_weights[start:start + len(y)].to(x.dtype)
+            loss = (F.cross_entropy(x @ weight.T + bias, y, weight=class_weights, reduction="none") * rows).sum() / norm
+        start += len(y)
         loss.backward()
         total += loss.detach()
     penalty = 0.5 * l2 * weight.pow(2).sum()

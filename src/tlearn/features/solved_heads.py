@@ -28,7 +28,8 @@ FORMAT = 1
 def head_key(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
              objective: HeadObjective) -> str:
     digest = hashlib.sha256(f"{FORMAT}|{L2_GRID}|{objective.select}|{objective.multi_label}".encode())
-    for tensor in (train_x, train_y, val_x, val_y, objective.class_weights, objective.logit_shift):
+    weighted = () if objective.sample_weights is None else (objective.sample_weights,)  # unweighted keys as before
+    for tensor in (train_x, train_y, val_x, val_y, objective.class_weights, objective.logit_shift, *weighted):
         if tensor is None:
             digest.update(b"none")
             continue

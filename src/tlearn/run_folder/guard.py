@@ -26,6 +26,7 @@ RUN_FILES = frozenset({
     "config.yaml", "metrics.csv", "summary.json", "skipped_files.txt", "model.json", "model.safetensors",
     "last.safetensors", "train_state.safetensors", "calibration.json", "report.html", "curves.png",
     "confusion.png", "reliability.png", "lr_find.csv", "lr_find.png",
+    "pseudo_labels.json",  # train --unlabeled: the pseudo-labels chosen (training/pseudo_labels.py)
 })
 RUN_FOLDERS = {"tensorboard": None, "export": ("model.onnx", "model.onnx.json", "model.torchscript.pt",
                                                "model.torchscript.pt.json",

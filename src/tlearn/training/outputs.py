@@ -72,6 +72,8 @@ def finish_stages(model: Classifier, run: Run) -> StagesResult:
         extractor = FeatureExtractor(run.runtime, batch_size=max(run.config.data.batch_size, 64),
                                      workers=run.config.data.workers, cache_dir=run.cache_dir)
         summary["distillation"] = run.distiller.summary(run.data.val, extractor)
+    if run.pseudo is not None:
+        summary["pseudo_labels"] = run.pseudo.summary
     probs = best_val_probabilities(model, run) if run.writes else None
     if run.writes:
         with run_folder_writes(run.run_dir, "the run summary"):

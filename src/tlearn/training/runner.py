@@ -47,6 +47,7 @@ from .callbacks.tracking import MlflowTracker
 from .distillation import Distiller, start_distillation
 from .lr_finder import stage_lr_config, stage_to_sweep
 from .outputs import StagesResult, finish_stages, start_run_folder
+from .pseudo_labels import PseudoLabels, PseudoTargets, PseudoWeightedLoss, start_pseudo_labels
 from .stage_data import StageData, build_stage_data, cache_decoded_images
 from .state import Progress, ResumePoint, TrainState, commit_epoch, repair_run_folder
 from .strategy import Stage, parameter_counts, parameter_groups, plan_stages, trainable_names
@@ -76,6 +77,7 @@ class Run:
     best_val_probs: torch.Tensor | None = None
     lr_stage: int | None = None  # --lr find: the stage whose LR the finder picks
     distiller: Distiller | None = None  # a distillation run: the teacher (distillation.py)
+    pseudo: PseudoLabels | None = None  # train --unlabeled: the pseudo-labelled images (pseudo_labels.py)
 
     @property
     def writes(self) -> bool:
@@ -128,8 +130,12 @@ def run_stages(model: Classifier, data: DatasetSplits, config: RunConfig, run_di
         distiller, data = start_distillation(config, data, model, runtime, cache_dir)
     run = Run(config, data, runtime, Path(run_dir) if run_dir is not None else None, progress, cache_dir, balance,
               distiller=distiller)
+    if tc.pseudo_unlabeled:  # the balance above counts the labelled images alone
+        run.pseudo = start_pseudo_labels(config, data, model, runtime, cache_dir, run.run_dir, resume is not None)
     if run.writes and resume is None:
         start_run_folder(run, model)
+        if run.pseudo is not None:
+            run.pseudo.save(run.run_dir, tc.pseudo_unlabeled)
     if run.writes and resume is not None:
         repair_run_folder(run.run_dir, resume)
     if run.writes and tc.tensorboard:
@@ -176,7 +182,8 @@ def _run_stage(model: Classifier, stage: Stage, index: int, run: Run, stage_stat
     mark = time.perf_counter()
     stage.apply(model)
     trainable, frozen = parameter_counts(model)
-    stage_data = build_stage_data(model, stage, run.data, run.config, runtime, run.cache_dir, run.distiller)
+    stage_data = build_stage_data(model, stage, run.data, run.config, runtime, run.cache_dir, run.distiller,
+                                  run.pseudo)
     if stage_data.cached:
         run.val_features = stage_data.val.dataset.tensors[0]
         warn_if_ignored(run.config, stage.name)
@@ -210,6 +217,8 @@ def _stage_precision(model: Classifier, stage_data: StageData, index: int, run: 
     def measure() -> dict[str, float]:
         inputs, targets = next(iter(stage_data.train))
         # distill --unlabeled marks images without a label -1; the timed steps (thrown away) need a valid one
+        # --unlabeled marks pseudo-labels class + num_classes (pseudo_labels.py)
+        targets = targets if run.pseudo is None else run.pseudo.decode(targets)[0]
         batch = stage_data.prepare(inputs), targets.clamp(min=0).to(run.runtime.device)
         return measure_step_rates(model, batch, _training_loss(run, stage_data, model, []), run.runtime,
                                   run.config.train, run.config.model.aux_weight)
@@ -256,6 +265,10 @@ def _train_epochs(current: StageRun, run: Run) -> None:
         teacher = run.distiller.callback(stage_data.cached)
         callbacks.append(teacher)
         loss = run.distiller.loss(loss, teacher)
+    if run.pseudo is not None:  # first: every other callback sees the classes, not their encoding
+        pseudo_targets = PseudoTargets(run.pseudo)
+        callbacks.insert(0, pseudo_targets)
+        loss = PseudoWeightedLoss(loss, pseudo_targets, run.pseudo.weight)
     if tc.patience:
         callbacks.append(EarlyStopping(tc, task, run.progress, stage.name))
     if state.ema is not None:
@@ -289,9 +302,13 @@ def _solve_head(current: StageRun, run: Run) -> None:
     val_x, val_y = stage_data.val.dataset.tensors
     began = time.perf_counter()
     balance, task = run.balance, Task.of(model.info)
+    sample_weights = None
+    if run.pseudo is not None:
+        train_y, pseudo = run.pseudo.decode(train_y)
+        sample_weights = run.pseudo.row_weights(pseudo)
     objective = HeadObjective(balance.loss_weights(), balance.logit_shift(),
                               "map" if task.multi_label else "balanced_acc" if balance.active else "top1",
-                              task.multi_label)
+                              task.multi_label, sample_weights)
     key = head_key(train_x, train_y, val_x, val_y, objective)
     solved = load_solved(model.head, run.cache_dir, key)
     if solved is None:

@@ -21,6 +21,7 @@ from .strategy import Stage
 
 if TYPE_CHECKING:
     from .distillation import Distiller
+    from .pseudo_labels import PseudoLabels
 
 
 @dataclass
@@ -42,15 +43,17 @@ class StageData:
 
 
 def build_stage_data(model: Classifier, stage: Stage, data: DatasetSplits, config: RunConfig, runtime: Runtime,
-                     cache_dir: Path | None, distiller: Distiller | None = None) -> StageData:
+                     cache_dir: Path | None, distiller: Distiller | None = None,
+                     pseudo: PseudoLabels | None = None) -> StageData:
     """`distiller`: a distillation run's, whose teacher's logits a stage on features carries beside
-    each label (distillation.py)."""
+    each label (distillation.py). `pseudo`: train --unlabeled's pseudo-labelled images, trained on
+    after the labelled ones, their labels class + num_classes (pseudo_labels.py)."""
     if stage.on_features:
-        return _feature_data(model, data, config, runtime, cache_dir, distiller)
-    return _image_data(model, data, config, runtime, stage.augment)
+        return _feature_data(model, data, config, runtime, cache_dir, distiller, pseudo)
+    return _image_data(model, data, config, runtime, stage.augment, pseudo)
 
 
-def _feature_data(model, data, config, runtime, cache_dir, distiller) -> StageData:
+def _feature_data(model, data, config, runtime, cache_dir, distiller, pseudo) -> StageData:
     # Frozen backbone in eval mode + fixed inputs = fixed features: compute them once.
     dc = config.data
     extractor = FeatureExtractor(runtime, batch_size=max(dc.batch_size, 64), workers=dc.workers,
@@ -63,16 +66,21 @@ def _feature_data(model, data, config, runtime, cache_dir, distiller) -> StageDa
     sampler = _balanced_sampler(data, config) if config.train.balance == "resample" else None
     targets = (label_tensor(data.train.labels) if distiller is None
                else distiller.packed_targets(data.train, extractor))
+    if pseudo is not None:  # the pseudo-labelled images' own cache entry (the one self-training read)
+        pseudo_features = extractor.cached(model, pseudo.samples, description="pseudo-labelled features")
+        features["train"] = torch.cat([torch.as_tensor(features["train"]), torch.as_tensor(pseudo_features)])
+        targets = label_tensor(pseudo.encoded_labels(data.train.labels))
     train = DataLoader(TensorDataset(features["train"], targets),
                        batch_size=dc.batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
-                       drop_last=lone_last_batch(len(data.train), dc.batch_size))
+                       drop_last=lone_last_batch(len(targets), dc.batch_size))
     val = DataLoader(TensorDataset(features["val"], label_tensor(data.val.labels)), batch_size=256)
     return StageData(train, val, model.head, lambda x: x.to(runtime.device, non_blocking=True), True, generator,
                      sampler is not None)
 
 
-def _image_data(model, data, config, runtime, augment) -> StageData:
+def _image_data(model, data, config, runtime, augment, pseudo) -> StageData:
     dc, seed = config.data, config.train.seed
+    samples = data.train if pseudo is None else pseudo.train_samples(data.train)
     prep = model.info.preprocessing
     train_sampler = val_sampler = None
     if config.train.balance == "resample":  # one balanced draw per epoch, sharded across processes
@@ -80,11 +88,11 @@ def _image_data(model, data, config, runtime, augment) -> StageData:
     elif runtime.distributed:
         from torch.utils.data.distributed import DistributedSampler
 
-        train_sampler = DistributedSampler(range(len(data.train)), runtime.world_size, runtime.rank,
+        train_sampler = DistributedSampler(range(len(samples)), runtime.world_size, runtime.rank,
                                            shuffle=True, seed=seed)
-    train = make_loader(data.train, train_transform(prep, augment, dc.random_erasing), batch_size=dc.batch_size,
+    train = make_loader(samples, train_transform(prep, augment, dc.random_erasing), batch_size=dc.batch_size,
                         shuffle=True, workers=dc.workers, device=runtime.device, seed=seed, sampler=train_sampler,
-                        drop_last=lone_last_batch(len(data.train), dc.batch_size))
+                        drop_last=lone_last_batch(len(samples), dc.batch_size))
     if runtime.distributed:
         val_sampler = list(range(runtime.rank, len(data.val), runtime.world_size))  # no padding
     val = make_loader(data.val, eval_transform(prep), batch_size=dc.batch_size, shuffle=False,
