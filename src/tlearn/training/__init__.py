@@ -10,6 +10,7 @@ from .._lazy import lazy_exports
 
 _EXPORTS = {
     "check_distillation": "distillation",
+    "InferencePrecision": "inference_precision",
     "lr_find": "lr_find_command",
     "CSV_FILE": "lr_finder", "PLOT_FILE": "lr_finder",
     "StagesResult": "outputs",
