@@ -41,8 +41,8 @@ class InferencePrecision:
         self._rounds = 0
         self._rates: dict[str, list[float]] = {"fp32": [], precision_name(runtime.amp_candidate): []}
         if runtime.amp_candidate is not None and batches < MIN_BATCHES:
-            self._decide({"precision": "fp32", "reason": f"{batches} batches: too few to pay for timing "
-                                                          f"{precision_name(runtime.amp_candidate)}"})
+            self._decide({"precision": "fp32", "reason": f"{batches} batch{'es' if batches != 1 else ''}: too few "
+                                                          f"to pay for timing {precision_name(runtime.amp_candidate)}"})
 
     @property
     def timing(self) -> bool:
