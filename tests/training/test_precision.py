@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import tlearn.training._precision as precision
+import tlearn.training._precision_rule as rule
 from tlearn.cli._flags import config_from_flags
 from tlearn.cli._parser import build_parser
 from tlearn.config import TrainConfig
@@ -120,7 +121,7 @@ def test_auto_choosing_fp32_trains_bit_identically_to_amp_off(tmp_path, monkeypa
         summary, run = api.train(config_from_flags(args), tmp_path / mode)
         return summary, load_file(run / "model.safetensors")
 
-    monkeypatch.setattr(precision, "MARGIN", 1e9)  # bf16 never wins: the timed steps must leave no trace
+    monkeypatch.setattr(rule, "MARGIN", 1e9)  # bf16 never wins: the timed steps must leave no trace
     summary, auto = train("auto")
     assert summary["amp"]["stages"]["1"]["precision"] == "fp32"
     assert summary["amp"]["bf16_units"] == list(cpu_bf16_units())
@@ -132,7 +133,7 @@ def test_auto_choosing_fp32_trains_bit_identically_to_amp_off(tmp_path, monkeypa
 def test_auto_keeps_bf16_where_it_wins(tmp_path, monkeypatch):
     from tlearn import api
 
-    monkeypatch.setattr(precision, "MARGIN", 0.0)  # bf16 always wins
+    monkeypatch.setattr(rule, "MARGIN", 0.0)  # bf16 always wins
     args = build_parser().parse_args(["train", "--data", str(make_folder(tmp_path / "images")), *TRAIN])
     summary, _ = api.train(config_from_flags(args), tmp_path / "run")
     assert summary["amp"]["mode"] == "auto" and summary["amp"]["stages"]["1"]["precision"] == "bf16"

@@ -47,7 +47,8 @@ def evaluate(args: argparse.Namespace) -> int:
                                engine=args.engine, **(table.fields() if table else {}))
     if args.report:
         with run_folder_lock(args.run):  # the report is written into the run folder
-            path = report_run(Path(args.run), evaluated.samples, setup_runtime(args.device), probs=evaluated.probs,
+            runtime = setup_runtime(args.device, amp="auto")  # the page's Grad-CAM may time bf16
+            path = report_run(Path(args.run), evaluated.samples, runtime, probs=evaluated.probs,
                               title=f"tlearn evaluation: {args.run} on {args.data} ({args.split})")
         print(f"report: {path}", file=sys.stderr if args.json else sys.stdout)
     if args.json:

@@ -7,6 +7,7 @@ images the export costs more than it saves, so they go through PyTorch eager.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ..features import FeatureExtractor
 from ..models import Classifier
 from ..run_folder import checkpoint
 from ..runtime import Runtime
+from ..training import InferencePrecision
 from ._tta import Views, views_transform, views_transform_uint8
 
 # Below this many images (views included: test-time augmentation runs each), PyTorch eager:
@@ -40,7 +42,7 @@ def classify(model: Classifier, samples: Samples, runtime: Runtime, *, batch_siz
         transform = eval_transform(prep) if views is None else views_transform(prep, views)
         loader = make_loader(samples, transform, batch_size=batch_size, shuffle=False, workers=workers,
                              device=runtime.device)
-        logits = predict_logits(model, _flattened(loader), runtime)
+        logits = predict_logits(model, _flattened(loader), runtime, batches=len(loader))
     else:
         extractor = FeatureExtractor(runtime, batch_size=batch_size, workers=workers, cache_dir=cache_dir)
         transform = None if views is None else views_transform_uint8(model.info.preprocessing, views)
@@ -57,14 +59,23 @@ def _flattened(loader):
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, loader: Iterable, runtime: Runtime) -> torch.Tensor:
-    """float32 logits over `loader`, in order, on the CPU (PyTorch eager)."""
+def predict_logits(model: nn.Module, loader: Iterable, runtime: Runtime, batches: int | None = None) -> torch.Tensor:
+    """float32 logits over `loader` (`batches` long: without it, len(loader)), in order, on the CPU
+    (PyTorch eager). Under --amp auto (a runtime with a candidate) the first batches time fp32
+    against bf16 (training's InferencePrecision)."""
     model.eval()
+    count = batches if batches is not None else len(loader) if hasattr(loader, "__len__") else 0
+    precision = InferencePrecision(runtime, count, "evaluation")
     logits = []
     for images, _ in loader:
-        with runtime.autocast():
-            logits.append(model(runtime.to_device(images)).float().cpu())
+        images = runtime.to_device(images)
+        logits.append(precision.run(functools.partial(_forward, model, images), len(images)))
     return torch.cat(logits)
+
+
+def _forward(model: nn.Module, images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    with runtime.autocast():
+        return model(images).float().cpu()
 
 
 def best_model_logits(run_dir: Path, samples: Samples, runtime: Runtime, *, batch_size: int = 64,

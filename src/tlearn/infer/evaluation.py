@@ -75,7 +75,7 @@ def evaluation(run_or_model: str | Path | TrainedModel, data: str | Path, split:
     overlap = 0 if isinstance(run_or_model, TrainedModel) else _training_overlap(
         Path(run_or_model), data, split, samples, table)
     passes = Passes(trained, None if isinstance(run_or_model, TrainedModel) else Path(run_or_model),
-                    setup_runtime(device), batch_size, workers, engine)
+                    setup_runtime(device, amp="auto"), batch_size, workers, engine)  # eager passes time bf16
     if trained.task.multi_label:
         evaluated = _evaluate_multi_label(trained, samples, passes, views)
     else:

@@ -76,11 +76,12 @@ def _submodule(root: nn.Module, path: str) -> nn.Module:
 
 
 def grad_cam(model: Classifier, images: torch.Tensor, classes: torch.Tensor,
-             target: CamTarget | None = None) -> torch.Tensor:
+             target: CamTarget | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Grad-CAM maps (N, H, W) in [0, 1] of `classes` for normalised `images` (N, 3, H, W).
 
-    The model runs in eval mode (frozen BatchNorm uses its running statistics), in float32;
-    its training mode and requires_grad flags are restored afterwards.
+    The model runs in eval mode (frozen BatchNorm uses its running statistics), in float32, or
+    under autocast to `dtype` (bf16: --amp auto's choice); its training mode and requires_grad
+    flags are restored afterwards.
     """
     target = target or find_target(model)
     kept: list[torch.Tensor] = []
@@ -102,7 +103,7 @@ def grad_cam(model: Classifier, images: torch.Tensor, classes: torch.Tensor,
         model.eval()
         for parameter, _ in flags:
             parameter.requires_grad_(False)
-        with torch.enable_grad():
+        with torch.enable_grad(), torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(images.detach().float())
             activation = kept[-1]
             scores = logits.gather(1, classes.view(-1, 1).to(logits.device)).sum()

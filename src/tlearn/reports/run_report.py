@@ -6,6 +6,7 @@ all the same for the page's Grad-CAM, a backward pass of the few images it shows
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -19,7 +20,8 @@ from ..run_folder import checkpoint
 from ..run_folder import records as run_folder
 from ..runtime import Runtime
 from ..task import Task
-from ._grad_cam import find_target, grad_cam
+from ..training import InferencePrecision
+from ._grad_cam import CamTarget, find_target, grad_cam
 from ._multilabel import write_multilabel_report
 from ._page import write_report
 from .cards import Explain, overlay_image, thumbnail_png
@@ -85,13 +87,22 @@ def _explainer(run_dir: Path, model: Classifier | None, samples: Samples, runtim
             except (UserError, OSError):  # no longer readable: its card says so (report_cards.py)
                 continue
         result = {}
+        precision = InferencePrecision(runtime, -(-len(inputs) // CAM_BATCH), "Grad-CAM")  # --amp auto: timed
         for start in range(0, len(inputs), CAM_BATCH):
             batch, chosen = torch.stack(inputs[start:start + CAM_BATCH]), readable[start:start + CAM_BATCH]
             classes_tensor = torch.tensor([class_index for _, class_index in chosen], device=runtime.device)
-            cams = grad_cam(model, normalize_batch(batch.to(runtime.device), prep), classes_tensor, target).cpu()
+            images = normalize_batch(batch.to(runtime.device), prep)
+            cams = precision.run(functools.partial(_cams, model, images, classes_tensor, target), len(batch)).cpu()
             for (index, _), image, cam in zip(chosen, batch, cams):
                 pixels = image.permute(1, 2, 0).numpy()
                 result[index] = (thumbnail_png(Image.fromarray(pixels)),
                                  thumbnail_png(overlay_image(pixels, cam.numpy())))
         return result
     return explain
+
+
+def _cams(model: Classifier, images: torch.Tensor, classes: torch.Tensor, target: CamTarget,
+          runtime: Runtime) -> torch.Tensor:
+    """Grad-CAM in the runtime's precision when that is bf16 (fp16's gradients could underflow: fp32)."""
+    bf16 = runtime.amp_dtype == torch.bfloat16
+    return grad_cam(model, images, classes, target, dtype=torch.bfloat16 if bf16 else None)

@@ -11,6 +11,7 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     "check_distillation": "distillation",
     "check_pseudo_labels": "pseudo_labels",
+    "InferencePrecision": "inference_precision",
     "lr_find": "lr_find_command",
     "CSV_FILE": "lr_finder", "PLOT_FILE": "lr_finder",
     "StagesResult": "outputs",

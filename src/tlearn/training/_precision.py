@@ -25,13 +25,10 @@ from ..config import TrainConfig
 from ..runtime import Runtime, precision_name
 from ._loop import compute_loss
 from ._optim import make_optimizer
+from ._precision_rule import MARGIN, TIMED_STEPS, WARMUP_STEPS, choose_precision, log_choice
 from .strategy import parameter_groups, set_train_mode
 
 logger = logging.getLogger(__name__)
-
-MARGIN = 1.10  # bf16 is kept only when at least 10% faster: below that, timing noise would decide
-WARMUP_STEPS = 1  # untimed: the first bf16 step builds oneDNN's kernels
-TIMED_STEPS = 3  # per precision, interleaved; the median step counts
 
 
 def log_precision(runtime: Runtime, amp: str) -> None:
@@ -55,11 +52,6 @@ def precision_record(runtime: Runtime, amp: str, chosen: dict[str, Any]) -> dict
             "stages": chosen}
 
 
-def choose_precision(rates: dict[str, float], candidate: str, margin: float | None = None) -> str:
-    """The candidate precision when its images/s beat fp32's by `margin` (default MARGIN), else fp32."""
-    return candidate if rates[candidate] >= (MARGIN if margin is None else margin) * rates["fp32"] else "fp32"
-
-
 def stage_runtime(runtime: Runtime, config: TrainConfig, chosen: dict[str, Any], stage_key: str,
                   measure: Callable[[], dict[str, float]] | None) -> Runtime:
     """The runtime a stage trains under. `chosen` holds the stages' choices (Progress.precisions): a
@@ -80,19 +72,11 @@ def stage_runtime(runtime: Runtime, config: TrainConfig, chosen: dict[str, Any],
                                                          for name, rate in rates.items()},
                                  "reason": f"{candidate} {'at least' if choice != 'fp32' else 'under'} "
                                            f"{MARGIN:.2f}x fp32's rate"}
-        _log_choice(chosen[stage_key], resumed=False)
+        log_choice(chosen[stage_key], resumed=False)
     else:
-        _log_choice(chosen[stage_key], resumed=True)
+        log_choice(chosen[stage_key], resumed=True)
     keep = chosen[stage_key]["precision"] != "fp32"
     return dataclasses.replace(runtime, amp_dtype=runtime.amp_candidate if keep else None)
-
-
-def _log_choice(choice: dict[str, Any], resumed: bool) -> None:
-    rates = ", ".join(f"{key.removesuffix('_images_per_s')} {value:.1f} img/s" for key, value in choice.items()
-                      if key.endswith("_images_per_s"))
-    logger.info(f"  --amp auto: {choice['precision']}" + (f" ({rates}; {choice['reason']})" if rates
-                                                          else f" ({choice['reason']})")
-                + (", as chosen before the resume" if resumed else ""))
 
 
 def measure_step_rates(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], loss_fn: Callable,

@@ -19,12 +19,13 @@ from ..data import adapt_preprocessing, load_data
 from ..errors import DataError
 from ..features import run_cache_dir
 from ..models import create_model
-from ..runtime import seed_everything, setup_runtime
+from ..runtime import Runtime, seed_everything, setup_runtime
 from ..task import Task
 from ._balance import Balance
+from ._precision import measure_step_rates, stage_runtime
 from .callbacks import batch_techniques, mixes
 from .lr_finder import Finding, find_stage_lr, write_finding
-from .stage_data import build_stage_data
+from .stage_data import StageData, build_stage_data
 from .strategy import plan_stages
 
 STRATEGIES = ("finetune", "linear-probe")
@@ -66,8 +67,21 @@ def lr_find(config: RunConfig, out_dir: str | Path) -> Finding:
         smoothing = 0.0 if mixes(techniques) else tc.label_smoothing  # the mixer's soft targets carry it
         balance = Balance.from_labels(tc.balance, data.train.labels, len(data.class_names), tc.balance_tau)
         loss_fn = balance.training_loss(smoothing, runtime.device, sampled=stage_data.balanced_sampler)
+    runtime = _sweep_precision(model, stage_data, sgd, runtime, loss_fn)
     finding = find_stage_lr(model, stage_data, tc, runtime, loss_fn, aux_weight=config.model.aux_weight,
                             callbacks=techniques)
     if runtime.is_main:
         write_finding(finding, out_dir)
     return finding
+
+
+def _sweep_precision(model: nn.Module, stage_data: StageData, config: RunConfig, runtime: Runtime,
+                     loss_fn: nn.Module) -> Runtime:
+    """--amp auto: the sweep's precision, timed on its first batch as a training stage times its own
+    (_precision.py), since the sweep's steps are that stage's steps; on cached features, fp32."""
+    def measure() -> dict[str, float]:
+        inputs, targets = next(iter(stage_data.train))
+        batch = stage_data.prepare(inputs), targets.clamp(min=0).to(runtime.device)
+        return measure_step_rates(model, batch, loss_fn, runtime, config.train, config.model.aux_weight)
+
+    return stage_runtime(runtime, config.train, {}, "lr-find", None if stage_data.cached else measure)
