@@ -7,7 +7,8 @@ previous table or the new one, never half a file. The kernel drops the lock with
 killed server leaves no stale lock.
 
 The format is what `tlearn train --labels` reads: a `path` and a `label` column (paths relative to
-the pool); every other column there (`split`, the user's own) is kept as it was. A skipped image is
+the pool); every other column there (`split`, the user's own) is kept as it was, and a new row's
+split is train. A skipped image is
 a row with an empty label (suggest and the page do not ask again); a removed one has `removed` = 1
 (train drops it; the file stays). Review mode marks what it has walked with `reviewed` = 1.
 """
@@ -27,6 +28,7 @@ from ..errors import DataError
 from ..files import atomic_write
 
 REMOVED, REVIEWED = "removed", "reviewed"
+NEW_ROW_CELLS = {"split": "train", "is_valid": "false"}  # train refuses an empty split cell: a new answer trains
 DELIMITERS = (",", ";", "\t", "|")
 
 
@@ -89,7 +91,7 @@ class AnswerTable:
             row = table.find(path)
             before = dict(row) if row is not None else None
             if row is None:
-                row = {name: "" for name in table.header}
+                row = {name: NEW_ROW_CELLS.get(name.lower(), "") for name in table.header}
                 row[table.path_col] = path
                 table.rows.append(row)
             for column, value in values.items():

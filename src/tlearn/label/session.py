@@ -3,8 +3,9 @@ and the probe's refit every K answers in a background thread.
 
 The queue is a pure function of the pool, the table and the feature cache: the answered rows
 are taken in table order, the first n - n mod K of them (the last refit's) are the labelled set
-TypiClust plans the round from (suggestions.choose), and the next image is the first pick not
-answered yet. A killed and restarted server, or a second tab, so shows the same next image. The
+TypiClust plans the round of K picks from (suggestions.choose), and the next image is the first
+pick not answered yet (when all are, as when a second tab answered others, the round is planned
+from every answered row). A killed and restarted server, or a second tab, so shows the same next image. The
 probe (its guesses, the cross-validated estimate) refits in the background and never holds up
 an answer: until it is done the guesses are the previous probe's.
 """
@@ -77,7 +78,7 @@ class LabelSession:
             if picks is None:
                 mask = np.zeros(len(self.pool), dtype=bool)
                 mask[list(planned)] = True
-                count = min(self.refit_every + answered - len(planned), int((~mask).sum()))
+                count = min(self.refit_every, int((~mask).sum()))  # of the plan alone: k-means' k depends on it
                 picks = [index for index, _, _ in choose(self.pool, self.raw, self.features, mask, count, self.seed)]
                 with self.lock:
                     self.queues = {planned: picks, **{k: v for k, v in list(self.queues.items())[-3:]}}
