@@ -42,7 +42,7 @@ aside { flex: 1; min-width: 260px; } #item { margin-bottom: 0.6em; font-weight: 
 </main>
 <script>
 "use strict";
-let state = null, chain = Promise.resolve(), pending = 0;
+let state = null, chain = Promise.resolve(), pending = 0, poll = 0;
 const $ = id => document.getElementById(id);
 
 async function call(method, url, body) {
@@ -95,6 +95,8 @@ function show(next) {
     : "keys: a digit answers its class, s skip, u undo, n new class";
   $("estimate").textContent = state.estimate === null ? "-" : (100 * state.estimate).toFixed(1) + " %";
   $("refitting").textContent = state.refitting ? "(refitting...)" : "";
+  clearTimeout(poll);  // while the probe refits, look again: its guesses and estimate replace the old ones
+  if (state.refitting) poll = setTimeout(() => then(() => call("GET", "/api/state")), 1000);
   drawCurve(state.curve);
   if (!item) { $("item").textContent = ""; return; }
   if (state.mode === "review") return showReview(item);
