@@ -19,6 +19,7 @@ from tlearn.data import read_table
 from conftest import TINY_MODEL, make_folder
 
 START_SECONDS = 180  # a loaded machine: importing PyTorch and extracting the pool's features
+SETTLE_SECONDS = 120  # an answer, or a restarted page's first look, with the probe refitting beside it
 CLASSES = ("cat", "dog", "fox")
 
 
@@ -44,13 +45,14 @@ class LabelServer:
             self.kill()
             raise AssertionError("the server did not start: " + "".join(lines) + self.process.stderr.read())
         self.url = f"http://127.0.0.1:{self.port}"
+        self.output: list[str] = []  # read on, so a full pipe never blocks the server
+        for stream in (self.process.stdout, self.process.stderr):
+            threading.Thread(target=lambda s=stream: self.output.extend(s), daemon=True).start()
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()  # SIGKILL: no shutdown code runs
         self.process.wait(timeout=30)
-        self.process.stdout.close()
-        self.process.stderr.close()
 
     def port_closed(self) -> bool:
         with socket.socket() as probe:
@@ -70,19 +72,28 @@ def test_label_30_by_keys_kill_restart_and_resume(tmp_path, servers):
     from infer.test_deploy import _browser, _chromium  # the report's browser helpers
 
     chromium, driver = _chromium()
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     pool = make_folder(tmp_path / "pool", classes=CLASSES, per_class=12)
     table, cache = tmp_path / "labels.csv", tmp_path / "cache"
+    started = []
     first = servers(pool, table, cache)
+    started.append(first)
     browser = _browser(chromium, driver)
 
     def settled(answered: int) -> str:
         """The page's image once `answered` answers are in and no key waits: its path."""
-        WebDriverWait(browser, 60).until(lambda b: b.execute_script(
-            "return document.body.dataset.busy === '0' && document.body.dataset.answered === arguments[0]",
-            str(answered)))
+        try:
+            WebDriverWait(browser, SETTLE_SECONDS).until(lambda b: b.execute_script(
+                "return document.body.dataset.busy === '0' && document.body.dataset.answered === arguments[0]",
+                str(answered)))
+        except TimeoutException:
+            page = browser.execute_script("return [JSON.stringify(document.body.dataset), "
+                                          "document.getElementById('error').textContent]")
+            raise AssertionError(f"the page did not settle at {answered} answers: {page}; the servers said: "
+                                 + "".join(line for server in started for line in server.output)) from None
         return browser.find_element(By.TAG_NAME, "body").get_attribute("data-current")
 
     try:
@@ -107,6 +118,7 @@ def test_label_30_by_keys_kill_restart_and_resume(tmp_path, servers):
         assert len(read_table(table).rows) == 30  # valid as train reads it
 
         second = servers(pool, table, cache)
+        started.append(second)
         browser.get(second.url + "/")
         resumed = settled(30)
         assert resumed == expected_next == httpx.get(f"{second.url}/api/state").json()["image"]["path"]

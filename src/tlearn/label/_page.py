@@ -55,7 +55,10 @@ async function call(method, url, body) {
 
 function then(step) {  // every action waits for the one before: each answer is for the image it saw
   pending += 1; document.body.dataset.busy = "1";
-  chain = chain.then(step).then(show, error => { $("error").textContent = error.message; })
+  chain = chain.then(step).then(show, error => {
+    $("error").textContent = error.message;
+    if (!state) setTimeout(() => then(() => call("GET", "/api/state")), 2000);  // no page yet: look again
+  })
                .then(() => { pending -= 1; document.body.dataset.busy = pending ? "1" : "0"; });
 }
 

@@ -7,7 +7,8 @@ TypiClust plans the round of K picks from (suggestions.choose), and the next ima
 pick not answered yet (when all are, as when a second tab answered others, the round is planned
 from every answered row). A killed and restarted server, or a second tab, so shows the same next image. The
 probe (its guesses, the cross-validated estimate) refits in the background and never holds up
-an answer: until it is done the guesses are the previous probe's.
+an answer: until it is done the guesses are the previous probe's. The first fit runs at start,
+before the page is served.
 """
 from __future__ import annotations
 
@@ -64,6 +65,11 @@ class LabelSession:
         self.queues: dict[tuple[int, ...], list[int]] = {}
         self.probe = ProbeState()
         self.refitting: threading.Thread | None = None
+        # The first fit and plan run here, before the server answers: the page opens with guesses, and
+        # scikit-learn's modules are imported by one thread (two importing them at once can fail)
+        known = self.known()
+        self.refit(known)
+        self.queue(known)
 
     def known(self) -> Labels:
         return read_pool_labels(self.pool, self.table.path)
@@ -138,7 +144,7 @@ class LabelSession:
                 self.classes.append(name)
 
     def maybe_refit(self, known: Labels) -> None:
-        """Start a background refit once K more answers have come since the last one (or at start)."""
+        """Start a background refit once K more answers have come since the last one."""
         answers = len(known.order)
         with self.lock:
             due = self.probe.answers < 0 or answers // self.refit_every != self.probe.answers // self.refit_every
