@@ -97,6 +97,31 @@ def test_two_writers_at_once_lose_nothing(pool, tmp_path):
     assert all(row["label"] == row["path"].split("/")[0] for row in written)
 
 
+def test_two_servers_on_one_table_answering_at_once_lose_nothing(pool, tmp_path):
+    import threading
+
+    table = tmp_path / "labels.csv"
+    clients = [TestClient(create_label_app(session(pool, table))) for _ in range(2)]
+    paths = sorted(p.relative_to(pool).as_posix() for p in pool.rglob("*.png"))
+    failures = []
+
+    def answer_all(client: TestClient, mine: list[str]) -> None:
+        for path in mine:
+            response = client.post("/api/answer", json={"path": path, "label": path.split("/")[0]})
+            if response.status_code != 200:
+                failures.append(response.text)
+
+    threads = [threading.Thread(target=answer_all, args=(client, paths[start::2]))
+               for start, client in enumerate(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not failures
+    assert sorted(row["path"] for row in rows(table)) == paths
+    assert clients[0].get("/api/state").json()["image"] is None  # every image answered: nothing left to ask
+
+
 def test_review_keeps_relabels_and_removes_into_the_table_and_resumes(pool, tmp_path):
     audit = tmp_path / "audit"
     audit.mkdir()
