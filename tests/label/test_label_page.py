@@ -170,10 +170,11 @@ def test_train_leaves_removed_rows_out(tmp_path):
 
 
 def test_the_lock_file_is_beside_the_table_and_a_missing_table_starts_empty(tmp_path):
-    table = AnswerTable(tmp_path / "new.csv")
+    table = AnswerTable(tmp_path / "new" / "labels.csv")
     assert table.read().rows == []
     assert table.set("a.png", {"label": "x"}) is None
-    assert (tmp_path / ".new.csv.lock").exists() and rows(tmp_path / "new.csv") == [{"path": "a.png", "label": "x"}]
+    assert (tmp_path / "new" / ".labels.csv.lock").exists()
+    assert rows(tmp_path / "new" / "labels.csv") == [{"path": "a.png", "label": "x"}]
 
 
 @pytest.mark.parametrize("case, message", [

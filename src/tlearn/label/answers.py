@@ -76,6 +76,7 @@ class AnswerTable:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # --labels new/labels.csv: its folder on first answer
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # waits for the other writer: a table write takes milliseconds
