@@ -35,9 +35,9 @@ aside { flex: 1; min-width: 260px; } #item { margin-bottom: 0.6em; font-weight: 
     <div id="item"></div>
     <div id="classes"></div>
     <div id="actions"></div>
-    <div>validation estimate (cross-validated on the labels so far): <b id="estimate">-</b>
+    <div id="learning"><div>validation estimate (cross-validated on the labels so far): <b id="estimate">-</b>
       <span id="refitting"></span></div>
-    <svg id="curve" width="300" height="140" viewBox="0 0 300 140"></svg>
+    <svg id="curve" width="300" height="140" viewBox="0 0 300 140"></svg></div>
   </aside>
 </main>
 <script>
@@ -96,6 +96,7 @@ function show(next) {
   $("help").textContent = state.mode === "review"
     ? "keys: k keep, r remove, a / b remove the left / right copy, a digit relabels, u undo"
     : "keys: a digit answers its class, s skip, u undo, n new class";
+  $("learning").hidden = state.mode === "review";  // review mode fits no probe
   $("estimate").textContent = state.estimate === null ? "-" : (100 * state.estimate).toFixed(1) + " %";
   $("refitting").textContent = state.refitting ? "(refitting...)" : "";
   clearTimeout(poll);  // while the probe refits, look again: its guesses and estimate replace the old ones
@@ -118,8 +119,9 @@ function showReview(item) {
   $("item").textContent = item.kind === "label_issue"
     ? `labelled ${item.given}; the probe suggests ${item.suggested} (score ${item.score})`
     : `near-duplicates (similarity ${item.score})`;
-  state.classes.forEach((name, i) => button($("classes"), classKey(i), "relabel: " + name, undefined,
-                                            () => review("relabel", name), name === item.suggested));
+  if (item.kind === "label_issue")  // a duplicate pair is kept or thinned, not relabelled
+    state.classes.forEach((name, i) => button($("classes"), classKey(i), "relabel: " + name, undefined,
+                                              () => review("relabel", name), name === item.suggested));
   button($("actions"), "k", "keep", undefined, () => review("keep"));
   if (item.kind === "label_issue") button($("actions"), "r", "remove", undefined, () => review("remove"));
   else { button($("actions"), "a", "remove a", undefined, () => review("remove_a"));
@@ -156,7 +158,7 @@ document.addEventListener("keydown", event => {
     const digit = "1234567890".indexOf(key);
     if (key === "u") return undo();
     if (!item) return state;
-    if (digit >= 0 && digit < state.classes.length)
+    if (digit >= 0 && digit < state.classes.length && item.kind !== "duplicate")
       return state.mode === "review" ? review("relabel", state.classes[digit]) : answer(state.classes[digit]);
     if (state.mode === "review") {
       const actions = {k: "keep", r: "remove", a: "remove_a", b: "remove_b"};
