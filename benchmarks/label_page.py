@@ -2,11 +2,11 @@
 
 A pool of CIFAR-10 training JPEGs from ../shared/data (stratified, seeded), the page's app driven
 in-process (FastAPI's TestClient: the routes, the table's locked atomic rewrite, the round plan),
-each answer the image's true class. Prints one JSON line: the pool, the answers, each answer's
-latency (median, 95th percentile, largest: the largest are the answers that plan a new round),
-and a round's plan and a refit timed on their own.
+each answer the image's true class, given --think-seconds after the image is shown. Prints one
+JSON line: the pool, the answers, each answer's latency (median, 95th percentile, largest: the
+largest are the answers that complete a round), and a round's plan and a refit timed on their own.
 
-    python benchmarks/label_page.py                 # 2,000 images, 40 answers, Lite0 at 96 px
+    python benchmarks/label_page.py       # 2,000 images, 40 answers 2 s apart, Lite0 at 96 px
 """
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--refit-every", type=int, default=10)
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--think-seconds", type=float, default=2.0,
+                        help="a person's time per image before answering (the next round is planned meanwhile)")
     args = parser.parse_args()
     folder = DATA / f"pool-{args.pool_images}"
     if not (folder / "train").is_dir():
@@ -49,7 +51,7 @@ def main() -> None:
         session = LabelSession(pool, table, backbone, refit_every=args.refit_every)
         opened = time.perf_counter() - started
         client = TestClient(create_label_app(session))
-        latencies = answer(client, args.answers)
+        latencies = answer(client, args.answers, args.think_seconds)
         known = session.known()
         started = time.perf_counter()
         session.refit(known)
@@ -61,7 +63,7 @@ def main() -> None:
     milliseconds = np.array(latencies) * 1000
     print(json.dumps({
         "pool": len(session.pool), "answers": args.answers, "refit_every": args.refit_every,
-        "model": args.model, "image_size": args.image_size, "open_s": round(opened, 1),
+        "model": args.model, "image_size": args.image_size, "think_s": args.think_seconds, "open_s": round(opened, 1),
         "answer_ms_median": round(float(np.median(milliseconds)), 1),
         "answer_ms_p95": round(float(np.percentile(milliseconds, 95)), 1),
         "answer_ms_max": round(float(milliseconds.max()), 1),
@@ -70,8 +72,9 @@ def main() -> None:
     }))
 
 
-def answer(client: TestClient, count: int) -> list[float]:
-    """Answer `count` images with their true class; each answer's seconds (the POST and its new state)."""
+def answer(client: TestClient, count: int, think: float) -> list[float]:
+    """Answer `count` images with their true class, `think` seconds after each is shown; each
+    answer's seconds (the POST and its new state)."""
     latencies = []
     state = client.get("/api/state").json()
     for _ in range(count):
@@ -79,6 +82,7 @@ def answer(client: TestClient, count: int) -> list[float]:
         label = path.split("/")[0]
         if label not in state["classes"]:
             client.post("/api/class", json={"name": label})
+        time.sleep(think)
         started = time.perf_counter()
         response = client.post("/api/answer", json={"path": path, "label": label})
         latencies.append(time.perf_counter() - started)

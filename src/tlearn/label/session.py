@@ -63,6 +63,7 @@ class LabelSession:
         self.lock = threading.Lock()  # the classes, the undo list, the queue cache and the probe
         self.undo_list: list[tuple[str, dict[str, str] | None]] = []  # this server's answers, last last
         self.queues: dict[tuple[int, ...], list[int]] = {}
+        self.planning: dict[tuple[int, ...], threading.Event] = {}  # plans being computed
         self.probe = ProbeState()
         self.refitting: threading.Thread | None = None
         # The first fit and plan run here, before the server answers: the page opens with guesses, and
@@ -79,25 +80,62 @@ class LabelSession:
         answered = len(known.order)
         base = tuple(known.order[:answered - answered % self.refit_every])
         for planned in (base, tuple(known.order)):
-            with self.lock:
-                picks = self.queues.get(planned)
-            if picks is None:
-                mask = np.zeros(len(self.pool), dtype=bool)
-                mask[list(planned)] = True
-                count = min(self.refit_every, int((~mask).sum()))  # of the plan alone: k-means' k depends on it
-                picks = [index for index, _, _ in choose(self.pool, self.raw, self.features, mask, count, self.seed)]
-                with self.lock:
-                    self.queues = {planned: picks, **{k: v for k, v in list(self.queues.items())[-3:]}}
+            picks = self.plan(planned)
             left = [index for index in picks if index not in known.answered]
             if left:
                 return left
         return []
+
+    def plan(self, planned: tuple[int, ...]) -> list[int]:
+        """TypiClust's picks with `planned` as the labelled set: cached, and computed once when two
+        threads (a request and the planning ahead) want the same plan."""
+        with self.lock:
+            picks, running = self.queues.get(planned), self.planning.get(planned)
+            if picks is None and running is None:
+                running = self.planning[planned] = threading.Event()
+                mine = True
+            else:
+                mine = False
+        if picks is not None:
+            return picks
+        if not mine:
+            running.wait()
+            with self.lock:
+                picks = self.queues.get(planned)
+            if picks is not None:
+                return picks
+        try:
+            mask = np.zeros(len(self.pool), dtype=bool)
+            mask[list(planned)] = True
+            count = min(self.refit_every, int((~mask).sum()))  # of the plan alone: k-means' k depends on it
+            picks = [index for index, _, _ in choose(self.pool, self.raw, self.features, mask, count, self.seed)]
+            with self.lock:
+                self.queues = {planned: picks, **{k: v for k, v in list(self.queues.items())[-3:]}}
+        finally:
+            if mine:
+                with self.lock:
+                    self.planning.pop(planned, None)
+                running.set()
+        return picks
+
+    def plan_ahead(self, known: Labels, queue: list[int]) -> None:
+        """One answer before a round ends, plan the next round in the background as if the image shown
+        gets its answer (it almost always does): the K-th answer then finds its plan made. The
+        plan is the same function of the table; only when it is computed changes."""
+        if not queue or (len(known.order) + 1) % self.refit_every:
+            return
+        ahead = tuple(known.order) + (queue[0],)
+        with self.lock:
+            if ahead in self.queues or ahead in self.planning:
+                return
+        threading.Thread(target=self.plan, args=(ahead,), name="tlearn-plan", daemon=True).start()
 
     def state(self) -> dict[str, Any]:
         """The page's view: the next image with the probe's guesses, the classes, counts, estimate, curve."""
         known = self.known()
         self.maybe_refit(known)
         queue = self.queue(known)
+        self.plan_ahead(known, queue)
         with self.lock:
             probe, classes = self.probe, list(self.classes)
             undo = self.undo_list[-1][0] if self.undo_list else None
