@@ -185,6 +185,32 @@ def check_suggest(args: argparse.Namespace) -> None:
         raise UserError(f"--image-size must be at least 16, got {args.image_size}")
 
 
+def check_label(args: argparse.Namespace) -> None:
+    single_process("label")
+    require_folder(args.pool, "--pool", exists=True)
+    if args.run is not None and args.model is not None:
+        raise UserError("label takes a run folder (--run) or a model (--model), not both")
+    if args.run is not None:
+        require_folder(args.run, "--run", exists=True)
+    if os.path.isdir(args.labels):
+        raise UserError(f"--labels {args.labels} is a folder; a table (.csv) is expected")
+    if not os.path.exists(args.labels) and not args.labels.lower().endswith(".csv"):
+        raise UserError(f"--labels must end in .csv to be created, got {args.labels}")
+    require_file_target(args.labels, "--labels")
+    if args.review is not None:
+        require_folder(args.review, "--review", exists=True)
+        if not os.path.isfile(os.path.join(args.review, "label_issues.csv")):
+            raise UserError(f"--review {args.review} has no label_issues.csv: give a folder tlearn audit wrote")
+    if args.refit_every < 1:
+        raise UserError(f"--refit-every must be at least 1, got {args.refit_every}")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.cache_dir:
+        require_folder(args.cache_dir, "--cache-dir")
+    if args.image_size is not None and args.image_size < 16:
+        raise UserError(f"--image-size must be at least 16, got {args.image_size}")
+
+
 def check_tta_crops(crops: int) -> None:
     if crops not in (1, 5):
         raise UserError(f"--tta-crops must be 1 or 5, got {crops}")
@@ -229,4 +255,5 @@ CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "select": check_select, "eval": check_eval, "predict": check_predict, "export": check_export,
     "features": check_features, "audit": check_audit, "serve": check_serve, "models": lambda args: None,
     "suggest": check_suggest, "distill": check_distill, "push": check_push,
+    "label": check_label,
 }

@@ -7,7 +7,7 @@ import argparse
 from ..config import DEVICES, SMALL_IMAGES
 from ._distill_flags import add_distill_flags
 from ._flags import PSEUDO_FIELDS, add_config_flags, add_data_flag, add_table_flags
-from ._label_flags import add_suggest_flags
+from ._label_flags import add_label_flags, add_suggest_flags
 from ._select_flags import add_select_flags
 
 # The demo: the bundled Lite0 on the embedded digits, small and quick (README, Quick start).
@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_suggest_flags(command("suggest", help="which images of a folder to label next (typical, diverse, with "
                                                "the probe's guess)"))
+    add_label_flags(command("label", help="a labelling page that learns as you answer (or --review an audit's "
+                                           "findings)"))
 
     models = command("models", help="list model names; marks weights usable offline")
     models.add_argument("pattern", nargs="?", default=None, help="glob or substring, e.g. 'resnet*' or timm:vit")

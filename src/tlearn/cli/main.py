@@ -26,6 +26,7 @@ COMMANDS = {
     "audit": ("_data_commands", "audit"), "models": ("_data_commands", "models"),
     "serve": ("_serve_command", "serve"), "suggest": ("_label_commands", "suggest"),
     "distill": ("_training_commands", "distill"), "push": ("_run_commands", "push"),
+    "label": ("_label_commands", "label"),
 }
 
 

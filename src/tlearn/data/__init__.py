@@ -13,7 +13,7 @@ _EXPORTS = {
     "cache_images": "image_cache", "default_image_cache_gb": "image_cache",
     "is_image_name": "images", "open_rgb": "images",
     "unusable_reasons": "_folders",
-    "FileIndex": "_tables", "read_table": "_tables",
+    "FileIndex": "_tables", "read_table": "_tables", "LABEL_COLUMNS": "_tables", "PATH_COLUMNS": "_tables",
     "ImageDataset": "loaders", "default_workers": "loaders", "make_loader": "loaders",
     "IMAGENET_MEAN": "preprocessing", "IMAGENET_STD": "preprocessing", "Preprocessing": "preprocessing",
     "ArraySamples": "samples", "FileSamples": "samples", "Samples": "samples",

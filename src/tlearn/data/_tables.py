@@ -6,7 +6,8 @@ a TSV named .csv). Every row must have as many cells as the header: an unquoted 
 would otherwise shift the label column and invent labels. Columns are found by header name in
 any case (or named by --path-col / --label-col); a header naming a used column twice is refused; a
 `split` column (train/val/valid/validation/test) or an `is_valid` column (true/false/1/0)
-assigns rows to splits. Paths are relative to the data root; an id without an image
+assigns rows to splits; a row whose `removed` column is 1 (true, yes) is left out, as if absent.
+Paths are relative to the data root; an id without an image
 extension matches the one image file with that stem. Every file under the root is listed
 once (`FileIndex`), never one glob per row: tables run to 100k rows.
 
@@ -34,6 +35,7 @@ from .samples import FileSamples, stratified_split
 PATH_COLUMNS = ("file", "filename", "path", "image", "image_id", "id")
 LABEL_COLUMNS = ("label", "labels", "class", "target", "category", "tags")
 SPLIT_VALUES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+REMOVED_VALUES = ("1", "true", "yes")  # a `removed` column's cell that leaves the row out
 IS_VALID_VALUES = {"true": "val", "1": "val", "false": "train", "0": "train"}
 DELIMITERS = (",", ";", "\t", "|")  # in tie-breaking order: a tie goes to the comma
 DELIMITER_NAMES = {",": "','", ";": "';'", "\t": "tab", "|": "'|'"}
@@ -87,11 +89,14 @@ def read_table(path: str | Path, path_col: str | None = None, label_col: str | N
                 raise DataError(f"labels table {path} is empty: expected a header row, then one row per image")
             header = [cell.strip() for cell in header]
             columns = _columns(header, path_col, label_col, tried, path)
+            removed = _removed_column(header)
             rows = []
             for cells in reader:
                 if not any(cell.strip() for cell in cells):
                     continue  # blank line
                 _require_width(cells, len(header), reader.line_num, delimiter, path)
+                if removed is not None and cells[removed].strip().lower() in REMOVED_VALUES:
+                    continue  # taken out in review (`tlearn label --review`): the file stays, the row is not used
                 rows.append(_parse_row(cells, reader.line_num, *columns, label_delim, path))
     except (UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"labels table {path} cannot be read as a {DELIMITER_NAMES[delimiter]}-separated table "
@@ -103,6 +108,11 @@ def read_table(path: str | Path, path_col: str | None = None, label_col: str | N
         raise DataError(f"label column {header[label_index]!r} of {path} has no labels")
     split_col = header[split_index] if split_index is not None else None
     return Table(path, rows, header[path_index], header[label_index], split_col)
+
+
+def _removed_column(header: list[str]) -> int | None:
+    lowered = [name.lower() for name in header]
+    return lowered.index("removed") if "removed" in lowered else None
 
 
 def _detect_delimiter(first_line: str, tried: tuple[str, ...], path: Path) -> str:

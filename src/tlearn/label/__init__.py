@@ -11,6 +11,8 @@ _EXPORTS = {
     "Backbone": "pool", "Pool": "pool", "pool_features": "pool", "scan_pool": "pool",
     "Suggestion": "suggestions", "read_pool_labels": "suggestions", "suggest": "suggestions",
     "write_suggestions": "suggestions",
+    "AnswerTable": "answers", "LabelSession": "session", "ReviewSession": "review",
+    "create_label_app": "page_app", "serve_labelling": "page_app",
 }
 __all__ = sorted(_EXPORTS)
 

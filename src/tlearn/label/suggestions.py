@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..audit import MIN_COSINE, NEAR_HAMMING, perceptual_hash_bits
-from ..data import FileIndex, open_rgb, read_table
+from ..data import FileIndex, open_rgb
 from ..errors import DataError
 from ..features import FeatureScaler, cross_validate, fit_probe
 from ..files import atomic_write
 from ._choice import typical_picks
+from .answers import AnswerTable
 from .pool import Backbone, Pool, pool_features, scan_pool
 
 COLUMNS = ("path", "rank", "score", "guess", "guess_prob", "reason")
@@ -32,6 +33,7 @@ class Labels:
 
     by_index: dict[int, str]
     answered: set[int]
+    order: list[int] = field(default_factory=list)  # the answered images in table order
 
     @property
     def class_names(self) -> list[str]:
@@ -49,29 +51,30 @@ class Suggestion:
 
 
 def read_pool_labels(pool: Pool, labels: str | Path | None) -> Labels:
-    """The table's rows matched to the pool's images; a row naming a file outside the pool is an error."""
+    """The table's rows matched to the pool's images; a row naming a file outside the pool is an error.
+    A removed row (`removed` = 1) counts as answered, with no label."""
     if labels is None or not Path(labels).exists():
         return Labels({}, set())
-    if _has_no_rows(Path(labels)):  # a header alone: nothing answered yet
-        return Labels({}, set())
-    table = read_table(labels)
-    index, files = pool.index, FileIndex(pool.root)
-    by_index, answered = {}, set()
-    for row in table.rows:
-        path, reason = files.resolve(row.path)
-        relative = os.path.relpath(path, pool.root).replace(os.sep, "/")
-        if reason is not None or relative not in index:
-            raise DataError(f"{table.path} row {row.row}: {row.path!r} is not an image of the pool {pool.root}"
-                            + (f" ({reason})" if reason else ""))
-        answered.add(index[relative])
-        if row.labels:
-            by_index[index[relative]] = row.labels[0]
-    return Labels(by_index, answered)
-
-
-def _has_no_rows(path: Path) -> bool:
-    with path.open(encoding="utf-8-sig") as handle:
-        return sum(1 for line in handle if line.strip()) <= 1
+    table = AnswerTable(labels).read()
+    index, files = pool.index, None
+    by_index, answered, order = {}, set(), []
+    for number, row in enumerate(table.rows, start=2):
+        cell = row[table.path_col].strip()
+        position = index.get(cell)
+        if position is None:
+            files = files or FileIndex(pool.root)
+            path, reason = files.resolve(cell)
+            relative = os.path.relpath(path, pool.root).replace(os.sep, "/")
+            if reason is not None or relative not in index:
+                raise DataError(f"{labels} row {number}: {cell!r} is not an image of the pool {pool.root}"
+                                + (f" ({reason})" if reason else ""))
+            position = index[relative]
+        if position not in answered:
+            order.append(position)
+        answered.add(position)
+        if table.label(row) and not table.is_removed(row):
+            by_index[position] = table.label(row)
+    return Labels(by_index, answered, order)
 
 
 def suggest(pool_root: str | Path, count: int, backbone: Backbone, labels: str | Path | None = None,
@@ -81,25 +84,31 @@ def suggest(pool_root: str | Path, count: int, backbone: Backbone, labels: str |
     known = read_pool_labels(pool, labels)
     raw = pool_features(pool, backbone)
     features = FeatureScaler.of(raw)(raw)
-    unit = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
     answered = np.zeros(len(pool), dtype=bool)
     answered[list(known.answered)] = True
     if answered.all():
         raise DataError(f"every image of the pool {pool.root} is in the labels table: nothing left to suggest")
-    hashes: dict[int, np.ndarray] = {}
-
-    def distinct(candidate: int, picks: list[int]) -> bool:
-        """Not a near-copy of an earlier pick: the audit's rule (pHash close, features not unlike)."""
-        hashes[candidate] = perceptual_hash_bits(open_rgb(pool.full_path(pool.paths[candidate])))
-        return not any(int((hashes[candidate] != hashes[pick]).sum()) <= NEAR_HAMMING
-                       and float(unit[candidate] @ unit[pick]) >= MIN_COSINE for pick in picks)
-
-    picks = typical_picks(features, answered, count, seed, accept=distinct)
+    picks = choose(pool, raw, features, answered, count, seed)
     guesses = _guesses(features, known, picks, seed)
     cold = len(known.class_names) < 2
     return [Suggestion(pool.paths[index], rank, round(score, 4), *guesses[rank - 1],
                        reason=("cold start: " if cold else "") + why)
             for rank, (index, score, why) in enumerate(picks, start=1)]
+
+
+def choose(pool: Pool, raw: np.ndarray, features: np.ndarray, answered: np.ndarray, count: int,
+           seed: int = 0) -> list[tuple[int, float, str]]:
+    """TypiClust's `count` picks among the unanswered images, as (index, typicality, why), no two of
+    them near-copies (the audit's rule: perceptual hashes close and features not unlike)."""
+    unit = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
+    hashes: dict[int, np.ndarray] = {}
+
+    def distinct(candidate: int, picks: list[int]) -> bool:
+        hashes[candidate] = perceptual_hash_bits(open_rgb(pool.full_path(pool.paths[candidate])))
+        return not any(int((hashes[candidate] != hashes[pick]).sum()) <= NEAR_HAMMING
+                       and float(unit[candidate] @ unit[pick]) >= MIN_COSINE for pick in picks)
+
+    return typical_picks(features, answered, count, seed, accept=distinct)
 
 
 def _guesses(features: np.ndarray, known: Labels, picks: list, seed: int) -> list[tuple[str, float | None]]:

@@ -9,7 +9,7 @@ from .._lazy import lazy_exports
 
 _EXPORTS = {
     "create_app": "app", "ServeSettings": "app",
-    "serve_run": "server",
+    "serve_run": "server", "bind": "server", "run_app": "server",
 }
 __all__ = sorted(_EXPORTS)
 

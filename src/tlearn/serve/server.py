@@ -40,18 +40,24 @@ def serve_run(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     sock = bind(host, port)
     try:
         app = create_app(run_dir, settings)
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SECONDS,
-                                access_log=False, lifespan="on")
-        server = _Server(config)
-        bound = sock.getsockname()
         engine = app.state.service.engine.name
-        display = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-        print(f"serving {run_dir} ({engine}) on http://{display}:{bound[1]} (Ctrl+C to stop)", flush=True)
-        server.run(sockets=[sock])
+        run_app(app, sock, f"serving {run_dir} ({engine}) on " + "{url} (Ctrl+C to stop)")
     finally:
         sock.close()
     print("tlearn serve: stopped", flush=True)
     return 0
+
+
+def run_app(app, sock: socket.socket, banner: str) -> None:
+    """Run an ASGI app on uvicorn over the bound `sock` until SIGTERM or SIGINT; `banner` (its
+    `{url}` filled in) is printed once the app is built, so a caller can read the port from it."""
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SECONDS,
+                            access_log=False, lifespan="on")
+    server = _Server(config)
+    bound = sock.getsockname()
+    display = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    print(banner.replace("{url}", f"http://{display}:{bound[1]}"), flush=True)
+    server.run(sockets=[sock])
 
 
 class _Server(uvicorn.Server):
