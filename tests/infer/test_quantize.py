@@ -164,3 +164,17 @@ def test_padding_folded_into_the_convolutions_computes_the_same(tmp_path):
     export_graph(without_reflect, images, tmp_path / "same_only.onnx")
     fold_pads(tmp_path / "same_only.onnx", tmp_path / "same_only.folded.onnx")
     assert not [node for node in onnx.load(str(tmp_path / "same_only.folded.onnx")).graph.node if node.op_type == "Pad"]
+
+
+def test_a_float_input_graph_through_the_engine_gives_pytorchs_logits(learned_run, tmp_path):
+    """GraphEngine normalises uint8 images for a float-input graph (the exported file, the int8 one)
+    in numpy, not torch: the logits must stay PyTorch's."""
+    from tlearn.infer.engines import TorchEngine
+
+    run, _ = learned_run
+    assert main(["export", str(run), "--format", "onnx", "--output", str(tmp_path / "model.onnx")]) == 0
+    model = tlearn.load(run).model
+    engine = open_engine(model, run, str(tmp_path / "model.onnx"))
+    assert engine.float_input
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(engine.logits(images), TorchEngine(model).logits(images), rtol=1e-4, atol=1e-4)
