@@ -11,7 +11,8 @@ at batch 1, `--runs-32` at 32); the speed-ups are the medians over rounds of the
 round, so the load other processes put on the machine between rounds cancels out. Also printed:
 top-1 of each graph and its agreement with fp32 on the run's held-out validation images, `uptime`'s
 load average before and after, and where the int8 graphs spend their batch-1 time (onnxruntime's
-profiler, share of kernel time by operator).
+profiler, share of kernel time by operator), and batch 1 through the engine `predict` and `serve`
+use (`batch_1_engine`: uint8 images, normalised before the graph).
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def main() -> None:
         graphs, validation = _graphs(run, Path(folder))
         accuracy = _accuracy(graphs, validation, args.threads)
         timing = _timing(graphs, args)
+        timing["batch_1_engine"] = _engine_timing(graphs, validation[0].info.preprocessing, args)
         profile = {name: _profile(graphs[name], args.threads) for name in ("int8_old", "int8_new")}
     print(json.dumps({"run": str(run), "threads": args.threads, "rounds": args.rounds,
                       "load_before": [round(value, 2) for value in load_before],
@@ -131,6 +133,32 @@ def _timing(graphs: dict, args) -> dict:
             "speedup_int8_new_over_int8_old": _speedup(rounds, "int8_old", "int8_new"),
             "speedup_fp32_folded_over_fp32": _speedup(rounds, "fp32", "fp32_folded")}
     return result
+
+
+def _engine_timing(graphs: dict, prep, args) -> dict:
+    """Batch 1 as `predict` and `serve` run the graphs (infer/engines.py's GraphEngine: uint8 images in,
+    normalised in numpy): median ms and within-round speed-ups, interleaved as in `_timing`."""
+    import torch
+
+    from tlearn.infer.engines import GraphEngine
+
+    names = ("fp32", "int8_old", "int8_new")
+    engines = {name: GraphEngine(graphs[name], prep, threads=args.threads) for name in names}
+    images = torch.randint(0, 256, (1, 3, args.image_size, args.image_size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    rounds = {name: [] for name in names}
+    for _ in range(args.rounds):
+        for name, engine in engines.items():
+            engine.logits(images)  # warm
+            times = []
+            for _ in range(args.runs):
+                start = time.perf_counter()
+                engine.logits(images)
+                times.append(1000 * (time.perf_counter() - start))
+            rounds[name].append(statistics.median(times))
+    return {"ms": {name: round(statistics.median(times), 2) for name, times in rounds.items()},
+            "speedup_int8_old_over_fp32": _speedup(rounds, "fp32", "int8_old"),
+            "speedup_int8_new_over_fp32": _speedup(rounds, "fp32", "int8_new")}
 
 
 def _speedup(rounds: dict, slow: str, fast: str) -> float:

@@ -1,13 +1,14 @@
 """`tlearn export RUN --format onnx --quantize int8`: static int8 quantization behind an accuracy gate.
 
-onnxruntime's quantizer (`quantize_static`, QDQ format, per-channel int8 weights, uint8
-activations with min-max ranges, averaged over batches) calibrates the activations' ranges on a seeded sample of the
-run's training images. Before that, the fp32 graph's same-padding is made static and folded into its
-convolutions (_pad_folding.py), so no fp32 `Pad` stays between a Dequantize and a Quantize. Then the gate: the fp32 and int8 graphs both classify the run's validation
-split; top-1 (multi-label: mAP) of each, their agreement and batch-1 and batch-32 latency on this
-CPU are printed and stored in the sidecar. When the int8 graph loses more than `max_drop` points,
-the export is refused (UserError, exit 2, the figures in the message) and no int8 file is left.
-Only the final write touches the run folder, under its lock.
+onnxruntime's quantizer (`quantize_static`, QDQ format, per-channel int8 weights, uint8 activations
+with min-max ranges, averaged over batches) calibrates the activations' ranges on a seeded sample of
+the run's training images. Before that, the fp32 graph's same-padding is made static and folded into
+its convolutions (_pad_folding.py), so no fp32 `Pad` stays between a Dequantize and a Quantize. Then
+the gate: the fp32 and int8 graphs both classify the run's validation split; top-1 (multi-label:
+mAP) of each, their agreement and batch-1 and batch-32 latency on this CPU are printed and stored in
+the sidecar. When the int8 graph loses more than `max_drop` points, the export is refused
+(UserError, exit 2, the figures in the message) and no int8 file is left. Only the final write
+touches the run folder, under its lock.
 """
 from __future__ import annotations
 
