@@ -178,3 +178,27 @@ def test_a_float_input_graph_through_the_engine_gives_pytorchs_logits(learned_ru
     assert engine.float_input
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(engine.logits(images), TorchEngine(model).logits(images), rtol=1e-4, atol=1e-4)
+
+
+def test_the_int8_graph_is_quantized_from_the_folded_graph(tmp_path, monkeypatch):
+    """No fp32 Pad left between a Dequantize and a Quantize; when the pass fails, the graph is
+    quantized as exported."""
+    import onnx
+
+    from tlearn.infer.graph import export_graph
+
+    torch.manual_seed(0)
+    calibration = torch.randn(8, 3, 32, 32)
+    module = _SamePadded().eval()
+    module.forward = lambda x: module.depthwise(module.stem(x)).mean((2, 3))
+    export_graph(module, calibration[:3], tmp_path / "fp32.onnx")
+    operators = lambda path: [node.op_type for node in onnx.load(str(path)).graph.node]  # noqa: E731
+    quantize_module._quantize(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration)
+    assert "Pad" not in operators(tmp_path / "int8.onnx") and "QuantizeLinear" in operators(tmp_path / "int8.onnx")
+
+    def broken(*args):
+        raise ValueError("an operator the pass does not expect")
+
+    monkeypatch.setattr(quantize_module, "fold_pads", broken)
+    quantize_module._quantize(tmp_path / "fp32.onnx", tmp_path / "unfolded.int8.onnx", calibration)
+    assert "Pad" in operators(tmp_path / "unfolded.int8.onnx")
