@@ -117,3 +117,88 @@ def test_eval_runs_the_int8_graph_near_the_fp32_figures(learned_run, capsys):
     assert "ece" in figures["int8"]  # calibrated by the run's temperature, whatever the engine
     assert main(["eval", str(run), "--data", str(data), "--engine", "int8", "--tta"]) == 2
     assert "--tta runs in PyTorch" in capsys.readouterr().err
+
+
+class _SamePadded(torch.nn.Module):
+    """Lite0's pattern in small: TF-"same" stride-2 convolutions (timm's Conv2dSame: a Pad whose
+    amounts come from the input's shape at run time, asymmetric for the 5x5 one), and one reflect
+    pad, which no convolution can take."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.layers import Conv2dSame
+
+        self.stem = Conv2dSame(3, 8, 3, stride=2)
+        self.depthwise = Conv2dSame(8, 8, 5, stride=2, groups=8)
+        self.pointwise = torch.nn.Conv2d(8, 4, 3)
+
+    def forward(self, images):
+        features = torch.nn.functional.relu6(self.depthwise(torch.nn.functional.relu6(self.stem(images))))
+        return self.pointwise(torch.nn.functional.pad(features, (1, 1, 1, 1), mode="reflect")).mean((2, 3))
+
+
+def test_padding_folded_into_the_convolutions_computes_the_same(tmp_path):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from tlearn.infer._pad_folding import fold_pads
+    from tlearn.infer.graph import export_graph
+
+    torch.manual_seed(0)
+    images = torch.randn(3, 3, 32, 32)
+    export_graph(_SamePadded().eval(), images, tmp_path / "unfolded.onnx")  # fixed size, symbolic batch
+    assert fold_pads(tmp_path / "unfolded.onnx", tmp_path / "folded.onnx") == 2
+    graph = onnx.load(str(tmp_path / "folded.onnx")).graph
+    pads = [node for node in graph.node if node.op_type == "Pad"]
+    assert [onnx.helper.get_attribute_value(pads[0].attribute[0])] == [b"reflect"]  # left where it was
+    assert {"Shape", "Gather", "Ceil"}.isdisjoint(node.op_type for node in graph.node)  # no run-time arithmetic
+    conv_pads = [list(attribute.ints) for node in graph.node if node.op_type == "Conv"
+                 for attribute in node.attribute if attribute.name == "pads"]
+    assert [0, 0, 1, 1] in conv_pads and [1, 1, 2, 2] in conv_pads  # 32 px: asymmetric same-padding
+    outputs = [ort.InferenceSession(str(tmp_path / name)).run(None, {"images": images.numpy()})[0]
+               for name in ("unfolded.onnx", "folded.onnx")]
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    without_reflect = _SamePadded().eval()
+    without_reflect.forward = lambda x: without_reflect.depthwise(without_reflect.stem(x)).mean((2, 3))
+    export_graph(without_reflect, images, tmp_path / "same_only.onnx")
+    fold_pads(tmp_path / "same_only.onnx", tmp_path / "same_only.folded.onnx")
+    assert not [node for node in onnx.load(str(tmp_path / "same_only.folded.onnx")).graph.node if node.op_type == "Pad"]
+
+
+def test_a_float_input_graph_through_the_engine_gives_pytorchs_logits(learned_run, tmp_path):
+    """GraphEngine normalises uint8 images for a float-input graph (the exported file, the int8 one)
+    in numpy, not torch: the logits must stay PyTorch's."""
+    from tlearn.infer.engines import TorchEngine
+
+    run, _ = learned_run
+    assert main(["export", str(run), "--format", "onnx", "--output", str(tmp_path / "model.onnx")]) == 0
+    model = tlearn.load(run).model
+    engine = open_engine(model, run, str(tmp_path / "model.onnx"))
+    assert engine.float_input
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(engine.logits(images), TorchEngine(model).logits(images), rtol=1e-4, atol=1e-4)
+
+
+def test_the_int8_graph_is_quantized_from_the_folded_graph(tmp_path, monkeypatch):
+    """No fp32 Pad left between a Dequantize and a Quantize; when the pass fails, the graph is
+    quantized as exported."""
+    import onnx
+
+    from tlearn.infer.graph import export_graph
+
+    torch.manual_seed(0)
+    calibration = torch.randn(8, 3, 32, 32)
+    module = _SamePadded().eval()
+    module.forward = lambda x: module.depthwise(module.stem(x)).mean((2, 3))
+    export_graph(module, calibration[:3], tmp_path / "fp32.onnx")
+    operators = lambda path: [node.op_type for node in onnx.load(str(path)).graph.node]  # noqa: E731
+    quantize_module._quantize(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration)
+    assert "Pad" not in operators(tmp_path / "int8.onnx") and "QuantizeLinear" in operators(tmp_path / "int8.onnx")
+
+    def broken(*args):
+        raise ValueError("an operator the pass does not expect")
+
+    monkeypatch.setattr(quantize_module, "fold_pads", broken)
+    quantize_module._quantize(tmp_path / "fp32.onnx", tmp_path / "unfolded.int8.onnx", calibration)
+    assert "Pad" in operators(tmp_path / "unfolded.int8.onnx")

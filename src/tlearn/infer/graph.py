@@ -3,11 +3,12 @@ side of the int8 export.
 
 `export_graph` traces the classifier with every shape fixed (batch 1), then marks the batch
 dimension symbolic in the file, and checks the result against PyTorch at batch 1 and batch 3.
-A fixed trace folds all shape arithmetic (timm's TF-"same" padding becomes constants, not the
-Shape/Gather/Pad nodes a dynamic trace keeps), which onnxruntime optimises further and its
-quantizer can handle (the dynamic trace of Lite0 fails QOperator quantization: "Graph is not a
-DAG"). A model whose trace bakes the batch size into a reshape fails the batch-3 check; it is
-exported again with a dynamic batch axis, and checked again.
+A fixed trace is what onnxruntime's quantizer can handle (the dynamic trace of Lite0 fails QOperator
+quantization: "Graph is not a DAG"); it still computes timm's TF-"same" padding from the input's
+shape at run time (Shape/Gather/Pad nodes, which the symbolic batch keeps onnxruntime from folding),
+and the int8 export folds that padding into the convolutions first (_pad_folding.py). A model whose
+trace bakes the batch size into a reshape fails the batch-3 check; it is exported again with a
+dynamic batch axis, and checked again.
 
 `engine_graph` is the serving graph of a run: uint8 images in (normalised inside the graph, as
 features/backends.py does), logits out; exported once per model and cached beside the run as
