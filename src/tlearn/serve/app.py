@@ -63,11 +63,6 @@ class Service:
         self.engine = open_engine(self.trained.model, None if hub else run_dir, settings.engine)
         if hasattr(self.engine, "warm_up"):  # every session made before the first request
             self.engine.warm_up(settings.max_batch)
-            # With onnxruntime answering, PyTorch only decodes and crops, one image per thread of the
-            # decoding pool: its own OpenMP threads would add nothing but spin after each operation
-            # and take the cores onnxruntime's threads need next (the engine's thread count is fixed
-            # above, before this).
-            torch.set_num_threads(1)
         self.threshold = self.trained.min_confidence(settings.min_confidence, settings.coverage)
         self.transform = eval_transform_uint8(self.trained.preprocessing)
         self.batcher = Batcher(self.engine.logits, settings.max_batch, settings.max_wait_ms)

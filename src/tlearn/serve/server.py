@@ -8,6 +8,7 @@ import logging
 import socket
 from pathlib import Path
 
+import torch
 import uvicorn
 
 from ..errors import UserError
@@ -41,6 +42,13 @@ def serve_run(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     try:
         app = create_app(run_dir, settings)
         engine = app.state.service.engine.name
+        if hasattr(app.state.service.engine, "warm_up"):
+            # With onnxruntime answering, PyTorch only decodes and crops, one image per thread of the
+            # decoding pool: its OpenMP threads would add nothing but spin after each operation and
+            # take the cores onnxruntime's threads need next. Set here, in the server's own process
+            # (the engine's sessions already have their thread count), not in the app, which tests
+            # and other programs build in theirs.
+            torch.set_num_threads(1)
         run_app(app, sock, f"serving {run_dir} ({engine}) on " + "{url} (Ctrl+C to stop)")
     finally:
         sock.close()
