@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +106,26 @@ def kill_chain(train: list[str], events: list[str], reference: Path, run: Path, 
         assert result.returncode == -signal.SIGKILL, f"{event} was never reached: {result.stderr[-2000:]}"
     result = tlearn("none:0", "train", "--resume", str(run))
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+SERVER_START_SECONDS = 180  # a loaded machine: importing PyTorch, loading the model, exporting or extracting
+
+
+def start_server(command: list[str]) -> tuple[subprocess.Popen, int]:
+    """A `tlearn serve|label ... --port 0` process and the port it prints; a server that does not
+    start within SERVER_START_SECONDS is killed and fails the test with what it printed."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(SERVER_START_SECONDS, process.kill)
+    watchdog.start()
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        found = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        if found:
+            watchdog.cancel()
+            return process, int(found.group(1))
+    watchdog.cancel()
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=30)
+    raise AssertionError("the server did not start: " + "".join(lines) + process.stderr.read())

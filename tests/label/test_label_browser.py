@@ -4,9 +4,7 @@ on a free 127.0.0.1 port it picks itself (--port 0) and is gone when the test en
 from __future__ import annotations
 
 import csv
-import re
 import socket
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -16,9 +14,8 @@ import pytest
 
 from tlearn.data import read_table
 
-from conftest import TINY_MODEL, make_folder
+from conftest import TINY_MODEL, make_folder, start_server
 
-START_SECONDS = 180  # a loaded machine: importing PyTorch and extracting the pool's features
 SETTLE_SECONDS = 120  # an answer, or a restarted page's first look, with the probe refitting beside it
 CLASSES = ("cat", "dog", "fox")
 
@@ -30,20 +27,7 @@ class LabelServer:
         command = [sys.executable, "-m", "tlearn", "label", "--pool", str(pool), "--labels", str(table),
                    "--classes", ",".join(CLASSES), "--port", "0", "--refit-every", "10", "--model", TINY_MODEL,
                    "--weights", "none", "--cache-dir", str(cache)]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        watchdog = threading.Timer(START_SECONDS, self.process.kill)  # a server that never starts
-        watchdog.start()
-        lines = []
-        for line in self.process.stdout:
-            lines.append(line)
-            found = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-            if found:
-                self.port = int(found.group(1))
-                break
-        watchdog.cancel()
-        if not hasattr(self, "port"):
-            self.kill()
-            raise AssertionError("the server did not start: " + "".join(lines) + self.process.stderr.read())
+        self.process, self.port = start_server(command)
         self.url = f"http://127.0.0.1:{self.port}"
         self.output: list[str] = []  # read on, so a full pipe never blocks the server
         for stream in (self.process.stdout, self.process.stderr):

@@ -1,7 +1,6 @@
 """`tlearn serve` as a process on 127.0.0.1, on a free port it picks itself (--port 0): graceful
 shutdown on SIGTERM and SIGINT with a request in flight, a port in use, a run without its model,
 and the web page in headless Chromium. Every server a test starts is gone when it ends."""
-import re
 import signal
 import socket
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 
 from tlearn.cli import main
 
-from conftest import make_folder, train_tiny
+from conftest import make_folder, start_server, train_tiny
 
 START_SECONDS = 180  # a loaded machine: importing, loading the model and exporting its graph
 
@@ -31,21 +30,8 @@ class Server:
     """`tlearn serve RUN --port 0 FLAGS` in a subprocess; its address read from what it prints."""
 
     def __init__(self, run, *flags: str):
-        self.process = subprocess.Popen([sys.executable, "-m", "tlearn", "serve", str(run), "--port", "0", *flags],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        watchdog = threading.Timer(START_SECONDS, self.process.kill)  # a server that never starts
-        watchdog.start()
-        lines = []
-        for line in self.process.stdout:
-            lines.append(line)
-            found = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-            if found:
-                self.port = int(found.group(1))
-                break
-        watchdog.cancel()
-        if not hasattr(self, "port"):
-            self.stop()
-            raise AssertionError("the server did not start: " + "".join(lines) + self.process.stderr.read())
+        self.process, self.port = start_server([sys.executable, "-m", "tlearn", "serve", str(run), "--port", "0",
+                                                *flags])
         self.url = f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
