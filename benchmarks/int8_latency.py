@@ -12,7 +12,10 @@ round, so the load other processes put on the machine between rounds cancels out
 top-1 of each graph and its agreement with fp32 on the run's held-out validation images, `uptime`'s
 load average before and after, and where the int8 graphs spend their batch-1 time (onnxruntime's
 profiler, share of kernel time by operator), and batch 1 through the engine `predict` and `serve`
-use (`batch_1_engine`: uint8 images, normalised before the graph).
+use (`batch_1_engine`: uint8 images, normalised before the graph). `batch_1_streams`: batch-1
+images per second with every core busy, one single-threaded session per core each running its own
+stream of batch-1 images (a server answering one image per request from several clients); the
+ratio is int8's rate over fp32's, within rounds as above.
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ def main() -> None:
         accuracy = _accuracy(graphs, validation, args.threads)
         timing = _timing(graphs, args)
         timing["batch_1_engine"] = _engine_timing(graphs, validation[0].info.preprocessing, args)
+        timing["batch_1_streams"] = _stream_rates({name: graphs[name] for name in ("fp32", "int8_new")}, args)
         profile = {name: _profile(graphs[name], args.threads) for name in ("int8_old", "int8_new")}
     print(json.dumps({"run": str(run), "threads": args.threads, "rounds": args.rounds,
                       "load_before": [round(value, 2) for value in load_before],
@@ -159,6 +163,45 @@ def _engine_timing(graphs: dict, prep, args) -> dict:
     return {"ms": {name: round(statistics.median(times), 2) for name, times in rounds.items()},
             "speedup_int8_old_over_fp32": _speedup(rounds, "fp32", "int8_old"),
             "speedup_int8_new_over_fp32": _speedup(rounds, "fp32", "int8_new")}
+
+
+def _stream_rates(graphs: dict, args) -> dict:
+    """Batch-1 images/s with one single-threaded session per core, all running at once (onnxruntime
+    releases the GIL in `run`), and int8's rate over fp32's within each round."""
+    import threading
+
+    import numpy as np
+
+    streams = os.cpu_count() or 1
+    images = np.random.default_rng(0).standard_normal((1, 3, args.image_size, args.image_size), dtype=np.float32)
+    sessions = {name: [_session(path, 1, 1) for _ in range(streams)] for name, path in graphs.items()}
+
+    def rate(group: list) -> float:
+        for session in group:
+            session.run(None, {"images": images})  # warm
+        start_line = threading.Barrier(len(group) + 1)
+
+        def stream(session) -> None:
+            start_line.wait()
+            for _ in range(4 * args.runs):
+                session.run(None, {"images": images})
+
+        threads = [threading.Thread(target=stream, args=(session,)) for session in group]
+        for thread in threads:
+            thread.start()
+        start_line.wait()
+        start = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        return len(group) * 4 * args.runs / (time.perf_counter() - start)
+
+    rounds = {name: [] for name in sessions}
+    for _ in range(args.rounds):
+        for name, group in sessions.items():
+            rounds[name].append(rate(group))
+    rates = {name: round(statistics.median(values), 1) for name, values in rounds.items()}
+    return {"streams": streams, "images_per_s": rates,
+            "speedup_int8_new_over_fp32": _speedup(rounds, "int8_new", "fp32")}
 
 
 def _speedup(rounds: dict, slow: str, fast: str) -> float:

@@ -56,17 +56,26 @@ def servers():
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_shutdown_answers_requests_in_flight_then_exits_0(run_folder, servers, stop_signal):
     run, data = run_folder
-    server = servers(run, "--max-wait-ms", "3000")  # a request waits 3 s for its batch: still in flight
+    server = servers(run)
     image = next((data / "val" / "cat").iterdir()).read_bytes()
+    signalled = threading.Event()
+
+    def body():  # half the image, then the rest only after the signal: the request is in flight throughout
+        yield image[:len(image) // 2]
+        signalled.wait(timeout=60)
+        yield image[len(image) // 2:]
+
     answers = []
-    request = threading.Thread(target=lambda: answers.append(httpx.post(f"{server.url}/predict", content=image,
+    request = threading.Thread(target=lambda: answers.append(httpx.post(f"{server.url}/predict", content=body(),
                                                                         timeout=60)))
     request.start()
     deadline = time.monotonic() + 30
-    while httpx.get(f"{server.url}/health").json()["waiting"] == 0:  # until the request waits for its batch
+    while httpx.get(f"{server.url}/health").json()["receiving"] == 0:  # until the server reads its body
         assert time.monotonic() < deadline
         time.sleep(0.05)
     server.process.send_signal(stop_signal)
+    time.sleep(0.5)  # the server is shutting down while the request still sends
+    signalled.set()
     request.join(timeout=60)
     assert answers and answers[0].status_code == 200, answers
     assert answers[0].json()["predictions"][0]["label"] in {"cat", "dog", "fox"}

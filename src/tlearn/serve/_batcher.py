@@ -3,12 +3,15 @@
 Each request puts its decoded images on a queue and awaits their logits. One task takes the first
 waiting request, then gathers more until the batch holds `max_batch` images or `max_wait_ms` has
 passed since that first one, and runs the batch on the one inference thread (onnxruntime uses
-every core itself; two batches at once would only fight over them). While a batch runs, new
-requests queue up, so under load batches fill without waiting at all.
+every core itself; two batches at once would only fight over them). It waits only while another
+request is on its way (decoding its images, `arriving`): a lone request runs at once instead of
+paying the whole wait for company that is not coming. While a batch runs, new requests queue up,
+so under load batches fill without waiting at all.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +30,18 @@ class Batcher:
         self.batches = 0  # batches run, and the images in them: /health reports the mean batch
         self.images = 0
         self.waiting = 0  # requests awaiting their logits now
+        self.incoming = 0  # requests decoding their images, about to join a batch
+
+    @contextlib.contextmanager
+    def arriving(self):
+        """Around a request's decoding: a batch being gathered waits for it (up to max_wait_ms). The
+        request's `logits` call must follow at once: `queue.put` does not suspend, so no batch can
+        start between the two and miss it."""
+        self.incoming += 1
+        try:
+            yield
+        finally:
+            self.incoming -= 1
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -52,7 +67,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         items = [await self.queue.get()]
         count, deadline = len(items[0][0]), loop.time() + self.max_wait
-        while count < self.max_batch:
+        while count < self.max_batch and (self.incoming or not self.queue.empty()):
             try:
                 if self.queue.empty():
                     item = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))

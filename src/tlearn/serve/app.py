@@ -69,10 +69,19 @@ class Service:
         self.decoding = ThreadPoolExecutor(settings.decode_threads or os.cpu_count() or 2,
                                            thread_name_prefix="tlearn-decode")
         self.explaining = threading.Lock()  # Grad-CAM runs the eager model: one at a time
+        self.receiving = 0  # requests whose body is still arriving
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.settings.max_body_mb * 2 ** 20)
+
+    async def upload(self, request: Request, allowed_values: tuple[str, ...]) -> Upload:
+        """The request's images and values; /health counts the requests still sending theirs."""
+        self.receiving += 1
+        try:
+            return await read_upload(request, self.max_body_bytes, allowed_values)
+        finally:
+            self.receiving -= 1
 
     async def decoded(self, upload: Upload) -> torch.Tensor:
         loop = asyncio.get_running_loop()
@@ -82,7 +91,9 @@ class Service:
 
     async def predict(self, upload: Upload) -> list[dict[str, Any]]:
         top_k = int_value(upload, "top_k", 1, 1, len(self.trained.class_names))
-        logits = await self.batcher.logits(await self.decoded(upload))
+        with self.batcher.arriving():
+            images = await self.decoded(upload)
+        logits = await self.batcher.logits(images)
         rows = self.trained.answer(logits, top_k, self.threshold)
         return [{"file": name, **row} for (name, _), row in zip(upload.images, rows)]
 
@@ -149,7 +160,7 @@ def create_app(run_dir: str | Path, settings: ServeSettings | None = None) -> Fa
     async def health() -> dict[str, Any]:
         batcher = service.batcher
         return {"status": "ok", "engine": service.engine.name, "batches": batcher.batches, "images": batcher.images,
-                "waiting": batcher.waiting}
+                "receiving": service.receiving, "waiting": batcher.waiting}
 
     @app.get("/metadata")
     async def metadata() -> dict[str, Any]:
@@ -157,12 +168,11 @@ def create_app(run_dir: str | Path, settings: ServeSettings | None = None) -> Fa
 
     @app.post("/predict")
     async def predict(request: Request) -> dict[str, Any]:
-        upload = await read_upload(request, service.max_body_bytes, ("top_k",))
-        return {"predictions": await service.predict(upload)}
+        return {"predictions": await service.predict(await service.upload(request, ("top_k",)))}
 
     @app.post("/gradcam")
     async def gradcam(request: Request) -> dict[str, Any]:
-        return await service.explain(await read_upload(request, service.max_body_bytes, ("label",)))
+        return await service.explain(await service.upload(request, ("label",)))
 
     return app
 
