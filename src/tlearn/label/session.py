@@ -3,7 +3,7 @@ and the probe's refit every K answers in a background thread.
 
 The queue is a pure function of the pool, the table and the feature cache: the answered rows
 are taken in table order, the first n - n mod K of them (the last refit's) are the labelled set
-TypiClust plans the round of K picks from (suggestions.choose), and the next image is the first
+the choice rule plans the round of K picks from (suggestions.choose), and the next image is the first
 pick not answered yet (when all are, as when a second tab answered others, the round is planned
 from every answered row). A killed and restarted server, or a second tab, so shows the same next image. The
 probe (its guesses, the cross-validated estimate) refits in the background and never holds up
@@ -87,7 +87,7 @@ class LabelSession:
         return []
 
     def plan(self, planned: tuple[int, ...]) -> list[int]:
-        """TypiClust's picks with `planned` as the labelled set: cached, and computed once when two
+        """The choice rule's picks with `planned` as the labelled set: cached, and computed once when two
         threads (a request and the planning ahead) want the same plan."""
         with self.lock:
             picks, running = self.queues.get(planned), self.planning.get(planned)
