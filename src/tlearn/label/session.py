@@ -76,7 +76,7 @@ class LabelSession:
         return read_pool_labels(self.pool, self.table.path)
 
     def queue(self, known: Labels) -> list[int]:
-        """The images to ask next, in order: this round's TypiClust picks not answered yet."""
+        """The images to ask next, in order: this round's picks (the choice rule) not answered yet."""
         answered = len(known.order)
         base = tuple(known.order[:answered - answered % self.refit_every])
         for planned in (base, tuple(known.order)):
@@ -107,7 +107,7 @@ class LabelSession:
         try:
             mask = np.zeros(len(self.pool), dtype=bool)
             mask[list(planned)] = True
-            count = min(self.refit_every, int((~mask).sum()))  # of the plan alone: k-means' k depends on it
+            count = min(self.refit_every, int((~mask).sum()))  # of the plan alone: TypiClust's k depends on it
             picks = [index for index, _, _ in choose(self.pool, self.raw, self.features, mask, count, self.seed)]
             with self.lock:
                 self.queues = {planned: picks, **{k: v for k, v in list(self.queues.items())[-3:]}}
