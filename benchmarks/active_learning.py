@@ -12,7 +12,9 @@ on the pool, logistic regression C=1).
 Strategies, each at every budget and seed:
   random        a seeded random order of the pool, its first B images
   cold          one TypiClust round of B images from no labels
-  rounds        tlearn's rounds: TypiClust from the labels so far, budget to budget (10, 20, 50, ...)
+  cover         tlearn's rounds: ProbCover from the labels so far, TypiClust once half the pool is
+                covered (label/_choice.py's cover_picks), budget to budget (10, 20, 50, ...)
+  rounds        the former rule: TypiClust from the labels so far, budget to budget
   margin        the first round as `rounds`, then the smallest calibrated top-2 margins
   mixed         the first round as `rounds`, then half TypiClust, half smallest margin
 Pseudo-labels: the probe self-trained (the most confident share of each predicted class, growing
@@ -42,10 +44,10 @@ from tlearn.features.few_labels import (  # noqa: E402
     SELF_TRAINING_WEIGHT,
 )
 from tlearn.label import Backbone, pool_features, scan_pool  # noqa: E402
-from tlearn.label._choice import margin_picks, typical_picks  # noqa: E402
+from tlearn.label._choice import cover_picks, margin_picks, typical_picks  # noqa: E402
 
 DATA = ROOT / "data" / "active-learning"
-STRATEGIES = ("random", "cold", "rounds", "margin", "mixed")
+STRATEGIES = ("random", "cold", "cover", "rounds", "margin", "mixed")
 
 
 def build_sets() -> None:
@@ -89,6 +91,8 @@ def choose(strategy: str, features: np.ndarray, truth: np.ndarray, budgets: list
         elif strategy == "cold":
             labelled[:] = False
             picks = indices(typical_picks(features, labelled, budget, seed))
+        elif strategy == "cover":
+            picks = indices(cover_picks(features, labelled, count, seed))
         elif strategy == "rounds" or not labelled.any():
             picks = indices(typical_picks(features, labelled, count, seed))
         else:

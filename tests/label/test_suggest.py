@@ -1,4 +1,4 @@
-"""`tlearn suggest`: TypiClust's picks, margins, self-training, the command end to end, bad input."""
+"""`tlearn suggest`: ProbCover's and TypiClust's picks, margins, self-training, the command end to end, bad input."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +10,7 @@ import pytest
 
 from tlearn.cli.main import main
 from tlearn.features import self_train
-from tlearn.label._choice import margin_picks, typical_picks
+from tlearn.label._choice import cover_picks, margin_picks, typical_picks
 
 from conftest import TINY_MODEL, make_folder, run_cli
 
@@ -52,6 +52,38 @@ def test_a_refused_candidate_gives_way_to_the_next_and_refusing_all_ends():
     again = [index for index, _, _ in typical_picks(features, none, 4, accept=lambda i, picks: i != refused)]
     assert refused not in again and len(again) == 4 and blob[refused] in blob[again]
     assert typical_picks(features, none, 4, accept=lambda i, picks: False) == []
+
+
+def test_cover_takes_one_image_of_every_separated_cluster_before_a_second_in_any():
+    features, blob = blobs(per_blob=12)  # a ball (10th neighbour's distance) then holds most of a blob
+    picks = cover_picks(features, np.zeros(len(features), dtype=bool), 4, until=1.0)
+    assert sorted(blob[[index for index, _, _ in picks]]) == [0, 1, 2, 3]
+    gains = [score for _, score, _ in picks]
+    assert gains == sorted(gains, reverse=True) and gains[-1] > 0  # greedy: each covers no more than the last
+    assert all(why.startswith("covers ") for _, _, why in picks)
+    again = cover_picks(features, np.zeros(len(features), dtype=bool), 4, seed=3, until=1.0)
+    assert again == picks  # no randomness in the coverage
+
+
+def test_cover_counts_labelled_images_as_covered_and_a_refused_candidate_gives_way():
+    features, blob = blobs(per_blob=12)
+    labelled = np.isin(np.arange(len(features)), np.flatnonzero(blob == 0)[:5])
+    picks = [index for index, _, _ in cover_picks(features, labelled, 3, until=1.0)]
+    assert sorted(blob[picks]) == [1, 2, 3] and not labelled[picks].any()
+    refused = picks[0]
+    others = [index for index, _, _ in cover_picks(features, labelled, 3, until=1.0,
+                                                    accept=lambda index, chosen: index != refused)]
+    assert refused not in others and len(others) == 3 and blob[refused] in blob[others]
+
+
+def test_cover_hands_over_to_typiclust_once_the_share_is_covered():
+    features, blob = blobs(per_blob=12)
+    picks = cover_picks(features, np.zeros(len(features), dtype=bool), 8, until=0.3)
+    reasons = [why for _, _, why in picks]
+    assert reasons[0].startswith("covers ") and reasons[-1].startswith("most typical")
+    assert len({index for index, _, _ in picks}) == 8
+    everything = cover_picks(features, np.zeros(len(features), dtype=bool), len(features) - 1, until=1.0)
+    assert len({index for index, _, _ in everything}) == len(features) - 1  # TypiClust once all is covered
 
 
 def test_margin_picks_the_least_certain_unlabelled_images():

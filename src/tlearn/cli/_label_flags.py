@@ -36,7 +36,7 @@ def _add_backbone_flags(command: argparse.ArgumentParser) -> None:
     command.add_argument("--model", default=None, help="backbone by name (default efficientnet_lite0)")
     command.add_argument("--weights", default="default")
     command.add_argument("--image-size", type=int, default=None)
-    command.add_argument("--seed", type=int, default=0, help="k-means seed")
+    command.add_argument("--seed", type=int, default=0, help="k-means seed (TypiClust, once half the pool is covered)")
     command.add_argument("--batch-size", type=int, default=64)
     command.add_argument("--device", choices=DEVICES, default="auto")
     command.add_argument("--no-cache", dest="use_cache", action="store_false")

@@ -1,12 +1,13 @@
 """Which images to label next, from the pool's features alone or with a probe's guesses.
 
-Cold start and later rounds both use TypiClust (Hacohen et al. 2022): k-means into as many clusters
-as there are labels after this round (labelled + N), then, from the largest clusters that hold no
-labelled image yet, each cluster's most typical image (typicality: the inverse of its mean distance
-to its nearest neighbours in the cluster). The first round so covers the data; later rounds cover
-what the labels so far have not reached. The probe's top-2 margin (uncertainty) is measured as an
-alternative in benchmarks/active_learning.py: it lost 4.7 points at 20 labels and gained nothing
-that outlasted the seeds' noise later (docs/labelling.md), so it is not part of the rule.
+Every round is ProbCover (Yehuda et al. 2022, "Active learning through a covering lens"): each
+image owns a ball in the feature space (rows L2-normalised; the radius: the median distance from an
+image to its COVER_NEIGHBOURS-th nearest neighbour), and each pick is the image whose ball holds the
+most images that no labelled or picked image's ball holds yet. Cold start and later rounds are one
+greedy sequence, so rounds of any size give the same picks. Chosen on benchmark set A against
+TypiClust (`typical_picks`, the former rule; kept for the few picks left once every image is
+covered), the paper's purity rule for the radius, and the probe's top-2 margin (uncertainty), which
+lost at every budget from 20 labels (docs/labelling.md).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import numpy as np
 NEIGHBOURS = 20  # typicality's neighbourhood (the paper's choice)
 KMEANS_DIMENSIONS = 64  # k-means runs on a PCA projection: the same clusters, minutes less on 2 cores
 MINIBATCH_ABOVE = 50  # clusters above which k-means is mini-batch (as the paper's code)
+COVER_NEIGHBOURS = 10  # the ball's radius reaches a median image's 10th neighbour (8 to 12 measured best on set A)
+COVER_UNTIL = 0.5  # the share of the pool covered after which TypiClust picks (on set A: about 100 labels)
 
 
 def typicality(features: np.ndarray) -> np.ndarray:
@@ -86,6 +89,53 @@ def typical_picks(features: np.ndarray, labelled: np.ndarray, count: int, seed: 
                     chosen_with.append((candidate, float(scores[position]), why))
                     covered[chosen] += 1
                     break
+    return chosen_with
+
+
+def cover_radius(unit: np.ndarray, neighbours: int = COVER_NEIGHBOURS) -> float:
+    """The median distance from an image to its `neighbours`-th nearest other image (unit rows)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    reach = min(neighbours + 1, len(unit))  # the image itself comes first
+    distances, _ = NearestNeighbors(n_neighbors=reach).fit(unit).kneighbors(unit)
+    return float(np.median(distances[:, -1]))
+
+
+def cover_picks(features: np.ndarray, labelled: np.ndarray, count: int, seed: int = 0,
+                accept: Callable[[int, list[int]], bool] | None = None,
+                until: float = COVER_UNTIL) -> list[tuple[int, float, str]]:
+    """`count` pool images to label next (ProbCover's greedy max coverage), as (index, images newly
+    covered, why); `labelled` is a bool mask over the pool. `accept` as typical_picks's. Once every
+    image is covered, or the share `until` of the pool, the rest of the round is TypiClust's."""
+    from sklearn.neighbors import NearestNeighbors
+
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    radius = cover_radius(unit)
+    balls = NearestNeighbors(radius=radius).fit(unit).radius_neighbors_graph(unit).tocsr()  # symmetric
+    balls.data[:] = 1
+    covered = np.zeros(len(features), dtype=bool)
+    covered[balls[np.flatnonzero(labelled)].indices] = True
+    gain = np.asarray(balls @ (~covered).astype(np.int64)).ravel()  # uncovered images in each ball
+    taken, picks, chosen_with = labelled.copy(), [], []
+    while len(picks) < count and covered.mean() < until:
+        best = int(np.argmax(np.where(taken, -1, gain)))
+        if taken[best] or gain[best] <= 0:  # nothing left to pick, or every ball left is covered
+            break
+        taken[best] = True  # refused or picked: not offered again this round
+        if accept is not None and not accept(best, picks):
+            continue
+        ball = balls[best].indices
+        newly = ball[~covered[ball]]
+        covered[newly] = True
+        gain -= np.asarray(balls[newly].sum(axis=0)).ravel().astype(np.int64)
+        picks.append(best)
+        chosen_with.append((best, float(len(newly)), f"covers {len(newly)} images no label's neighbourhood "
+                                                      f"reached (of {len(ball)} within radius {radius:.2f})"))
+    if len(picks) < count and not taken.all():
+        after = labelled.copy()
+        after[picks] = True
+        chosen_with += typical_picks(features, after, count - len(picks), seed,
+                                     None if accept is None else lambda index, more: accept(index, picks + more))
     return chosen_with
 
 

@@ -3,7 +3,7 @@ and the probe's refit every K answers in a background thread.
 
 The queue is a pure function of the pool, the table and the feature cache: the answered rows
 are taken in table order, the first n - n mod K of them (the last refit's) are the labelled set
-TypiClust plans the round of K picks from (suggestions.choose), and the next image is the first
+the choice rule plans the round of K picks from (suggestions.choose), and the next image is the first
 pick not answered yet (when all are, as when a second tab answered others, the round is planned
 from every answered row). A killed and restarted server, or a second tab, so shows the same next image. The
 probe (its guesses, the cross-validated estimate) refits in the background and never holds up
@@ -76,7 +76,7 @@ class LabelSession:
         return read_pool_labels(self.pool, self.table.path)
 
     def queue(self, known: Labels) -> list[int]:
-        """The images to ask next, in order: this round's TypiClust picks not answered yet."""
+        """The images to ask next, in order: this round's picks (the choice rule) not answered yet."""
         answered = len(known.order)
         base = tuple(known.order[:answered - answered % self.refit_every])
         for planned in (base, tuple(known.order)):
@@ -87,7 +87,7 @@ class LabelSession:
         return []
 
     def plan(self, planned: tuple[int, ...]) -> list[int]:
-        """TypiClust's picks with `planned` as the labelled set: cached, and computed once when two
+        """The choice rule's picks with `planned` as the labelled set: cached, and computed once when two
         threads (a request and the planning ahead) want the same plan."""
         with self.lock:
             picks, running = self.queues.get(planned), self.planning.get(planned)
@@ -107,7 +107,7 @@ class LabelSession:
         try:
             mask = np.zeros(len(self.pool), dtype=bool)
             mask[list(planned)] = True
-            count = min(self.refit_every, int((~mask).sum()))  # of the plan alone: k-means' k depends on it
+            count = min(self.refit_every, int((~mask).sum()))  # of the plan alone: TypiClust's k depends on it
             picks = [index for index, _, _ in choose(self.pool, self.raw, self.features, mask, count, self.seed)]
             with self.lock:
                 self.queues = {planned: picks, **{k: v for k, v in list(self.queues.items())[-3:]}}

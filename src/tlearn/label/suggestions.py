@@ -1,7 +1,8 @@
 """`tlearn suggest`: the pool's unlabelled images worth labelling next, as a CSV.
 
 Every image under the pool that the labels table does not list is a candidate. The choice is
-TypiClust (_choice.py) on the cached features, cold start or not; near-duplicates (the audit's
+ProbCover, then TypiClust once half the pool is covered (_choice.py), on the cached features, cold
+start or not; near-duplicates (the audit's
 perceptual hash) never share a round. With labels of two classes or more, each suggestion also
 carries the calibrated probe's guess, so the person labelling can confirm rather than type.
 """
@@ -19,7 +20,7 @@ from ..data import FileIndex, open_rgb
 from ..errors import DataError
 from ..features import FeatureScaler, cross_validate, fit_probe
 from ..files import atomic_write
-from ._choice import typical_picks
+from ._choice import cover_picks
 from .answers import AnswerTable
 from .pool import Backbone, Pool, pool_features, scan_pool
 
@@ -44,7 +45,7 @@ class Labels:
 class Suggestion:
     path: str
     rank: int
-    score: float  # the image's typicality in its cluster (higher: more typical)
+    score: float  # images its pick newly covers (ProbCover), or its typicality in its cluster (TypiClust)
     guess: str
     guess_prob: float | None
     reason: str
@@ -98,8 +99,8 @@ def suggest(pool_root: str | Path, count: int, backbone: Backbone, labels: str |
 
 def choose(pool: Pool, raw: np.ndarray, features: np.ndarray, answered: np.ndarray, count: int,
            seed: int = 0) -> list[tuple[int, float, str]]:
-    """TypiClust's `count` picks among the unanswered images, as (index, typicality, why), no two of
-    them near-copies (the audit's rule: perceptual hashes close and features not unlike)."""
+    """The rule's `count` picks among the unanswered images, as (index, score, why), no two of them
+    near-copies (the audit's rule: perceptual hashes close and features not unlike)."""
     unit = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
     hashes: dict[int, np.ndarray] = {}
 
@@ -108,7 +109,7 @@ def choose(pool: Pool, raw: np.ndarray, features: np.ndarray, answered: np.ndarr
         return not any(int((hashes[candidate] != hashes[pick]).sum()) <= NEAR_HAMMING
                        and float(unit[candidate] @ unit[pick]) >= MIN_COSINE for pick in picks)
 
-    return typical_picks(features, answered, count, seed, accept=distinct)
+    return cover_picks(features, answered, count, seed, accept=distinct)
 
 
 def _guesses(features: np.ndarray, known: Labels, picks: list, seed: int) -> list[tuple[str, float | None]]:
