@@ -65,6 +65,23 @@ def test_cover_takes_one_image_of_every_separated_cluster_before_a_second_in_any
     assert again == picks  # no randomness in the coverage
 
 
+def test_cover_searches_a_pool_once_and_again_when_its_features_change(monkeypatch):
+    from tlearn.label import _choice
+
+    searched = []
+    search = _choice.cover_radius
+    monkeypatch.setattr(_choice, "cover_radius", lambda unit: searched.append(len(unit)) or search(unit))
+    features, _ = blobs(per_blob=12)
+    features = features + 1e-3 * np.random.default_rng(7).standard_normal(features.shape)  # a pool of its own
+    nothing = np.zeros(len(features), dtype=bool)
+    first = cover_picks(features, nothing, 4, until=1.0)
+    assert cover_picks(features.copy(), nothing, 4, until=1.0) == first and len(searched) == 1  # the same content
+    changed = features.copy()
+    changed[0] += 1.0
+    cover_picks(changed, nothing, 4, until=1.0)
+    assert len(searched) == 2
+
+
 def test_cover_counts_labelled_images_as_covered_and_a_refused_candidate_gives_way():
     features, blob = blobs(per_blob=12)
     labelled = np.isin(np.arange(len(features)), np.flatnonzero(blob == 0)[:5])
