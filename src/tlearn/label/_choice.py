@@ -111,7 +111,7 @@ _BALLS_LOCK = threading.Lock()
 def cover_balls(features: np.ndarray) -> tuple[float, object]:
     """(radius, the pool's balls: a symmetric 0/1 sparse matrix, row i the images within the radius of
     image i). Cached by the features' content: the label page plans a round every few answers over
-    the same pool, and the neighbour search grows with the square of the pool (2.6 s for 5,000
+    the same pool, and the neighbour search grows with the square of the pool (about 3 s for 5,000
     images, 23 s for 20,000 on 2 idle cores), while a digest of the features takes milliseconds."""
     from sklearn.neighbors import NearestNeighbors
 
