@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -129,3 +130,30 @@ def start_server(command: list[str]) -> tuple[subprocess.Popen, int]:
         process.kill()
     process.wait(timeout=30)
     raise AssertionError("the server did not start: " + "".join(lines) + process.stderr.read())
+
+
+class ServerProcess:
+    """A server process started by `command` (`tlearn serve|label ... --port 0`), at the address it printed."""
+
+    def __init__(self, command: list[str]):
+        self.process, self.port = start_server(command)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()  # SIGKILL: no shutdown code runs
+        self.process.wait(timeout=30)
+
+    def port_closed(self) -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", self.port)) != 0
+
+
+@pytest.fixture
+def server_processes():
+    """Call it with each ServerProcess a test starts: every one is killed when the test ends, its port closed."""
+    started: list[ServerProcess] = []
+    yield lambda server: started.append(server) or server
+    for server in started:
+        server.kill()
+        assert server.port_closed()

@@ -4,7 +4,6 @@ on a free 127.0.0.1 port it picks itself (--port 0) and is gone when the test en
 from __future__ import annotations
 
 import csv
-import socket
 import sys
 import threading
 from pathlib import Path
@@ -14,42 +13,27 @@ import pytest
 
 from tlearn.data import read_table
 
-from conftest import TINY_MODEL, make_folder, start_server
+from conftest import TINY_MODEL, ServerProcess, make_folder
 
 SETTLE_SECONDS = 120  # an answer, or a restarted page's first look, with the probe refitting beside it
 CLASSES = ("cat", "dog", "fox")
 
 
-class LabelServer:
+class LabelServer(ServerProcess):
     """`tlearn label ... --port 0` in a subprocess; its address read from what it prints."""
 
     def __init__(self, pool: Path, table: Path, cache: Path):
-        command = [sys.executable, "-m", "tlearn", "label", "--pool", str(pool), "--labels", str(table),
-                   "--classes", ",".join(CLASSES), "--port", "0", "--refit-every", "10", "--model", TINY_MODEL,
-                   "--weights", "none", "--cache-dir", str(cache)]
-        self.process, self.port = start_server(command)
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__([sys.executable, "-m", "tlearn", "label", "--pool", str(pool), "--labels", str(table),
+                          "--classes", ",".join(CLASSES), "--port", "0", "--refit-every", "10", "--model",
+                          TINY_MODEL, "--weights", "none", "--cache-dir", str(cache)])
         self.output: list[str] = []  # read on, so a full pipe never blocks the server
         for stream in (self.process.stdout, self.process.stderr):
             threading.Thread(target=lambda s=stream: self.output.extend(s), daemon=True).start()
 
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()  # SIGKILL: no shutdown code runs
-        self.process.wait(timeout=30)
-
-    def port_closed(self) -> bool:
-        with socket.socket() as probe:
-            return probe.connect_ex(("127.0.0.1", self.port)) != 0
-
 
 @pytest.fixture
-def servers():
-    started: list[LabelServer] = []
-    yield lambda *args: started.append(LabelServer(*args)) or started[-1]
-    for server in started:
-        server.kill()
-        assert server.port_closed()
+def servers(server_processes):
+    return lambda *args: server_processes(LabelServer(*args))
 
 
 def test_label_30_by_keys_kill_restart_and_resume(tmp_path, servers):

@@ -13,7 +13,7 @@ import pytest
 
 from tlearn.cli import main
 
-from conftest import make_folder, start_server, train_tiny
+from conftest import ServerProcess, make_folder, train_tiny
 
 START_SECONDS = 180  # a loaded machine: importing, loading the model and exporting its graph
 
@@ -26,31 +26,16 @@ def run_folder(tmp_path_factory):
     return run, data
 
 
-class Server:
+class Server(ServerProcess):
     """`tlearn serve RUN --port 0 FLAGS` in a subprocess; its address read from what it prints."""
 
     def __init__(self, run, *flags: str):
-        self.process, self.port = start_server([sys.executable, "-m", "tlearn", "serve", str(run), "--port", "0",
-                                                *flags])
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=30)
-
-    def port_closed(self) -> bool:
-        with socket.socket() as probe:
-            return probe.connect_ex(("127.0.0.1", self.port)) != 0
+        super().__init__([sys.executable, "-m", "tlearn", "serve", str(run), "--port", "0", *flags])
 
 
 @pytest.fixture
-def servers():
-    started: list[Server] = []
-    yield lambda run, *flags: started.append(Server(run, *flags)) or started[-1]
-    for server in started:
-        server.stop()
-        assert server.port_closed()
+def servers(server_processes):
+    return lambda run, *flags: server_processes(Server(run, *flags))
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
