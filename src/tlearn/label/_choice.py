@@ -21,7 +21,7 @@ import numpy as np
 NEIGHBOURS = 20  # typicality's neighbourhood (the paper's choice)
 KMEANS_DIMENSIONS = 64  # k-means runs on a PCA projection: the same clusters, minutes less on 2 cores
 MINIBATCH_ABOVE = 50  # clusters above which k-means is mini-batch (as the paper's code)
-COVER_NEIGHBOURS = 10  # the ball's radius reaches a median image's 10th neighbour (8 to 12 measured best on set A)
+COVER_NEIGHBOURS = 10  # the ball's radius reaches a median image's 10th neighbour (8 to 12 best on set A, 96 px)
 COVER_UNTIL = 0.5  # the share of the pool covered after which TypiClust picks (on set A: about 100 labels)
 
 
