@@ -19,7 +19,7 @@ Strategies, each at every budget and seed:
   rounds        the former rule: TypiClust from the labels so far, budget to budget
   margin        the first round as `rounds`, then the smallest calibrated top-2 margins
   mixed         the first round as `rounds`, then half TypiClust, half smallest margin
-  oracle        not a rule, a reference that sees every pool label: B / 10 images a class, each the
+  oracle        not a rule, a reference that sees every pool label: B / 10 images a class (at least 1), each the
                 most typical of one of B / 10 k-means clusters of its class
 --pool-share S: each seed also hides a random (1 - S) of the pool from every strategy, so that a rule
 without randomness (ProbCover) is measured over several pools, not one draw.
@@ -101,7 +101,7 @@ def choose(strategy: str, features: np.ndarray, truth: np.ndarray, budgets: list
             picks = indices(cover_picks(features, labelled, count, seed))
         elif strategy == "oracle":
             labelled[:] = False
-            picks = oracle_picks(features, truth, budget // num_classes, seed)
+            picks = oracle_picks(features, truth, max(1, budget // num_classes), seed)
         elif strategy == "rounds" or not labelled.any():
             picks = indices(typical_picks(features, labelled, count, seed))
         else:
